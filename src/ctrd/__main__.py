@@ -1,0 +1,7 @@
+"""``python -m ctrd`` runs the daemon command."""
+
+from __future__ import annotations
+
+from ctrd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""The ``ctrd`` command: run the daemon, print or dump its configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from ctrd import __version__
+
+__all__ = ["main"]
+
+log = logging.getLogger("ctrd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ctrd",
+        description="containerd's content core as a Python daemon, speaking containerd's gRPC API.",
+    )
+    p.add_argument("--version", "-v", action="version", version=f"ctrd {__version__}")
+    p.add_argument("--config", "-c", help="path to the TOML config (default: embedded defaults)")
+    p.add_argument("--log-level", "-l", help="trace|debug|info|warn|error")
+    p.add_argument("--address", "-a", help="gRPC unix socket path (overrides [grpc] address)")
+    p.add_argument("--root", help="persistent state directory (overrides root)")
+    p.add_argument("--state", help="runtime state directory (overrides state)")
+    sub = p.add_subparsers(dest="command")
+    cfg = sub.add_parser("config", help="print configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_sub.add_parser("default", help="print a complete commented default config")
+    cfg_sub.add_parser("dump", help="print the effective config after merging imports and flags")
+    return p
+
+
+def _load(args: argparse.Namespace) -> object:
+    from ctrd.server.config import load
+
+    cfg = load(args.config)
+    return cfg.with_overrides(root=args.root, state=args.state, address=args.address)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ctrd`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from ctrd import _logging
+    from ctrd.server.config import Config, ConfigError
+
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        print(f"ctrd: {exc}", file=sys.stderr)
+        return 1
+    assert isinstance(cfg, Config)
+    if args.command == "config":
+        from ctrd.server import render
+
+        try:
+            if args.config_command == "default":
+                sys.stdout.write(render.default_config())
+            else:
+                sys.stdout.write(render.dump_config(cfg))
+        except ConfigError as exc:
+            print(f"ctrd: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    _logging.setup(args.log_level or cfg.debug.level or "info", cfg.debug.format or "text")
+    from ctrd.server.daemon import Daemon, StartupError
+
+    daemon = Daemon(cfg)
+    log.info("starting ctrd version=%s", __version__)
+    try:
+        asyncio.run(daemon.run())
+    except (StartupError, ConfigError) as exc:
+        log.error("%s", exc)
+        print(f"ctrd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,395 @@
+"""The local store's writer and the filesystem primitives it shares with the store.
+
+:class:`LocalWriter` is containerd's ``content/local/writer.go``: it appends to
+``ingest/<sha256hex(ref)>/data`` while hashing, and commits by verifying size
+and digest and renaming ``data`` to ``blobs/sha256/<hex>``. It holds the ref's
+lock from creation until :meth:`LocalWriter.commit` or :meth:`LocalWriter.close`.
+
+Blocking work (large writes, fsync, rename, directory removal) runs in the
+default thread pool through :func:`run_blocking`, which always lets the
+blocking step finish before the coroutine returns, even when it is cancelled;
+so the writer's in-memory state (offset, hash, fd, lock) never disagrees with
+the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import errno
+import functools
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final, TypeVar
+
+from ctrd import errdefs
+from ctrd.content import digest as _digest
+from ctrd.content._store import Status, utcnow
+from ctrd.content.local._locks import RefLocks
+
+__all__ = [
+    "INLINE_MAX",
+    "LocalWriter",
+    "datetime_from_ns",
+    "format_timestamp",
+    "map_os_error",
+    "parse_timestamp",
+    "run_blocking",
+    "write_file_atomic",
+]
+
+_T = TypeVar("_T")
+
+INLINE_MAX: Final = 64 * 1024
+"""Writes and reads up to this many bytes run on the event loop; larger ones in a thread."""
+
+_FILE_MODE: Final = 0o666
+_TIMESTAMP_RE: Final = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
+
+
+async def run_blocking(
+    fn: Callable[..., _T],
+    *args: object,
+    discard: Callable[[_T], object] | None = None,
+) -> _T:
+    """Run ``fn(*args)`` in the default executor and return its result.
+
+    If the calling task is cancelled meanwhile, the call still runs to
+    completion before :class:`asyncio.CancelledError` propagates, so callers'
+    ``finally`` blocks run after the blocking step, never beside it. A result
+    produced for a cancelled caller is passed to *discard* (e.g. to close an fd).
+    """
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(None, functools.partial(fn, *args))
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                raise
+            cancelled = True
+            continue
+        except BaseException as exc:
+            if cancelled:
+                raise asyncio.CancelledError from exc
+            raise
+        break
+    if cancelled:
+        if discard is not None:
+            discard(result)
+        raise asyncio.CancelledError
+    return result
+
+
+def map_os_error(exc: OSError, what: str) -> errdefs.Error:
+    """Translate an :class:`OSError` into an :mod:`errdefs` error.
+
+    The message is ``<what>: <strerror>``; it never contains a filesystem path.
+    """
+    reason = exc.strerror or type(exc).__name__
+    msg = f"{what}: {reason}"
+    code = exc.errno
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return errdefs.NotFound(msg)
+    if code == errno.EEXIST:
+        return errdefs.AlreadyExists(msg)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return errdefs.PermissionDenied(msg)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE, errno.ENFILE):
+        return errdefs.ResourceExhausted(msg)
+    return errdefs.Unknown(msg)
+
+
+def datetime_from_ns(ns: int) -> _dt.datetime:
+    """UTC datetime from nanoseconds since the epoch (truncated to microseconds)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).replace(microsecond=rest // 1000)
+
+
+def format_timestamp(t: _dt.datetime) -> str:
+    """RFC 3339 with the fraction trimmed of trailing zeros, in UTC (Go's ``RFC3339Nano``)."""
+    t = t.astimezone(_dt.UTC)
+    text = t.strftime("%Y-%m-%dT%H:%M:%S")
+    if t.microsecond:
+        text += f".{t.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def parse_timestamp(text: str) -> _dt.datetime | None:
+    """Parse what Go's ``time.MarshalText`` writes (any offset, up to 9 fraction digits).
+
+    Returns ``None`` for anything else; the fraction is truncated to microseconds.
+    """
+    m = _TIMESTAMP_RE.fullmatch(text.strip())
+    if m is None:
+        return None
+    base, frac, zone = m.groups()
+    try:
+        t = _dt.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+    if frac:
+        t = t.replace(microsecond=int(frac[:6].ljust(6, "0")))
+    if zone == "Z":
+        return t.replace(tzinfo=_dt.UTC)
+    sign = 1 if zone[0] == "+" else -1
+    offset = _dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    return t.replace(tzinfo=_dt.timezone(sign * offset)).astimezone(_dt.UTC)
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write *data* to *path* via a temp file in the same directory, fsync and rename.
+
+    Blocking; the equivalent of continuity's ``AtomicWriteFile`` (mode 0666 before umask).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, _FILE_MODE & ~umask)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalWriter:
+    """An open ingest of the local store. Implements :class:`ctrd.content.Writer`.
+
+    Created by :meth:`ctrd.content.local.LocalStore.writer`, which has taken the
+    ref's lock; the writer releases it on :meth:`commit` (always, success or
+    not) and :meth:`close`. After either, the writer is closed: :meth:`write`,
+    :meth:`truncate` and :meth:`commit` raise :class:`errdefs.FailedPrecondition`;
+    :meth:`digest` and :meth:`status` keep answering from memory.
+
+    Operations on one writer are serialised by an :class:`asyncio.Lock`.
+    """
+
+    def __init__(
+        self,
+        *,
+        locks: RefLocks,
+        ref: str,
+        ingest_dir: Path,
+        blobs_dir: Path,
+        fd: int,
+        offset: int,
+        total: int,
+        hasher: hashlib._Hash,
+        started_at: _dt.datetime,
+        updated_at: _dt.datetime,
+    ) -> None:
+        self._locks = locks
+        self._ref = ref
+        self._ingest_dir = ingest_dir
+        self._blobs_dir = blobs_dir
+        self._fd: int | None = fd
+        self._offset = offset
+        self._total = total
+        self._hasher = hasher
+        self._started_at = started_at
+        self._updated_at = updated_at
+        self._mutex = asyncio.Lock()
+
+    @property
+    def ref(self) -> str:
+        """The ingest's ref."""
+        return self._ref
+
+    @property
+    def closed(self) -> bool:
+        """Whether the writer was committed or closed."""
+        return self._fd is None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd is None else "open"
+        return f"<LocalWriter ref={self._ref!r} offset={self._offset} {state}>"
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the bytes written so far."""
+        return f"{_digest.CANONICAL}:{self._hasher.hexdigest()}"
+
+    async def status(self) -> Status:
+        """The ingest's status from memory (``expected`` is always empty)."""
+        async with self._mutex:
+            return Status(
+                ref=self._ref,
+                offset=self._offset,
+                total=self._total,
+                started_at=self._started_at,
+                updated_at=self._updated_at,
+            )
+
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append *data* and hash it; returns ``len(data)`` in bytes.
+
+        Chunks over :data:`INLINE_MAX` are written and hashed in a worker thread
+        (both release the GIL), smaller ones inline. *data* is not copied.
+
+        :raises errdefs.FailedPrecondition: the writer is closed.
+        :raises errdefs.ResourceExhausted: the disk is full (the bytes written
+            before the error are kept and counted).
+        """
+        view = memoryview(data)
+        if view.ndim != 1 or view.format not in ("B", "b", "c"):
+            view = view.cast("B")
+        async with self._mutex:
+            self._check_open("write")
+            if not view:
+                return 0
+            if view.nbytes > INLINE_MAX:
+                await run_blocking(self._append, view)
+            else:
+                self._append(view)
+        return view.nbytes
+
+    def _append(self, view: memoryview) -> None:
+        fd = self._fd
+        if fd is None:  # pragma: no cover - checked by the caller under the mutex
+            raise errdefs.FailedPrecondition("cannot write on closed writer")
+        try:
+            while view:
+                n = os.pwrite(fd, view, self._offset)
+                self._hasher.update(view[:n])
+                self._offset += n
+                view = view[n:]
+        except OSError as exc:
+            raise map_os_error(exc, f"write to ref {self._ref}") from None
+        finally:
+            self._updated_at = utcnow()
+
+    async def truncate(self, size: int) -> None:
+        """Discard everything written: only ``size == 0`` is supported.
+
+        :raises errdefs.InvalidArgument: ``truncate: unsupported size`` for ``size != 0``.
+        :raises errdefs.FailedPrecondition: the writer is closed.
+        """
+        if size != 0:
+            raise errdefs.InvalidArgument("truncate: unsupported size")
+        async with self._mutex:
+            fd = self._check_open("truncate")
+            try:
+                await run_blocking(os.ftruncate, fd, 0)
+            except OSError as exc:
+                raise map_os_error(exc, f"truncate ref {self._ref}") from None
+            self._offset = 0
+            self._hasher = hashlib.sha256()
+            self._updated_at = utcnow()
+
+    async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> None:
+        """Verify the ingest and move it to ``blobs/sha256/<hex>``; always closes the writer.
+
+        Steps (containerd's order): fsync and close ``data``; check *size* (when
+        > 0) and *expected* (when non-empty); if the blob exists already, remove
+        the ingest; else rename ``data`` into place, fsync the blobs directory,
+        set the blob's mtime to now, make it read-only (``mode & ~0o333``) and
+        remove the ingest directory. *labels* are ignored: the local store keeps
+        no labels. The ref's lock is released in every case.
+
+        :raises errdefs.FailedPrecondition: ``cannot commit on closed writer``;
+            ``unexpected commit size <actual>, expected <size>``;
+            ``unexpected commit digest <actual>, expected <expected>``. After a size
+            or digest mismatch the ingest data is kept, so the ref can be resumed.
+        :raises errdefs.AlreadyExists: ``content <digest>`` (the ingest is removed).
+        """
+        del labels
+        async with self._mutex:
+            if self._fd is None:
+                raise errdefs.FailedPrecondition("cannot commit on closed writer")
+            try:
+                await run_blocking(self._commit_sync, size, expected)
+            finally:
+                self._fd = None
+                self._locks.unlock(self._ref)
+
+    def _commit_sync(self, size: int, expected: str) -> None:
+        fd = self._fd
+        assert fd is not None
+        self._fd = None
+        try:
+            try:
+                os.fsync(fd)
+                actual = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise map_os_error(exc, f"commit ref {self._ref}") from None
+        if size > 0 and size != actual:
+            raise errdefs.FailedPrecondition(f"unexpected commit size {actual}, expected {size}")
+        dgst = self.digest()
+        if expected and expected != dgst:
+            raise errdefs.FailedPrecondition(f"unexpected commit digest {dgst}, expected {expected}")
+        algorithm, encoded = _digest.parse(dgst)
+        target_dir = self._blobs_dir / algorithm
+        target = target_dir / encoded
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(self._ingest_dir, ignore_errors=True)
+                raise errdefs.AlreadyExists(f"content {dgst}")
+            os.rename(self._ingest_dir / "data", target)
+            _fsync_dir(target_dir)
+            now = time.time_ns()
+            os.utime(target, ns=(now, now))
+            mode = os.stat(target).st_mode
+            os.chmod(target, mode & 0o7777 & ~0o333)
+        except OSError as exc:
+            raise map_os_error(exc, f"commit ref {self._ref}") from None
+        shutil.rmtree(self._ingest_dir, ignore_errors=True)
+
+    async def close(self) -> None:
+        """Release the lock and keep the data for resumption. Idempotent.
+
+        fsyncs and closes ``data`` and records the in-memory ``updated_at`` in
+        ``updatedat``. Filesystem errors are swallowed (the ingest may have been
+        aborted meanwhile); the lock is always released.
+        """
+        async with self._mutex:
+            fd = self._fd
+            if fd is None:
+                return
+            self._fd = None
+            try:
+                await run_blocking(self._close_sync, fd)
+            finally:
+                self._locks.unlock(self._ref)
+
+    def _close_sync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            write_file_atomic(self._ingest_dir / "updatedat", format_timestamp(self._updated_at).encode())
+
+    def _check_open(self, what: str) -> int:
+        fd = self._fd
+        if fd is None:
+            raise errdefs.FailedPrecondition(f"cannot {what} on closed writer")
+        return fd

@@ -1,0 +1,14 @@
+"""Namespaced metadata over SQLite: blobs, ingests, namespaces, leases.
+
+Never imports grpclib, aiohttp, betterproto2 or :mod:`ctrd.api`.
+"""
+
+from __future__ import annotations
+
+from ctrd.metadata._types import NamespaceStore
+from ctrd.metadata.content import NamespacedContentStore, SharingStats
+from ctrd.metadata.db import DB
+from ctrd.metadata.namespaces import SqliteNamespaceStore
+from ctrd.metadata.policy import SharingPolicy
+
+__all__ = ["DB", "NamespaceStore", "NamespacedContentStore", "SharingPolicy", "SharingStats", "SqliteNamespaceStore"]

@@ -1,0 +1,476 @@
+"""The namespaced content store and the content sharing policy.
+
+Wraps a backend :class:`~ctrd.content.Store` (blobs stored once, by digest) and
+records per namespace which blobs and ingests are visible. Every call requires
+a namespace (:func:`ctrd.namespaces.required`) and sees only that namespace.
+
+Sharing policy (``Writer`` with an expected digest that is not yet in the
+caller's namespace but is in the backend):
+
+* ``shared``: no backend writer is opened; the writer reports offset = total =
+  size and digest = expected, and a commit without data admits the blob.
+* ``isolated``: a backend writer is opened *without* the expected digest, so
+  the caller must upload every byte; the commit verifies size and digest before
+  the existing blob is admitted (no second copy on disk). Blobs held by a
+  namespace labelled ``containerd.io/namespace.shareable=true`` are admitted as
+  under ``shared``.
+
+Knowing a digest never reveals anything under ``isolated``: Info, Read, Update,
+Delete, Status, Abort and List consult only the caller's own rows.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+
+from ctrd import errdefs, filters, labels as _labels, namespaces
+from ctrd.content import Info, ReaderAt, Status, Store, Writer, digest as _digest, utcnow
+from ctrd.metadata import _leases
+from ctrd.metadata.db import DB, Tx, from_us, labels_from_json, labels_to_json, to_us
+from ctrd.metadata.policy import SharingPolicy
+
+__all__ = ["NamespacedContentStore", "SharingStats"]
+
+log = logging.getLogger("ctrd.metadata")
+
+_INGEST_EXPIRY = _dt.timedelta(hours=24)
+_WALK_BATCH = 1000
+
+
+class SharingStats:
+    """Counters about the sharing policy (read by the metrics plugin)."""
+
+    def __init__(self) -> None:
+        self.admissions = 0
+        self.saved_bytes = 0
+        self.isolated_reuploads = 0
+
+
+def _row_info(row: Sequence[object]) -> Info:
+    d, size, created, updated, labels = row
+    return Info(
+        digest=str(d),
+        size=int(size),  # type: ignore[call-overload]
+        created_at=from_us(int(created)),  # type: ignore[call-overload]
+        updated_at=from_us(int(updated)),  # type: ignore[call-overload]
+        labels=labels_from_json(str(labels)),
+    )
+
+
+def _validate_labels(labels: Mapping[str, str] | None) -> None:
+    if labels:
+        try:
+            _labels.validate_all(labels)
+        except errdefs.InvalidArgument as exc:
+            raise errdefs.InvalidArgument(f"info.Labels: {exc.context}") from exc
+
+
+class NamespacedContentStore:
+    """Implements :class:`ctrd.content.Store` over the metadata database."""
+
+    def __init__(
+        self,
+        db: DB,
+        backend: Store,
+        policy: SharingPolicy = SharingPolicy.SHARED,
+        *,
+        on_delete: Callable[[], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._backend = backend
+        self.policy = policy
+        self.stats = SharingStats()
+        self._on_delete = on_delete
+
+    @property
+    def backend(self) -> Store:
+        """The store holding the bytes."""
+        return self._backend
+
+    # -- provider / info -----------------------------------------------------------------
+
+    async def info(self, dgst: str) -> Info:
+        ns = namespaces.required()
+        _digest.validate(dgst)
+        row = await self._db.view_one(
+            "SELECT digest, size, created_at, updated_at, labels FROM blobs WHERE namespace = ? AND digest = ?",
+            (ns, dgst),
+        )
+        if row is None:
+            raise errdefs.NotFound(f"content digest {dgst}")
+        return _row_info(row)
+
+    async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+        ns = namespaces.required()
+        dgst = info.digest
+        _digest.validate(dgst)
+        async with self._db.update() as tx:
+            row = await tx.one(
+                "SELECT digest, size, created_at, updated_at, labels FROM blobs "
+                "WHERE namespace = ? AND digest = ?",
+                (ns, dgst),
+            )
+            if row is None:
+                raise errdefs.NotFound(f"content digest {dgst}")
+            cur = _row_info(row)
+            new = dict(cur.labels)
+            if not fieldpaths:
+                new = dict(info.labels)
+            else:
+                for path in fieldpaths:
+                    if path == "labels":
+                        new = dict(info.labels)
+                    elif path.startswith("labels."):
+                        key = path[len("labels.") :]
+                        val = info.labels.get(key, "")
+                        if val:
+                            new[key] = val
+                        else:
+                            new.pop(key, None)
+                    else:
+                        raise errdefs.InvalidArgument(
+                            f'cannot update "{path}" field on content info "{dgst}"'
+                        )
+            new = {k: v for k, v in new.items() if v}
+            _validate_labels(new)
+            now = utcnow()
+            await tx.run(
+                "UPDATE blobs SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?",
+                (labels_to_json(new), to_us(now), ns, dgst),
+            )
+        return Info(digest=dgst, size=cur.size, created_at=cur.created_at, updated_at=now, labels=new)
+
+    async def walk(self, *filter_strings: str) -> AsyncIterator[Info]:
+        ns = namespaces.required()
+        flt = filters.parse_all(*filter_strings)
+        last = ""
+        while True:
+            rows = await self._db.view_all(
+                "SELECT digest, size, created_at, updated_at, labels FROM blobs "
+                "WHERE namespace = ? AND digest > ? ORDER BY digest LIMIT ?",
+                (ns, last, _WALK_BATCH),
+            )
+            for row in rows:
+                info = _row_info(row)
+                if flt.match(filters.adaptor_from_mapping({"digest": info.digest}, info.labels)):
+                    yield info
+            if len(rows) < _WALK_BATCH:
+                return
+            last = str(rows[-1][0])
+
+    async def delete(self, dgst: str) -> None:
+        ns = namespaces.required()
+        _digest.validate(dgst)
+        lease = namespaces.current_lease()
+        async with self._db.update() as tx:
+            n = await tx.run("DELETE FROM blobs WHERE namespace = ? AND digest = ?", (ns, dgst))
+            if n == 0:
+                raise errdefs.NotFound(f"content digest {dgst}")
+            await _leases.remove_resource(tx, ns, lease, "content", dgst)
+            orphan = await self._unreferenced(tx, dgst)
+            if orphan:
+                # No namespace holds it and no shared writer expects it: drop the
+                # bytes now, under the write lock so no writer can admit it meanwhile.
+                try:
+                    await self._backend.delete(dgst)
+                except errdefs.NotFound:
+                    pass
+        if self._on_delete is not None:
+            self._on_delete()
+
+    @staticmethod
+    async def _unreferenced(tx: Tx, dgst: str) -> bool:
+        row = await tx.one(
+            "SELECT (SELECT COUNT(*) FROM blobs WHERE digest = ?) + "
+            "(SELECT COUNT(*) FROM ingests WHERE expected = ?)",
+            (dgst, dgst),
+        )
+        return int(row[0]) == 0
+
+    async def reader_at(self, dgst: str) -> ReaderAt:
+        await self.info(dgst)
+        return await self._backend.reader_at(dgst)
+
+    # -- ingests -------------------------------------------------------------------------
+
+    async def _ingest_row(self, ns: str, ref: str) -> tuple[str, str, int, int] | None:
+        row = await self._db.view_one(
+            "SELECT backend_ref, expected, expected_size, created_at FROM ingests WHERE namespace = ? AND ref = ?",
+            (ns, ref),
+        )
+        if row is None:
+            return None
+        return str(row[0]), str(row[1]), int(row[2]), int(row[3])
+
+    async def status(self, ref: str) -> Status:
+        ns = namespaces.required()
+        row = await self._ingest_row(ns, ref)
+        if row is None or row[1]:
+            # shared writers have no backend ingest (containerd: NotFound)
+            raise errdefs.NotFound(f"reference {ref}")
+        try:
+            st = await self._backend.status(row[0])
+        except errdefs.NotFound as exc:
+            raise errdefs.NotFound(f"reference {ref}") from exc
+        return _with_ref(st, ref)
+
+    async def list_statuses(self, *filter_strings: str) -> list[Status]:
+        ns = namespaces.required()
+        flt = filters.parse_all(*filter_strings)
+        rows = await self._db.view_all(
+            "SELECT ref, backend_ref FROM ingests WHERE namespace = ? AND expected = '' ORDER BY ref", (ns,)
+        )
+        out = []
+        for ref, bref in rows:
+            if not flt.match(filters.adaptor_from_mapping({"ref": str(ref)}, {})):
+                continue
+            try:
+                st = await self._backend.status(str(bref))
+            except errdefs.NotFound:
+                continue
+            out.append(_with_ref(st, str(ref)))
+        return out
+
+    async def abort(self, ref: str) -> None:
+        ns = namespaces.required()
+        lease = namespaces.current_lease()
+        async with self._db.update() as tx:
+            row = await tx.one(
+                "SELECT backend_ref, expected FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref)
+            )
+            if row is None:
+                raise errdefs.NotFound(f"reference {ref}")
+            await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref))
+            await _leases.remove_resource(tx, ns, lease, "ingests", ref)
+            if not row[1]:
+                try:
+                    await self._backend.abort(str(row[0]))
+                except errdefs.NotFound:
+                    pass
+
+    async def writer(self, ref: str, total: int = 0, expected: str = "") -> Writer:
+        if not ref:
+            raise errdefs.InvalidArgument("ref must not be empty")
+        ns = namespaces.required()
+        if expected:
+            _digest.validate(expected)
+        lease = namespaces.current_lease()
+        now = utcnow()
+        exists = False
+        async with self._db.update() as tx:
+            await _leases.check_lease(tx, ns, lease)
+            if expected:
+                hit = await tx.one(
+                    "SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, expected)
+                )
+                if hit is not None:
+                    await _leases.add_resource(tx, ns, lease, "content", expected)
+                    exists = True
+            if not exists:
+                shared_size = -1
+                if expected and (
+                    self.policy is SharingPolicy.SHARED or await self._in_shareable_namespace(tx, expected)
+                ):
+                    try:
+                        binfo = await self._backend.info(expected)
+                    except errdefs.NotFound:
+                        pass
+                    else:
+                        if total in (0, binfo.size):
+                            shared_size = binfo.size
+                await tx.ensure_namespace(ns, to_us(now))
+                row = await tx.one(
+                    "SELECT backend_ref FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref)
+                )
+                if row is not None:
+                    bref = str(row[0])
+                else:
+                    seq = await tx.next_sequence("ingest")
+                    bref = f"{ns}/{seq}/{ref}"
+                expires = None if lease else to_us(now + _INGEST_EXPIRY)
+                shared = shared_size >= 0
+                await tx.run(
+                    "INSERT INTO ingests(namespace, ref, backend_ref, expected, expected_size, created_at, "
+                    "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(namespace, ref) DO UPDATE SET "
+                    "expected = excluded.expected, expected_size = excluded.expected_size, "
+                    "expires_at = excluded.expires_at",
+                    (ns, ref, bref, expected if shared else "", max(shared_size, 0), to_us(now), expires),
+                )
+                await _leases.add_resource(tx, ns, lease, "ingests", ref)
+                bw: Writer | None = None
+                if not shared:
+                    # the digest is deliberately not passed: the caller must prove possession
+                    bw = await self._backend.writer(bref, total=total)
+        if exists:
+            raise errdefs.AlreadyExists(f"content {expected}")
+        return _NamespacedWriter(
+            self, ns=ns, ref=ref, bref=bref, writer=bw, lease=lease,
+            expected=expected if shared else "", size=max(shared_size, 0), started=now,
+        )
+
+    async def _in_shareable_namespace(self, tx: Tx, dgst: str) -> bool:
+        row = await tx.one(
+            "SELECT 1 FROM blobs b JOIN namespace_labels l ON l.namespace = b.namespace "
+            "WHERE b.digest = ? AND l.key = 'containerd.io/namespace.shareable' AND l.value = 'true' LIMIT 1",
+            (dgst,),
+        )
+        return row is not None
+
+    async def _commit(
+        self,
+        w: _NamespacedWriter,
+        size: int,
+        expected: str,
+        labels: Mapping[str, str] | None,
+    ) -> None:
+        _validate_labels(labels)
+        if expected:
+            _digest.validate(expected)
+        reupload = False
+        if w.backend_writer is None:
+            if size not in (0, w.size):
+                raise errdefs.FailedPrecondition(f'"{w.ref}" failed size validation: {w.size} != {size}')
+            if expected and expected != w.expected:
+                raise errdefs.FailedPrecondition(f'"{w.ref}" unexpected digest')
+            actual, size = w.expected, w.size
+        else:
+            st = await w.backend_writer.status()
+            if size not in (0, st.offset):
+                await w.backend_writer.close()
+                raise errdefs.FailedPrecondition(f'"{w.ref}" failed size validation: {st.offset} != {size}')
+            size = st.offset
+            try:
+                await w.backend_writer.commit(size, expected)
+            except errdefs.AlreadyExists:
+                reupload = True
+            actual = w.backend_writer.digest()
+        ns, lease = w.ns, w.lease
+        now_us = to_us(utcnow())
+        clean = {k: v for k, v in (labels or {}).items() if v}
+        dup = False
+        async with self._db.update() as tx:
+            if w.backend_writer is None:
+                # the shared blob may have been collected since the writer opened
+                try:
+                    await self._backend.info(actual)
+                except errdefs.NotFound as exc:
+                    raise errdefs.NotFound(f"content {actual} is no longer available") from exc
+            await tx.ensure_namespace(ns, now_us)
+            n = await tx.run(
+                "INSERT OR IGNORE INTO blobs(namespace, digest, size, created_at, updated_at, labels) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (ns, actual, size, now_us, now_us, labels_to_json(clean)),
+            )
+            dup = n == 0
+            await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, w.ref))
+            await _leases.remove_resource(tx, ns, lease, "ingests", w.ref)
+            await _leases.add_resource(tx, ns, lease, "content", actual)
+        if dup:
+            raise errdefs.AlreadyExists(f"content {actual}")
+        if w.backend_writer is None:
+            self.stats.admissions += 1
+            self.stats.saved_bytes += size
+        elif reupload:
+            self.stats.isolated_reuploads += 1
+
+
+def _with_ref(st: Status, ref: str) -> Status:
+    return Status(
+        ref=ref, offset=st.offset, total=st.total, started_at=st.started_at,
+        updated_at=st.updated_at, expected=st.expected,
+    )
+
+
+class _NamespacedWriter:
+    """Writer bound to one namespace; a shared writer has no backend writer."""
+
+    def __init__(
+        self,
+        store: NamespacedContentStore,
+        *,
+        ns: str,
+        ref: str,
+        bref: str,
+        writer: Writer | None,
+        lease: str | None,
+        expected: str,
+        size: int,
+        started: _dt.datetime,
+    ) -> None:
+        self._store = store
+        self.ns = ns
+        self.ref = ref
+        self.bref = bref
+        self.backend_writer = writer
+        self.lease = lease
+        self.expected = expected
+        self.size = size
+        self._started = started
+
+    def digest(self) -> str:
+        if self.backend_writer is None:
+            return self.expected
+        return self.backend_writer.digest()
+
+    async def status(self) -> Status:
+        if self.backend_writer is None:
+            return Status(
+                ref=self.ref, offset=self.size, total=self.size, started_at=self._started,
+                updated_at=self._started, expected=self.expected,
+            )
+        return _with_ref(await self.backend_writer.status(), self.ref)
+
+    async def _copy_up(self, n: int) -> Writer:
+        """Turn a shared writer into a real ingest holding the first *n* bytes of the blob."""
+        backend = self._store.backend
+        bw = await backend.writer(self.bref, total=0)
+        try:
+            await bw.truncate(0)
+            if n:
+                ra = await backend.reader_at(self.expected)
+                try:
+                    off = 0
+                    while off < n:
+                        chunk = await ra.read_at(off, min(1 << 20, n - off))
+                        if not chunk:
+                            raise errdefs.DataLoss(f"short read copying {self.expected}")
+                        await bw.write(chunk)
+                        off += len(chunk)
+                finally:
+                    await ra.close()
+        except BaseException:
+            await bw.close()
+            raise
+        async with self._store._db.update() as tx:
+            await tx.run(
+                "UPDATE ingests SET expected = '', expected_size = 0 WHERE namespace = ? AND ref = ?",
+                (self.ns, self.ref),
+            )
+        self.backend_writer = bw
+        self.expected = ""
+        return bw
+
+    async def write(self, data: bytes | memoryview) -> int:
+        bw = self.backend_writer
+        if bw is None:
+            if not len(data):
+                return 0
+            bw = await self._copy_up(self.size)
+        return await bw.write(data)
+
+    async def truncate(self, size: int) -> None:
+        if self.backend_writer is None:
+            if size != 0:
+                raise errdefs.InvalidArgument("truncate: unsupported size")
+            await self._copy_up(0)
+            return
+        await self.backend_writer.truncate(size)
+
+    async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> None:
+        await self._store._commit(self, size, expected, labels)
+
+    async def close(self) -> None:
+        if self.backend_writer is not None:
+            await self.backend_writer.close()

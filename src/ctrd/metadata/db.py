@@ -1,0 +1,183 @@
+"""The SQLite database behind the metadata store (aiosqlite, WAL).
+
+Two connections: a writer, used under an ``asyncio.Lock`` for whole
+transactions (``async with db.update() as tx``), and a reader for single
+statements that only ever see committed data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ctrd import errdefs
+from ctrd.metadata._schema import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = ["DB", "Tx", "from_us", "labels_from_json", "labels_to_json", "to_us"]
+
+log = logging.getLogger("ctrd.metadata")
+
+
+def to_us(t: _dt.datetime) -> int:
+    """Microseconds since the epoch."""
+    return int(t.timestamp() * 1_000_000) if t.tzinfo else int(t.replace(tzinfo=_dt.UTC).timestamp() * 1e6)
+
+
+def from_us(v: int) -> _dt.datetime:
+    """Aware UTC datetime from microseconds since the epoch."""
+    return _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(microseconds=int(v))
+
+
+def labels_to_json(labels: Mapping[str, str]) -> str:
+    """Serialise labels, dropping empty values (containerd never stores them)."""
+    return json.dumps({k: v for k, v in sorted(labels.items()) if v}, separators=(",", ":"))
+
+
+def labels_from_json(s: str) -> dict[str, str]:
+    """Parse stored labels."""
+    out = json.loads(s) if s and s != "{}" else {}
+    assert isinstance(out, dict)
+    return out
+
+
+class Tx:
+    """An open write transaction (only valid inside ``db.update()``)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+        self.after_commit: list[Any] = []
+
+    async def one(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """First row or ``None``."""
+        async with self.conn.execute(sql, tuple(params)) as cur:
+            return await cur.fetchone()
+
+    async def all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """All rows."""
+        return list(await self.conn.execute_fetchall(sql, tuple(params)))
+
+    async def run(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Execute; returns the number of changed rows."""
+        async with self.conn.execute(sql, tuple(params)) as cur:
+            return cur.rowcount
+
+    async def many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        """executemany."""
+        await self.conn.executemany(sql, [tuple(r) for r in rows])
+
+    async def next_sequence(self, name: str) -> int:
+        """Increment and return counter *name*."""
+        await self.run(
+            "INSERT INTO sequences(name, value) VALUES (?, 1) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            (name,),
+        )
+        row = await self.one("SELECT value FROM sequences WHERE name = ?", (name,))
+        return int(row[0])
+
+    async def ensure_namespace(self, ns: str, now_us: int) -> None:
+        """Create *ns* implicitly (first write in it)."""
+        await self.run("INSERT OR IGNORE INTO namespaces(name, created_at) VALUES (?, ?)", (ns, now_us))
+
+
+class DB:
+    """The metadata database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._w: aiosqlite.Connection | None = None
+        self._r: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        #: number of mutations since start (the GC scheduler watches it)
+        self.mutations = 0
+
+    async def open(self) -> None:
+        """Open (creating and migrating as needed)."""
+        self.path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        self._w = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
+            await self._w.execute(f"PRAGMA {pragma}")
+        await self._migrate()
+        self._r = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        await self._r.execute("PRAGMA busy_timeout=5000")
+
+    async def _migrate(self) -> None:
+        w = self._w
+        assert w is not None
+        await w.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = list(await w.execute_fetchall("SELECT version FROM schema_version"))
+        version = int(rows[0][0]) if rows else 0
+        if version > SCHEMA_VERSION:
+            raise errdefs.FailedPrecondition(
+                f"metadata database {self.path.name} has schema version {version}, "
+                f"newer than this ctrd supports ({SCHEMA_VERSION})"
+            )
+        for i in range(version, SCHEMA_VERSION):
+            log.info("migrating metadata schema to version %d", i + 1)
+            await w.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _split(MIGRATIONS[i]):
+                    await w.execute(stmt)
+                await w.execute("DELETE FROM schema_version")
+                await w.execute("INSERT INTO schema_version(version) VALUES (?)", (i + 1,))
+                await w.execute("COMMIT")
+            except BaseException:
+                await w.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        """Close both connections."""
+        for c in (self._r, self._w):
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    await c.close()
+        self._r = self._w = None
+
+    @contextlib.asynccontextmanager
+    async def update(self) -> AsyncIterator[Tx]:
+        """A serialised write transaction; commits on success, rolls back on error."""
+        async with self._lock:
+            w = self._w
+            if w is None:
+                raise errdefs.Unavailable("metadata database is closed")
+            await w.execute("BEGIN IMMEDIATE")
+            tx = Tx(w)
+            try:
+                yield tx
+            except BaseException:
+                await w.execute("ROLLBACK")
+                raise
+            else:
+                await w.execute("COMMIT")
+                self.mutations += 1
+        for fn in tx.after_commit:
+            fn()
+
+    async def view_one(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """One row from committed data, or ``None``."""
+        r = self._r
+        if r is None:
+            raise errdefs.Unavailable("metadata database is closed")
+        rows = await r.execute_fetchall(sql, tuple(params))
+        for row in rows:
+            return row
+        return None
+
+    async def view_all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """All rows from committed data."""
+        r = self._r
+        if r is None:
+            raise errdefs.Unavailable("metadata database is closed")
+        return list(await r.execute_fetchall(sql, tuple(params)))
+
+
+def _split(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

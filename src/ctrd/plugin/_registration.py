@@ -1,0 +1,70 @@
+"""Plugin registrations: declared data, no work at import time."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from ctrd.plugin._context import InitContext
+
+__all__ = ["InitFn", "InvalidRegistration", "Registration", "SkipPlugin"]
+
+InitFn = Callable[["InitContext"], Awaitable[Any]]
+
+
+class SkipPlugin(Exception):
+    """Raised by an init function to opt out (recorded as skipped, not failed)."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        return f"skip plugin: {self.reason}" if self.reason else "skip plugin"
+
+
+class InvalidRegistration(ValueError):
+    """A registration is malformed (empty type or id, bad requires)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Registration:
+    """What a plugin declares.
+
+    ``requires`` names plugin *types*; ``"*"`` means every other plugin and must
+    stand alone. ``config`` is a pydantic model whose defaults are the plugin's
+    defaults; the config file section ``[plugins."<uri>"]`` is validated with it.
+    """
+
+    type: str
+    id: str
+    init: InitFn
+    requires: tuple[str, ...] = ()
+    config: type[BaseModel] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            raise InvalidRegistration("plugin: no type")
+        if not self.id:
+            raise InvalidRegistration("plugin: no id")
+        if "*" in self.requires and len(self.requires) > 1:
+            raise InvalidRegistration(f"{self.uri}: invalid requires: '*' must stand alone")
+        if self.type in self.requires:
+            raise InvalidRegistration(f"{self.uri}: invalid requires: a plugin cannot require its own type")
+
+    @property
+    def uri(self) -> str:
+        """``<type>.<id>``, e.g. ``io.containerd.content.v1.content``."""
+        return f"{self.type}.{self.id}"
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """Split ``<type>.<id>`` at the last dot."""
+    type_, sep, id_ = uri.rpartition(".")
+    if not sep or not type_ or not id_:
+        raise InvalidRegistration(f"invalid plugin URI {uri!r}, expected <type>.<id>")
+    return type_, id_

@@ -1,0 +1,265 @@
+"""Daemon lifecycle: discover and initialise plugins, serve, shut down.
+
+Plugins initialise in ``requires`` order; skipped and failed plugins are
+recorded (introspection shows them), never fatal unless listed in
+``required_plugins``. Plugins close in reverse init order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import ssl
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ctrd import errdefs
+from ctrd.plugin import (
+    DependencyCycle,
+    Discovered,
+    InitContext,
+    Plugin,
+    PluginSet,
+    Registration,
+    SkipPlugin,
+    discover,
+    order,
+    types,
+)
+from ctrd.server.config import Config, ConfigError, format_validation_error
+
+__all__ = ["Daemon", "StartupError"]
+
+log = logging.getLogger("ctrd")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+class Daemon:
+    """One ctrd daemon: its plugins and its listeners."""
+
+    def __init__(self, config: Config, registrations: Sequence[Registration] | None = None) -> None:
+        self.config = config
+        self._explicit = list(registrations) if registrations is not None else None
+        self.plugins = PluginSet()
+        self.distributions: dict[str, str] = {}
+        self._closers: list[tuple[str, Any]] = []
+        self._grpc: Any = None
+        self._http: list[Any] = []
+        self.started_at = time.time()
+        self._stopped = asyncio.Event()
+
+    # -- plugins -------------------------------------------------------------------------
+
+    def _registrations(self) -> list[Registration]:
+        if self._explicit is not None:
+            return self._explicit
+        found: list[Discovered] = discover()
+        self.distributions = {d.registration.uri: d.distribution for d in found}
+        regs = [d.registration for d in found]
+        from ctrd.server.proxy import proxy_registrations
+
+        regs.extend(proxy_registrations(self.config))
+        return regs
+
+    def _configs(self, regs: Iterable[Registration]) -> dict[str, Any]:
+        cfg = self.config
+        known = {r.uri for r in regs}
+        for uri in cfg.plugins:
+            if uri not in known:
+                log.warning("config section [plugins.%r] names no registered plugin; ignored", uri)
+        for uri in cfg.disabled_plugins:
+            if uri not in known:
+                log.warning("disabled plugin %s is not registered", uri)
+        out: dict[str, Any] = {}
+        errors: list[str] = []
+        for r in regs:
+            if r.config is None:
+                if cfg.plugins.get(r.uri):
+                    errors.append(
+                        f"{cfg.plugin_sources.get(r.uri, '<config>')}: [plugins.\"{r.uri}\"]: "
+                        "this plugin takes no configuration"
+                    )
+                continue
+            try:
+                out[r.uri] = r.config.model_validate(cfg.plugins.get(r.uri, {}))
+            except ValidationError as exc:
+                errors.append(
+                    format_validation_error(
+                        exc, cfg.plugin_sources.get(r.uri, "<config>"), f'plugins."{r.uri}"'
+                    )
+                )
+        if errors:
+            raise ConfigError("; ".join(errors))
+        return out
+
+    async def load_plugins(self) -> None:
+        """Initialise every enabled plugin. :raises StartupError, ConfigError:"""
+        cfg = self.config
+        regs = self._registrations()
+        configs = self._configs(regs)
+        try:
+            ordered = order(regs, cfg.disabled_plugins)
+        except DependencyCycle as exc:
+            raise StartupError(str(exc)) from exc
+        present_types = {r.type for r in ordered}
+        root, state = Path(cfg.root), Path(cfg.state)
+        props = {
+            "grpc.address": cfg.grpc.address,
+            "root": str(root),
+            "state": str(state),
+            "config": cfg,
+            "daemon": self,
+        }
+        for reg in ordered:
+            p = Plugin(reg, config=configs.get(reg.uri))
+            self.plugins.add(p)
+            lacking = [
+                t
+                for t in reg.requires
+                if t != types.ALL and t in present_types and not any(q.ok for q in self.plugins.by_type(t))
+            ]
+            if lacking:
+                p.error = errdefs.FailedPrecondition(
+                    "no working plugin of required type " + ", ".join(lacking)
+                )
+                log.warning("failed to load plugin %s: %s", reg.uri, p.error)
+                continue
+            ic = InitContext(p, self.plugins, root=root, state=state, config=p.config, properties=props)
+            log.debug("loading plugin %s", reg.uri)
+            try:
+                p.instance = await reg.init(ic)
+            except SkipPlugin as exc:
+                p.error = exc
+                log.info("skip loading plugin %s: %s", reg.uri, exc)
+            except Exception as exc:
+                p.error = exc
+                log.warning("failed to load plugin %s: %s", reg.uri, exc)
+            else:
+                self._closers.append((reg.uri, p.instance))
+        missing = [u for u in cfg.required_plugins if self.plugins.get(u) is None]
+        if missing:
+            raise StartupError(f"required plugin {missing} not included")
+        for uri in cfg.required_plugins:
+            p2 = self.plugins.get(uri)
+            assert p2 is not None
+            if not p2.ok:
+                raise StartupError(f"load required plugin {uri}: {p2.error}")
+
+    async def close_plugins(self) -> None:
+        """Close plugin instances in reverse init order."""
+        while self._closers:
+            uri, inst = self._closers.pop()
+            for name in ("aclose", "close"):
+                fn = getattr(inst, name, None)
+                if fn is None or not callable(fn):
+                    continue
+                try:
+                    res = fn()
+                    if inspect.isawaitable(res):
+                        await res
+                except Exception:
+                    log.exception("error closing plugin %s", uri)
+                break
+
+    # -- serving -------------------------------------------------------------------------
+
+    def servables(self) -> list[Any]:
+        """Instances of working gRPC plugins."""
+        return [
+            p.instance
+            for p in self.plugins.by_type(types.GRPC)
+            if p.ok and hasattr(p.instance, "__mapping__")
+        ]
+
+    async def start(self) -> None:
+        """Load plugins, then listen. The socket appears only when everything is ready."""
+        from ctrd.server.grpc import GrpcListener
+
+        cfg = self.config
+        try:
+            cfg.validate_paths()
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        for d in (cfg.root, cfg.state):
+            os.makedirs(d, mode=0o711, exist_ok=True)
+            os.chmod(d, 0o711)
+        t0 = time.monotonic()
+        await self.load_plugins()
+        self._grpc = GrpcListener(
+            self.servables(),
+            max_recv=cfg.grpc.max_recv_message_size,
+            max_send=cfg.grpc.max_send_message_size,
+        )
+        for starter in self._http_starters():
+            self._http.append(await starter())
+        try:
+            await self._grpc.start_unix(cfg.grpc.address, uid=cfg.grpc.uid, gid=cfg.grpc.gid)
+        except (errdefs.Error, OSError) as exc:
+            await self.close_plugins()
+            raise StartupError(f"failed to listen on {cfg.grpc.address}: {exc}") from exc
+        log.info("serving... address=%s", cfg.grpc.address)
+        if cfg.grpc.tcp_address:
+            tls = self._tls()
+            await self._grpc.start_tcp(cfg.grpc.tcp_address, tls=tls)
+            log.info("serving... address=%s", cfg.grpc.tcp_address)
+        log.info("ctrd successfully booted in %.6fs", time.monotonic() - t0)
+
+    def _http_starters(self) -> list[Any]:
+        hooks = getattr(self, "http_hooks", [])
+        return list(hooks)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        g = self.config.grpc
+        if not (g.tcp_tls_cert and g.tcp_tls_key):
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(g.tcp_tls_cert, g.tcp_tls_key)
+        if g.tcp_tls_ca:
+            ctx.load_verify_locations(g.tcp_tls_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.set_alpn_protocols(["h2"])
+        return ctx
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop listening, drain in-flight calls, close plugins in reverse order."""
+        if self._grpc is not None:
+            await self._grpc.stop(drain_timeout)
+            self._grpc = None
+        for h in reversed(self._http):
+            try:
+                await h.cleanup()
+            except Exception:
+                log.exception("error stopping http listener")
+        self._http.clear()
+        await self.close_plugins()
+        self._stopped.set()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop (signal handlers call this)."""
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGINT/SIGTERM (or :meth:`request_stop`), then stop."""
+        import signal
+
+        self._stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop_requested.set)
+        try:
+            await self._stop_requested.wait()
+            log.info("stopping ctrd")
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.stop()
