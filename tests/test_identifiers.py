@@ -98,7 +98,7 @@ def test_length_is_in_bytes() -> None:
         ("\u2028", '"\\u2028"'),
         ("\U000e0001", '"\\U000e0001"'),
         ("\ud800", '"\\ufffd"'),
-        (" ~'`", "\" ~'`\""),
+        (" ~'`", '" ~\'`"'),
     ],
 )
 def test_go_quote(s: str, quoted: str) -> None:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Final
@@ -65,7 +64,7 @@ CODE_NAMES: Final[dict[Status, str]] = {
 def to_grpc(err: errdefs.Error) -> GRPCError:
     """The gRPC error for *err* (most specific class wins)."""
     for cls in type(err).__mro__:
-        code = _TO.get(cls)  # type: ignore[call-overload]
+        code = _TO.get(cls)
         if code is not None:
             return GRPCError(code, str(err))
     return GRPCError(Status.UNKNOWN, str(err))
@@ -99,7 +98,7 @@ def translate_to_native() -> Iterator[None]:
         yield
     except GRPCError as exc:
         raise from_grpc(exc) from exc
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise errdefs.DeadlineExceeded("deadline exceeded") from exc
     except StreamTerminatedError as exc:
         raise errdefs.Unavailable(f"stream terminated: {exc}") from exc

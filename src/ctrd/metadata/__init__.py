@@ -11,4 +11,11 @@ from ctrd.metadata.db import DB
 from ctrd.metadata.namespaces import SqliteNamespaceStore
 from ctrd.metadata.policy import SharingPolicy
 
-__all__ = ["DB", "NamespaceStore", "NamespacedContentStore", "SharingPolicy", "SharingStats", "SqliteNamespaceStore"]
+__all__ = [
+    "DB",
+    "NamespaceStore",
+    "NamespacedContentStore",
+    "SharingPolicy",
+    "SharingStats",
+    "SqliteNamespaceStore",
+]

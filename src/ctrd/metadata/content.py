@@ -21,12 +21,15 @@ Delete, Status, Abort and List consult only the caller's own rows.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-from ctrd import errdefs, filters, labels as _labels, namespaces
-from ctrd.content import Info, ReaderAt, Status, Store, Writer, digest as _digest, utcnow
+from ctrd import errdefs, filters, namespaces
+from ctrd import labels as _labels
+from ctrd.content import Info, ReaderAt, Status, Store, Writer, utcnow
+from ctrd.content import digest as _digest
 from ctrd.metadata import _leases
 from ctrd.metadata.db import DB, Tx, from_us, labels_from_json, labels_to_json, to_us
 from ctrd.metadata.policy import SharingPolicy
@@ -95,7 +98,8 @@ class NamespacedContentStore:
         ns = namespaces.required()
         _digest.validate(dgst)
         row = await self._db.view_one(
-            "SELECT digest, size, created_at, updated_at, labels FROM blobs WHERE namespace = ? AND digest = ?",
+            "SELECT digest, size, created_at, updated_at, labels FROM blobs "
+            "WHERE namespace = ? AND digest = ?",
             (ns, dgst),
         )
         if row is None:
@@ -173,10 +177,8 @@ class NamespacedContentStore:
             if orphan:
                 # No namespace holds it and no shared writer expects it: drop the
                 # bytes now, under the write lock so no writer can admit it meanwhile.
-                try:
+                with contextlib.suppress(errdefs.NotFound):
                     await self._backend.delete(dgst)
-                except errdefs.NotFound:
-                    pass
         if self._on_delete is not None:
             self._on_delete()
 
@@ -197,7 +199,8 @@ class NamespacedContentStore:
 
     async def _ingest_row(self, ns: str, ref: str) -> tuple[str, str, int, int] | None:
         row = await self._db.view_one(
-            "SELECT backend_ref, expected, expected_size, created_at FROM ingests WHERE namespace = ? AND ref = ?",
+            "SELECT backend_ref, expected, expected_size, created_at FROM ingests "
+            "WHERE namespace = ? AND ref = ?",
             (ns, ref),
         )
         if row is None:
@@ -245,10 +248,8 @@ class NamespacedContentStore:
             await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref))
             await _leases.remove_resource(tx, ns, lease, "ingests", ref)
             if not row[1]:
-                try:
+                with contextlib.suppress(errdefs.NotFound):
                     await self._backend.abort(str(row[0]))
-                except errdefs.NotFound:
-                    pass
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> Writer:
         if not ref:
@@ -262,9 +263,7 @@ class NamespacedContentStore:
         async with self._db.update() as tx:
             await _leases.check_lease(tx, ns, lease)
             if expected:
-                hit = await tx.one(
-                    "SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, expected)
-                )
+                hit = await tx.one("SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, expected))
                 if hit is not None:
                     await _leases.add_resource(tx, ns, lease, "content", expected)
                     exists = True
@@ -306,8 +305,15 @@ class NamespacedContentStore:
         if exists:
             raise errdefs.AlreadyExists(f"content {expected}")
         return _NamespacedWriter(
-            self, ns=ns, ref=ref, bref=bref, writer=bw, lease=lease,
-            expected=expected if shared else "", size=max(shared_size, 0), started=now,
+            self,
+            ns=ns,
+            ref=ref,
+            bref=bref,
+            writer=bw,
+            lease=lease,
+            expected=expected if shared else "",
+            size=max(shared_size, 0),
+            started=now,
         )
 
     async def _in_shareable_namespace(self, tx: Tx, dgst: str) -> bool:
@@ -378,8 +384,12 @@ class NamespacedContentStore:
 
 def _with_ref(st: Status, ref: str) -> Status:
     return Status(
-        ref=ref, offset=st.offset, total=st.total, started_at=st.started_at,
-        updated_at=st.updated_at, expected=st.expected,
+        ref=ref,
+        offset=st.offset,
+        total=st.total,
+        started_at=st.started_at,
+        updated_at=st.updated_at,
+        expected=st.expected,
     )
 
 
@@ -417,8 +427,12 @@ class _NamespacedWriter:
     async def status(self) -> Status:
         if self.backend_writer is None:
             return Status(
-                ref=self.ref, offset=self.size, total=self.size, started_at=self._started,
-                updated_at=self._started, expected=self.expected,
+                ref=self.ref,
+                offset=self.size,
+                total=self.size,
+                started_at=self._started,
+                updated_at=self._started,
+                expected=self.expected,
             )
         return _with_ref(await self.backend_writer.status(), self.ref)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
-from ctrd import errdefs, identifiers, labels as _labels
+from ctrd import errdefs, identifiers
+from ctrd import labels as _labels
 from ctrd.content import Store, utcnow
 from ctrd.metadata.db import DB, to_us
 
@@ -89,7 +91,5 @@ class SqliteNamespaceStore:
             await tx.run("DELETE FROM namespaces WHERE name = ?", (name,))
         if self._backend is not None:
             for bref in brefs:
-                try:
+                with contextlib.suppress(errdefs.Error):
                     await self._backend.abort(bref)
-                except errdefs.Error:
-                    pass

@@ -58,9 +58,9 @@ async def _init(ic: InitContext) -> MetadataInstance:
         type_, _, id_ = cfg.content_plugin.rpartition(".")
         if type_ != types.CONTENT:
             raise errdefs.InvalidArgument(f"content_plugin {cfg.content_plugin!r} is not a content plugin")
-        backend = ic.get_by_id(types.CONTENT, id_, Store)  # type: ignore[type-abstract]
+        backend = ic.get_by_id(types.CONTENT, id_, Store)
     else:
-        backend = ic.get_single(types.CONTENT, Store)  # type: ignore[type-abstract]
+        backend = ic.get_single(types.CONTENT, Store)
     path = ic.root / "meta.db"
     db = DB(path)
     await db.open()

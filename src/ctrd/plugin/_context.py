@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -174,5 +173,3 @@ class InitContext:
         if cls is not None and not isinstance(p.instance, cls):
             raise errdefs.FailedPrecondition(f"plugin {p.uri} is not a {cls.__name__}")
         return cast(T, p.instance)
-
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,7 @@ class Registration:
     id: str
     init: InitFn
     requires: tuple[str, ...] = ()
-    config: type[BaseModel] | None = None
+    config: builtins.type[BaseModel] | None = None
 
     def __post_init__(self) -> None:
         if not self.type:

@@ -137,8 +137,9 @@ class Config(_Strict):
         if not self.grpc.address:
             raise ConfigError("grpc address cannot be empty")
 
-    def with_overrides(self, *, root: str | None = None, state: str | None = None,
-                       address: str | None = None) -> Config:
+    def with_overrides(
+        self, *, root: str | None = None, state: str | None = None, address: str | None = None
+    ) -> Config:
         """A copy with command-line overrides applied."""
         upd: dict[str, Any] = {}
         if root:
@@ -205,7 +206,7 @@ def _load_tree(path: Path, seen: set[Path], sources: dict[str, str]) -> dict[str
     path = path.resolve()
     seen.add(path)
     data = _read(path)
-    for uri in (data.get("plugins") or {}):
+    for uri in data.get("plugins") or {}:
         sources[uri] = str(path)
     merged: dict[str, Any] = {}
     imports = data.get("imports") or []
@@ -225,24 +226,28 @@ def _load_tree(path: Path, seen: set[Path], sources: dict[str, str]) -> dict[str
     return merged
 
 
-def _strip_ignored(data: dict[str, Any], source: str) -> None:
+def _strip_ignored(data: dict[str, Any], source: str) -> None:  # mutates data
     for section, keys in IGNORED_KEYS.items():
         table = data if not section else data.get(section)
         if not isinstance(table, dict):
             continue
         for k in sorted(keys & table.keys()):
-            log.info("ignoring containerd config key %s (not used by ctrd) in %s",
-                     f"{section}.{k}" if section else k, source)
+            log.info(
+                "ignoring containerd config key %s (not used by ctrd) in %s",
+                f"{section}.{k}" if section else k,
+                source,
+            )
             del table[k]
 
 
-def from_mapping(data: Mapping[str, Any], source: str = "<config>",
-                 sources: dict[str, str] | None = None) -> Config:
+def from_mapping(
+    data: Mapping[str, Any], source: str = "<config>", sources: dict[str, str] | None = None
+) -> Config:
     """Validate a parsed TOML mapping. :raises ConfigError:"""
-    data = copy.deepcopy(dict(data))
-    _strip_ignored(data, source)
+    work: dict[str, Any] = copy.deepcopy(dict(data))
+    _strip_ignored(work, source)
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(work)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, "")) from exc
     for name in cfg.disabled_plugins + cfg.required_plugins:

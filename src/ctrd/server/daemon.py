@@ -85,7 +85,7 @@ class Daemon:
             if r.config is None:
                 if cfg.plugins.get(r.uri):
                     errors.append(
-                        f"{cfg.plugin_sources.get(r.uri, '<config>')}: [plugins.\"{r.uri}\"]: "
+                        f'{cfg.plugin_sources.get(r.uri, "<config>")}: [plugins."{r.uri}"]: '
                         "this plugin takes no configuration"
                     )
                 continue

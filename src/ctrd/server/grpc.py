@@ -59,7 +59,7 @@ async def _abort_with_content_type(
         h2_stream.reset_nowait()
 
 
-_gs._abort = _abort_with_content_type  # type: ignore[assignment]
+_gs._abort = _abort_with_content_type
 
 
 def _limited_recv(limit: int) -> Callable[[Any], Awaitable[Any]]:

@@ -40,7 +40,7 @@ def _table(lines: list[str], header: str, values: Mapping[str, Any], docs: Mappi
 def _plugin_defaults() -> list[tuple[str, Mapping[str, Any], Mapping[str, str]]]:
     from ctrd.plugin import discover
 
-    out = []
+    out: list[tuple[str, Mapping[str, Any], Mapping[str, str]]] = []
     for d in discover():
         model = d.registration.config
         if model is None:
@@ -63,30 +63,52 @@ def default_config() -> str:
         f"state = {toml_value(state)}",
         "# more config files merged in order (relative to this file; globs allowed)",
         "imports = []",
-        "# plugin URIs not to load, e.g. \"io.containerd.grpc.v1.healthcheck\"",
+        '# plugin URIs not to load, e.g. "io.containerd.grpc.v1.healthcheck"',
         "disabled_plugins = []",
         "# plugin URIs that must load, or start-up fails",
         "required_plugins = []",
     ]
-    _table(lines, "grpc", {
-        "address": sock, "tcp_address": "", "tcp_tls_cert": "", "tcp_tls_key": "", "tcp_tls_ca": "",
-        "uid": 0, "gid": 0, "max_recv_message_size": 16 << 20, "max_send_message_size": 16 << 20,
-    }, {
-        "address": "unix socket of the gRPC API (mode 0660)",
-        "tcp_address": "optional host:port; TLS when tcp_tls_cert and tcp_tls_key are set",
-        "uid": "owner of the socket (0 = leave as is)",
-        "max_recv_message_size": "largest accepted message, bytes",
-    })
-    _table(lines, "debug", {"address": "", "level": "info", "format": "text"}, {
-        "address": "debug HTTP endpoint: absolute path = unix socket, else host:port; empty = off",
-        "level": "trace|debug|info|warn|error",
-        "format": "text|json",
-    })
-    _table(lines, "metrics", {"address": "", "grpc_histogram": False}, {
-        "address": "Prometheus /v1/metrics on host:port; empty = off",
-    })
+    _table(
+        lines,
+        "grpc",
+        {
+            "address": sock,
+            "tcp_address": "",
+            "tcp_tls_cert": "",
+            "tcp_tls_key": "",
+            "tcp_tls_ca": "",
+            "uid": 0,
+            "gid": 0,
+            "max_recv_message_size": 16 << 20,
+            "max_send_message_size": 16 << 20,
+        },
+        {
+            "address": "unix socket of the gRPC API (mode 0660)",
+            "tcp_address": "optional host:port; TLS when tcp_tls_cert and tcp_tls_key are set",
+            "uid": "owner of the socket (0 = leave as is)",
+            "max_recv_message_size": "largest accepted message, bytes",
+        },
+    )
+    _table(
+        lines,
+        "debug",
+        {"address": "", "level": "info", "format": "text"},
+        {
+            "address": "debug HTTP endpoint: absolute path = unix socket, else host:port; empty = off",
+            "level": "trace|debug|info|warn|error",
+            "format": "text|json",
+        },
+    )
+    _table(
+        lines,
+        "metrics",
+        {"address": "", "grpc_histogram": False},
+        {
+            "address": "Prometheus /v1/metrics on host:port; empty = off",
+        },
+    )
     lines.append("")
-    lines.append("# [proxy_plugins.<name>] type = \"content\"|\"snapshot\", address = \"<socket>\"")
+    lines.append('# [proxy_plugins.<name>] type = "content"|"snapshot", address = "<socket>"')
     lines.append("[proxy_plugins]")
     lines.append("")
     lines.append("[plugins]")

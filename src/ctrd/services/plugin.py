@@ -23,12 +23,12 @@ def _publisher(ic: InitContext) -> Any:
 
 
 async def _content_service(ic: InitContext) -> Any:
-    md = ic.get_single(types.METADATA)
+    md: Any = ic.get_single(types.METADATA)
     return md.content
 
 
 async def _namespaces_service(ic: InitContext) -> Any:
-    md = ic.get_single(types.METADATA)
+    md: Any = ic.get_single(types.METADATA)
     return md.namespaces
 
 
@@ -74,6 +74,8 @@ content_grpc = Registration(
 namespaces_grpc = Registration(
     type=types.GRPC, id="namespaces", requires=(types.SERVICE, types.EVENT), init=_namespaces_grpc
 )
-introspection_grpc = Registration(type=types.GRPC, id="introspection", requires=(types.ALL,), init=_introspection)
+introspection_grpc = Registration(
+    type=types.GRPC, id="introspection", requires=(types.ALL,), init=_introspection
+)
 version_grpc = Registration(type=types.GRPC, id="version", init=_version)
 health_grpc = Registration(type=types.GRPC, id="healthcheck", init=_health)
