@@ -1,0 +1,1 @@
+"""Content store tests: the conformance suite (suite.py) and the local store."""

@@ -1,0 +1,296 @@
+"""The content conformance suite against the SQLite metadata store, under both policies."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from ctrd import errdefs, namespaces
+from ctrd.content import Store, open_writer, read_blob, sha256_of, write_blob
+from ctrd.content.local import LocalStore
+from ctrd.metadata import DB, NamespacedContentStore, SharingPolicy, SqliteNamespaceStore
+
+from ..content.suite import ContentStoreSuite, CrossNSIsolatedSuite, CrossNSSharedSuite, SharedNSIsolatedSuite
+
+
+class _MetadataHarness:
+    policy = SharingPolicy.SHARED
+    prefix = "metadata"
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
+        db = DB(tmp_path / "meta.db")
+        await db.open()
+        self.backend = LocalStore(tmp_path / "content")
+        self.ns_store = SqliteNamespaceStore(db, self.backend)
+        try:
+            yield NamespacedContentStore(db, self.backend, self.policy)
+        finally:
+            await db.close()
+
+    def namespace(self, k: int) -> contextlib.AbstractContextManager[None]:
+        return namespaces.with_namespace(f"{self.prefix}-n{k}")
+
+    async def make_shareable(self, k: int) -> None:
+        await self.ns_store.update_labels(
+            f"{self.prefix}-n{k}", {"containerd.io/namespace.shareable": "true"}, replace=False
+        )
+
+
+class TestMetadataShared(_MetadataHarness, ContentStoreSuite):
+    policy = SharingPolicy.SHARED
+
+
+class TestMetadataIsolated(_MetadataHarness, ContentStoreSuite):
+    policy = SharingPolicy.ISOLATED
+
+
+class TestCrossNSShared(_MetadataHarness, CrossNSSharedSuite):
+    policy = SharingPolicy.SHARED
+
+
+class TestCrossNSIsolated(_MetadataHarness, CrossNSIsolatedSuite):
+    policy = SharingPolicy.ISOLATED
+
+
+class TestSharedNSIsolated(_MetadataHarness, SharedNSIsolatedSuite):
+    policy = SharingPolicy.ISOLATED
+
+
+# -- metadata-specific behaviour ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ns(name: str) -> Iterator[None]:
+    with namespaces.with_namespace(name):
+        yield
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[DB, LocalStore, Path]]:
+    db = DB(tmp_path / "meta.db")
+    await db.open()
+    try:
+        yield db, LocalStore(tmp_path / "content"), tmp_path
+    finally:
+        await db.close()
+
+
+def _blob_files(root: Path) -> list[Path]:
+    return sorted((root / "content" / "blobs" / "sha256").glob("*"))
+
+
+@pytest.mark.parametrize("policy", list(SharingPolicy))
+async def test_namespace_required(env: tuple[DB, LocalStore, Path], policy: SharingPolicy) -> None:
+    db, backend, _ = env
+    store = NamespacedContentStore(db, backend, policy)
+    with pytest.raises(errdefs.FailedPrecondition, match="namespace is required"):
+        await store.info(sha256_of(b"x"))
+    with pytest.raises(errdefs.FailedPrecondition, match="namespace is required"):
+        await store.writer("ref")
+    with ns("bad/name"), pytest.raises(errdefs.InvalidArgument, match="namespace validation"):
+        await store.info(sha256_of(b"x"))
+    with pytest.raises(errdefs.InvalidArgument, match="ref must not be empty"):
+        await store.writer("")
+
+
+async def test_isolated_other_namespace_invisible_by_every_call(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, root = env
+    store = NamespacedContentStore(db, backend, SharingPolicy.ISOLATED)
+    data = b"secret layer" * 1000
+    d = sha256_of(data)
+    with ns("alice"):
+        await write_blob(store, "a-ref", data, expected=d)
+        w = await store.writer("alice-partial")
+        await w.write(b"partial")
+        await w.close()
+    with ns("mallory"):
+        with pytest.raises(errdefs.NotFound):
+            await store.info(d)
+        with pytest.raises(errdefs.NotFound):
+            await store.reader_at(d)
+        with pytest.raises(errdefs.NotFound):
+            await store.delete(d)
+        from ctrd.content import Info
+
+        with pytest.raises(errdefs.NotFound):
+            await store.update(Info(digest=d, size=0, created_at=_now(), updated_at=_now(), labels={"a": "b"}))
+        assert [i async for i in store.walk()] == []
+        with pytest.raises(errdefs.NotFound):
+            await store.status("alice-partial")
+        with pytest.raises(errdefs.NotFound):
+            await store.abort("alice-partial")
+        assert await store.list_statuses() == []
+        # knowing the digest: the writer starts empty, and a commit without the bytes fails
+        w = await store.writer("steal", total=len(data), expected=d)
+        st = await w.status()
+        assert st.offset == 0
+        with pytest.raises(errdefs.FailedPrecondition):
+            await w.commit(len(data), d)
+        await w.close()
+        w = await open_writer(store, "steal", total=len(data), expected=d)
+        await w.write(data[:-1] + b"X")
+        with pytest.raises(errdefs.FailedPrecondition):
+            await w.commit(len(data), d)
+        await w.close()
+        with pytest.raises(errdefs.NotFound):
+            await store.info(d)
+    with ns("alice"):
+        assert (await store.info(d)).size == len(data)
+        assert (await store.status("alice-partial")).offset == 7
+    assert len(_blob_files(root)) == 1
+
+
+async def test_isolated_full_upload_admits_without_second_copy(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, root = env
+    store = NamespacedContentStore(db, backend, SharingPolicy.ISOLATED)
+    data = b"layer" * 5000
+    d = sha256_of(data)
+    with ns("a"):
+        await write_blob(store, "r", data, expected=d)
+    with ns("b"):
+        w = await store.writer("r", total=len(data), expected=d)
+        await w.write(data)
+        await w.commit(len(data), d)
+        assert await read_blob(store, d) == data
+    assert len(_blob_files(root)) == 1
+    assert store.stats.isolated_reuploads == 1
+    assert store.stats.admissions == 0
+
+
+async def test_shared_admission_without_bytes(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, root = env
+    store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
+    data = b"base image" * 3000
+    d = sha256_of(data)
+    with ns("a"):
+        await write_blob(store, "r", data, expected=d)
+    with ns("b"):
+        w = await store.writer("r2", total=len(data), expected=d)
+        st = await w.status()
+        assert (st.offset, st.total, w.digest()) == (len(data), len(data), d)
+        # no ingest status for a shared writer (containerd quirk)
+        with pytest.raises(errdefs.NotFound):
+            await store.status("r2")
+        assert await store.list_statuses() == []
+        with pytest.raises(errdefs.NotFound):
+            await store.info(d)
+        await w.commit(0, "")
+        assert (await store.info(d)).size == len(data)
+    assert store.stats.admissions == 1
+    assert store.stats.saved_bytes == len(data)
+    assert len(_blob_files(root)) == 1
+
+
+async def test_shared_size_mismatch_does_not_share(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, _ = env
+    store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
+    data = b"abc" * 100
+    d = sha256_of(data)
+    with ns("a"):
+        await write_blob(store, "r", data, expected=d)
+    with ns("b"):
+        w = await store.writer("r", total=len(data) + 1, expected=d)
+        assert (await w.status()).offset == 0
+        await w.close()
+
+
+async def test_expected_in_own_namespace_already_exists(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, _ = env
+    for policy in SharingPolicy:
+        store = NamespacedContentStore(db, backend, policy)
+        data = f"x-{policy}".encode()
+        d = sha256_of(data)
+        with ns(f"own-{policy}"):
+            await write_blob(store, "r", data, expected=d)
+            with pytest.raises(errdefs.AlreadyExists, match=f"content {d}"):
+                await store.writer("other", expected=d)
+
+
+async def test_delete_removes_file_only_when_unreferenced(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, root = env
+    store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
+    data = b"shared bytes"
+    d = sha256_of(data)
+    for name in ("a", "b"):
+        with ns(name):
+            await write_blob(store, "r", data, expected=d)
+    with ns("a"):
+        await store.delete(d)
+        with pytest.raises(errdefs.NotFound):
+            await store.delete(d)
+    assert len(_blob_files(root)) == 1
+    with ns("b"):
+        assert await read_blob(store, d) == data
+        await store.delete(d)
+    assert _blob_files(root) == []
+
+
+async def test_labels_empty_values_dropped_and_oversize_rejected(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, _ = env
+    store = NamespacedContentStore(db, backend)
+    data = b"labels"
+    d = sha256_of(data)
+    with ns("l"):
+        w = await store.writer("r")
+        await w.write(data)
+        with pytest.raises(errdefs.InvalidArgument):
+            await w.commit(0, "", {"k": "v" * 4096})
+        await w.close()
+        w = await open_writer(store, "r")
+        await w.commit(0, "", {"k": "v", "empty": ""})
+        assert dict((await store.info(d)).labels) == {"k": "v"}
+
+
+async def test_namespace_store(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, _ = env
+    nss = SqliteNamespaceStore(db, backend)
+    store = NamespacedContentStore(db, backend)
+    await nss.create("one", {"a": "1"})
+    with pytest.raises(errdefs.AlreadyExists, match='namespace "one"'):
+        await nss.create("one", {})
+    with pytest.raises(errdefs.InvalidArgument):
+        await nss.create("bad name", {})
+    assert await nss.labels("nope") == {}
+    assert await nss.update_labels("one", {"b": "2", "a": ""}, replace=False) == {"b": "2"}
+    assert await nss.update_labels("one", {"c": "3"}, replace=True) == {"c": "3"}
+    with ns("two"):
+        await write_blob(store, "r", b"keep me")
+    assert await nss.list() == ["one", "two"]
+    with pytest.raises(errdefs.FailedPrecondition, match='namespace "two" must be empty'):
+        await nss.delete("two")
+    with pytest.raises(errdefs.NotFound, match='namespace "zzz"'):
+        await nss.delete("zzz")
+    await nss.delete("one")
+    assert await nss.list() == ["two"]
+
+
+async def test_reopen_database_keeps_state(tmp_path: Path) -> None:
+    data = b"persist"
+    d = sha256_of(data)
+    for attempt in range(2):
+        db = DB(tmp_path / "meta.db")
+        await db.open()
+        store = NamespacedContentStore(db, LocalStore(tmp_path / "content"))
+        with ns("p"):
+            if attempt == 0:
+                await write_blob(store, "r", data, expected=d)
+                w = await store.writer("partial")
+                await w.write(b"12345")
+                await w.close()
+            else:
+                assert await read_blob(store, d) == data
+                w = await open_writer(store, "partial")
+                assert (await w.status()).offset == 5
+                await w.write(b"678")
+                await w.commit(8, "")
+        await db.close()
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from ctrd.content import utcnow
+
+    return utcnow()
