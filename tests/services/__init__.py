@@ -1,0 +1,1 @@
+"""Tests of the gRPC servicers over in-memory channels."""
