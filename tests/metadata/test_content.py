@@ -117,7 +117,9 @@ async def test_isolated_other_namespace_invisible_by_every_call(env: tuple[DB, L
         from ctrd.content import Info
 
         with pytest.raises(errdefs.NotFound):
-            await store.update(Info(digest=d, size=0, created_at=_now(), updated_at=_now(), labels={"a": "b"}))
+            await store.update(
+                Info(digest=d, size=0, created_at=_now(), updated_at=_now(), labels={"a": "b"})
+            )
         assert [i async for i in store.walk()] == []
         with pytest.raises(errdefs.NotFound):
             await store.status("alice-partial")
