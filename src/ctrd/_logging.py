@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Final
 
-__all__ = ["setup"]
+__all__ = ["buffer_early", "drop_early", "setup"]
 
 _LEVELS: Final = {
     "trace": logging.DEBUG,
@@ -60,8 +60,46 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class _Buffer(logging.Handler):
+    """Holds records logged before :func:`setup` (while the config, which sets level and format, loads)."""
+
+    def __init__(self, previous_level: int) -> None:
+        super().__init__(logging.DEBUG)
+        self.previous_level = previous_level
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+_early: _Buffer | None = None
+
+
+def buffer_early() -> None:
+    """Keep log records until :func:`setup` (which replays them) or :func:`drop_early`."""
+    global _early
+    root = logging.getLogger()
+    drop_early()
+    _early = _Buffer(root.level)
+    root.addHandler(_early)
+    root.setLevel(logging.DEBUG)
+
+
+def drop_early() -> list[logging.LogRecord]:
+    """Stop buffering; return what was buffered."""
+    global _early
+    buf, _early = _early, None
+    if buf is None:
+        return []
+    root = logging.getLogger()
+    root.removeHandler(buf)
+    root.setLevel(buf.previous_level)
+    return buf.records
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
-    """Configure the root logger on stderr."""
+    """Configure the root logger on stderr, then emit what :func:`buffer_early` held."""
+    early = drop_early()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger()
@@ -71,3 +109,6 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(_LEVELS.get(level.lower() or "info", logging.INFO))
     for noisy in ("grpclib", "hpack", "h2", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for record in early:
+        if logging.getLogger(record.name).isEnabledFor(record.levelno):
+            handler.handle(record)

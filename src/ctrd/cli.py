@@ -47,13 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ctrd import _logging
     from ctrd.server.config import Config, ConfigError
 
+    _logging.buffer_early()  # config loading logs (ignored keys) before level and format are known
     try:
         cfg = _load(args)
     except ConfigError as exc:
+        _logging.setup(args.log_level or "info")
         print(f"ctrd: {exc}", file=sys.stderr)
         return 1
     assert isinstance(cfg, Config)
     if args.command == "config":
+        _logging.drop_early()
         from ctrd.server import render
 
         try:

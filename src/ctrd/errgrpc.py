@@ -74,11 +74,11 @@ def from_grpc(err: GRPCError) -> errdefs.Error:
     """The ctrd error for a gRPC error; the class suffix is stripped from the message."""
     cls = _FROM.get(err.status, errdefs.Unknown)
     msg = err.message or ""
-    for suffix in {cls.suffix, "unknown"}:
-        if msg == suffix:
-            msg = ""
-        elif msg.endswith(": " + suffix):
-            msg = msg[: -len(suffix) - 2]
+    # as containerd's rebaseMessage: strip only this class's own suffix, once
+    if msg == cls.suffix:
+        msg = ""
+    elif msg.endswith(": " + cls.suffix):
+        msg = msg[: -len(cls.suffix) - 2]
     return cls(msg)
 
 

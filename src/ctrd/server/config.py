@@ -245,6 +245,8 @@ def from_mapping(
 ) -> Config:
     """Validate a parsed TOML mapping. :raises ConfigError:"""
     work: dict[str, Any] = copy.deepcopy(dict(data))
+    if "plugin_sources" in work:  # an internal field, not a config key
+        raise ConfigError(f"{source}: plugin_sources: unknown key")
     _strip_ignored(work, source)
     try:
         cfg = Config.model_validate(work)

@@ -56,6 +56,7 @@ class Daemon:
         self._http: list[Any] = []
         self.started_at = time.time()
         self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
 
     # -- plugins -------------------------------------------------------------------------
 
@@ -81,7 +82,10 @@ class Daemon:
                 log.warning("disabled plugin %s is not registered", uri)
         out: dict[str, Any] = {}
         errors: list[str] = []
+        disabled = set(cfg.disabled_plugins)
         for r in regs:
+            if r.uri in disabled:  # not loaded, so its section is not checked (as containerd)
+                continue
             if r.config is None:
                 if cfg.plugins.get(r.uri):
                     errors.append(
@@ -193,19 +197,24 @@ class Daemon:
             os.makedirs(d, mode=0o711, exist_ok=True)
             os.chmod(d, 0o711)
         t0 = time.monotonic()
-        await self.load_plugins()
-        self._grpc = GrpcListener(
-            self.servables(),
-            max_recv=cfg.grpc.max_recv_message_size,
-            max_send=cfg.grpc.max_send_message_size,
-        )
-        for starter in self._http_starters():
-            self._http.append(await starter())
         try:
-            await self._grpc.start_unix(cfg.grpc.address, uid=cfg.grpc.uid, gid=cfg.grpc.gid)
-        except (errdefs.Error, OSError) as exc:
-            await self.close_plugins()
-            raise StartupError(f"failed to listen on {cfg.grpc.address}: {exc}") from exc
+            await self.load_plugins()
+            self._grpc = GrpcListener(
+                self.servables(),
+                max_recv=cfg.grpc.max_recv_message_size,
+                max_send=cfg.grpc.max_send_message_size,
+            )
+            for starter in self._http_starters():
+                self._http.append(await starter())
+            try:
+                await self._grpc.start_unix(cfg.grpc.address, uid=cfg.grpc.uid, gid=cfg.grpc.gid)
+            except (errdefs.Error, OSError) as exc:
+                raise StartupError(f"failed to listen on {cfg.grpc.address}: {exc}") from exc
+        except BaseException:
+            # whatever initialised is closed again (reverse order), e.g. when a required
+            # plugin failed or the socket is in use
+            await self.stop()
+            raise
         log.info("serving... address=%s", cfg.grpc.address)
         if cfg.grpc.tcp_address:
             tls = self._tls()
@@ -251,7 +260,6 @@ class Daemon:
         """Start, serve until SIGINT/SIGTERM (or :meth:`request_stop`), then stop."""
         import signal
 
-        self._stop_requested = asyncio.Event()
         loop = asyncio.get_running_loop()
         await self.start()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -98,6 +98,22 @@ class _Tracker:
         self.idle = asyncio.Event()
         self.idle.set()
 
+    def add(self, task: asyncio.Task[Any]) -> None:
+        """Track *task* (grpclib's per-request task) until it is done.
+
+        Done means the whole request, trailers included, not just the handler: a
+        reply still waiting for the transport must not be cut off by the close.
+        """
+        if task not in self.inflight:
+            self.inflight.add(task)
+            self.idle.clear()
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.inflight.discard(task)
+        if not self.inflight:
+            self.idle.set()
+
 
 class GrpcListener:
     """Serves the given servables on a unix socket and optionally TCP(+TLS)."""
@@ -142,8 +158,7 @@ class GrpcListener:
             stream.recv_message = types.MethodType(_limited_recv(limit), stream)
             task = asyncio.current_task()
             assert task is not None
-            tracker.inflight.add(task)
-            tracker.idle.clear()
+            tracker.add(task)
             try:
                 await inner(stream)
             except errdefs.Error as exc:
@@ -155,10 +170,6 @@ class GrpcListener:
             except Exception as exc:
                 log.exception("unexpected error in %s", name)
                 raise GRPCError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                tracker.inflight.discard(task)
-                if not tracker.inflight:
-                    tracker.idle.set()
 
         event.method_func = wrapped
         if on_request is not None:

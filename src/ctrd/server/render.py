@@ -6,7 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ctrd.server.config import Config, default_paths
+from pydantic import ValidationError
+
+from ctrd.server.config import Config, ConfigError, default_paths, format_validation_error
 
 __all__ = ["default_config", "dump_config", "toml_value"]
 
@@ -138,6 +140,12 @@ def dump_config(cfg: Config) -> str:
     for uri in uris:
         reg = regs.get(uri)
         section = cfg.plugins.get(uri, {})
-        values = reg.config.model_validate(section).model_dump(mode="json") if reg and reg.config else section
+        try:
+            values = (
+                reg.config.model_validate(section).model_dump(mode="json") if reg and reg.config else section
+            )
+        except ValidationError as exc:
+            source = cfg.plugin_sources.get(uri, "<config>")
+            raise ConfigError(format_validation_error(exc, source, f"plugins.{json.dumps(uri)}")) from exc
         _table(lines, f"plugins.{json.dumps(uri)}", values, {})
     return "\n".join(lines) + "\n"
