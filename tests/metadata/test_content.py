@@ -212,22 +212,32 @@ async def test_expected_in_own_namespace_already_exists(env: tuple[DB, LocalStor
                 await store.writer("other", expected=d)
 
 
-async def test_delete_removes_file_only_when_unreferenced(env: tuple[DB, LocalStore, Path]) -> None:
+async def test_delete_leaves_the_file_to_gc_until_unreferenced(env: tuple[DB, LocalStore, Path]) -> None:
+    from ctrd.metadata.gc import GarbageCollector
+
     db, backend, root = env
     store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
+    deletions: list[int] = []
+    store.on_delete = lambda: deletions.append(1)
+    gc = GarbageCollector(db, backend, store.gate)
     data = b"shared bytes"
     d = sha256_of(data)
     for name in ("a", "b"):
         with ns(name):
-            await write_blob(store, "r", data, expected=d)
+            await write_blob(store, "r", data, expected=d, labels={"containerd.io/gc.root": "t"})
     with ns("a"):
         await store.delete(d)
         with pytest.raises(errdefs.NotFound):
             await store.delete(d)
+    assert deletions == [1]
+    await gc.collect()
     assert len(_blob_files(root)) == 1
     with ns("b"):
         assert await read_blob(store, d) == data
         await store.delete(d)
+    # the delete itself never touches the file (containerd: the collector removes it)
+    assert len(_blob_files(root)) == 1
+    await gc.collect()
     assert _blob_files(root) == []
 
 

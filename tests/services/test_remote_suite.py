@@ -8,14 +8,16 @@ containerd runs its suite through its Go client ("ContentClient").
 from __future__ import annotations
 
 import contextlib
+import datetime
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
 
 from ctrd import namespaces
+from ctrd.api.containerd.services.leases import v1 as lease_api
 from ctrd.api.containerd.services.namespaces import v1 as ns_api
 from ctrd.client import RemoteContentStore
 from ctrd.content import Store
@@ -44,6 +46,9 @@ async def running_daemon(policy: str) -> AsyncIterator[str]:
             await daemon.stop(drain_timeout=2.0)
 
 
+_LEASE = "suite"
+
+
 class _RemoteHarness:
     policy = "shared"
 
@@ -52,13 +57,26 @@ class _RemoteHarness:
         async with running_daemon(self.policy) as sock:
             channel = Channel(path=sock)
             self.channel = channel
+            # Like containerd's ContentClient harness: every namespace writes under a
+            # lease (24 h expiry), so the garbage collector keeps what the suite writes.
+            leases = lease_api.LeasesStub(channel)
+            expire = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=24)).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+            for k in (1, 2):
+                await leases.create(
+                    lease_api.CreateRequest(id=_LEASE, labels={"containerd.io/gc.expire": expire}),
+                    metadata={namespaces.GRPC_HEADER: f"ContentClient-n{k}"},
+                )
             try:
                 yield RemoteContentStore(channel)
             finally:
                 channel.close()
 
-    def namespace(self, k: int) -> contextlib.AbstractContextManager[None]:
-        return namespaces.with_namespace(f"ContentClient-n{k}")
+    @contextlib.contextmanager
+    def namespace(self, k: int) -> Iterator[None]:
+        with namespaces.with_namespace(f"ContentClient-n{k}"), namespaces.with_lease(_LEASE):
+            yield
 
     async def make_shareable(self, k: int) -> None:
         stub = ns_api.NamespacesStub(self.channel)

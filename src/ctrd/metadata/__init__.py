@@ -8,14 +8,19 @@ from __future__ import annotations
 from ctrd.metadata._types import NamespaceStore
 from ctrd.metadata.content import NamespacedContentStore, SharingStats
 from ctrd.metadata.db import DB
+from ctrd.metadata.leases import Lease, LeaseManager, Resource, SqliteLeaseStore
 from ctrd.metadata.namespaces import SqliteNamespaceStore
 from ctrd.metadata.policy import SharingPolicy
 
 __all__ = [
     "DB",
+    "Lease",
+    "LeaseManager",
     "NamespaceStore",
     "NamespacedContentStore",
+    "Resource",
     "SharingPolicy",
     "SharingStats",
+    "SqliteLeaseStore",
     "SqliteNamespaceStore",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctrd import errdefs
+from ctrd import errdefs, identifiers
 from ctrd.metadata.db import Tx
 
 __all__ = ["add_resource", "check_lease", "remove_resource"]
@@ -14,7 +14,7 @@ async def check_lease(tx: Tx, ns: str, lease: str | None) -> None:
         return
     row = await tx.one("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (ns, lease))
     if row is None:
-        raise errdefs.NotFound(f"lease {lease!r} does not exist")
+        raise errdefs.NotFound(f"lease {identifiers.go_quote(lease)} does not exist")
 
 
 async def add_resource(tx: Tx, ns: str, lease: str | None, type_: str, id_: str) -> None:

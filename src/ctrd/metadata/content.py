@@ -24,17 +24,18 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-from ctrd import errdefs, filters, namespaces
+from ctrd import _faults, errdefs, filters, namespaces
 from ctrd import labels as _labels
 from ctrd.content import Info, ReaderAt, Status, Store, Writer, utcnow
 from ctrd.content import digest as _digest
 from ctrd.metadata import _leases
+from ctrd.metadata._gate import BlobGate
 from ctrd.metadata.db import DB, Tx, from_us, labels_from_json, labels_to_json, to_us
 from ctrd.metadata.policy import SharingPolicy
 
-__all__ = ["NamespacedContentStore", "SharingStats"]
+__all__ = ["ContentStats", "NamespacedContentStore", "SharingStats"]
 
 log = logging.getLogger("ctrd.metadata")
 
@@ -49,6 +50,36 @@ class SharingStats:
         self.admissions = 0
         self.saved_bytes = 0
         self.isolated_reuploads = 0
+
+
+class ContentStats:
+    """Byte and operation counters of the namespaced store (read by the metrics endpoint)."""
+
+    def __init__(self) -> None:
+        self.ingested_bytes = 0
+        self.read_bytes = 0
+        self.commits = 0
+        self.aborts = 0
+
+
+class _CountingReader:
+    """A backend reader that adds the bytes it returns to :attr:`ContentStats.read_bytes`."""
+
+    def __init__(self, reader: ReaderAt, stats: ContentStats) -> None:
+        self._reader = reader
+        self._stats = stats
+
+    @property
+    def size(self) -> int:
+        return self._reader.size
+
+    async def read_at(self, offset: int, n: int) -> bytes:
+        data = await self._reader.read_at(offset, n)
+        self._stats.read_bytes += len(data)
+        return data
+
+    async def close(self) -> None:
+        await self._reader.close()
 
 
 def _row_info(row: Sequence[object]) -> Info:
@@ -80,12 +111,20 @@ class NamespacedContentStore:
         policy: SharingPolicy = SharingPolicy.SHARED,
         *,
         on_delete: Callable[[], None] | None = None,
+        on_commit: Callable[[str, str, int], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
         self._backend = backend
         self.policy = policy
         self.stats = SharingStats()
-        self._on_delete = on_delete
+        self.content_stats = ContentStats()
+        #: called after each successful delete (settable: the GC scheduler plugs in here)
+        self.on_delete = on_delete
+        #: shared with the garbage collector (see :mod:`ctrd.metadata._gate`)
+        self.gate = BlobGate()
+        #: awaited with (namespace, digest, size) after a commit admitted a new blob into a
+        #: namespace (not on AlreadyExists); the content gRPC plugin publishes /content/create
+        self.on_commit = on_commit
 
     @property
     def backend(self) -> Store:
@@ -165,6 +204,12 @@ class NamespacedContentStore:
             last = str(rows[-1][0])
 
     async def delete(self, dgst: str) -> None:
+        """Remove the blob from the namespace; the backend file is left to the garbage collector.
+
+        As in containerd, the file goes at the next collection once no namespace
+        holds the digest and no shared writer expects it (:mod:`ctrd.metadata.gc`);
+        :attr:`on_delete` tells the scheduler a collection is due.
+        """
         ns = namespaces.required()
         _digest.validate(dgst)
         lease = namespaces.current_lease()
@@ -173,27 +218,14 @@ class NamespacedContentStore:
             if n == 0:
                 raise errdefs.NotFound(f"content digest {dgst}")
             await _leases.remove_resource(tx, ns, lease, "content", dgst)
-            orphan = await self._unreferenced(tx, dgst)
-            if orphan:
-                # No namespace holds it and no shared writer expects it: drop the
-                # bytes now, under the write lock so no writer can admit it meanwhile.
-                with contextlib.suppress(errdefs.NotFound):
-                    await self._backend.delete(dgst)
-        if self._on_delete is not None:
-            self._on_delete()
-
-    @staticmethod
-    async def _unreferenced(tx: Tx, dgst: str) -> bool:
-        row = await tx.one(
-            "SELECT (SELECT COUNT(*) FROM blobs WHERE digest = ?) + "
-            "(SELECT COUNT(*) FROM ingests WHERE expected = ?)",
-            (dgst, dgst),
-        )
-        return int(row[0]) == 0
+            _faults.point("metadata.delete.in_tx")
+        _faults.point("metadata.delete.after_tx")
+        if self.on_delete is not None:
+            self.on_delete()
 
     async def reader_at(self, dgst: str) -> ReaderAt:
         await self.info(dgst)
-        return await self._backend.reader_at(dgst)
+        return _CountingReader(await self._backend.reader_at(dgst), self.content_stats)
 
     # -- ingests -------------------------------------------------------------------------
 
@@ -250,6 +282,7 @@ class NamespacedContentStore:
             if not row[1]:
                 with contextlib.suppress(errdefs.NotFound):
                     await self._backend.abort(str(row[0]))
+        self.content_stats.aborts += 1
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> Writer:
         if not ref:
@@ -331,6 +364,18 @@ class NamespacedContentStore:
         expected: str,
         labels: Mapping[str, str] | None,
     ) -> None:
+        # From the backend commit to the end of the transaction the new file is referenced
+        # by no row: the gate keeps the garbage collector off it meanwhile.
+        async with self.gate.committing(w.digest(), w.bref):
+            await self._commit_gated(w, size, expected, labels)
+
+    async def _commit_gated(
+        self,
+        w: _NamespacedWriter,
+        size: int,
+        expected: str,
+        labels: Mapping[str, str] | None,
+    ) -> None:
         _validate_labels(labels)
         if expected:
             _digest.validate(expected)
@@ -356,6 +401,7 @@ class NamespacedContentStore:
         now_us = to_us(utcnow())
         clean = {k: v for k, v in (labels or {}).items() if v}
         dup = False
+        _faults.point("metadata.commit.before_tx")
         async with self._db.update() as tx:
             if w.backend_writer is None:
                 # the shared blob may have been collected since the writer opened
@@ -373,8 +419,15 @@ class NamespacedContentStore:
             await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, w.ref))
             await _leases.remove_resource(tx, ns, lease, "ingests", w.ref)
             await _leases.add_resource(tx, ns, lease, "content", actual)
+            _faults.point("metadata.commit.in_tx")
         if dup:
             raise errdefs.AlreadyExists(f"content {actual}")
+        self.content_stats.commits += 1
+        if self.on_commit is not None:
+            try:
+                await self.on_commit(ns, actual, size)
+            except Exception:
+                log.warning("commit hook failed for %s in %s", actual, ns, exc_info=True)
         if w.backend_writer is None:
             self.stats.admissions += 1
             self.stats.saved_bytes += size
@@ -472,7 +525,9 @@ class _NamespacedWriter:
             if not len(data):
                 return 0
             bw = await self._copy_up(self.size)
-        return await bw.write(data)
+        n = await bw.write(data)
+        self._store.content_stats.ingested_bytes += n
+        return n
 
     async def truncate(self, size: int) -> None:
         if self.backend_writer is None:

@@ -37,10 +37,12 @@ class SqliteConfig(BaseModel):
 class MetadataInstance:
     """What the metadata plugin provides to its dependants."""
 
-    def __init__(self, db: Any, content: Any, namespaces: Any) -> None:
+    def __init__(self, db: Any, content: Any, namespaces: Any, leases: Any = None) -> None:
         self.db = db
         self.content = content
         self.namespaces = namespaces
+        #: :class:`ctrd.metadata.SqliteLeaseStore`; the GC plugin sets its ``on_delete``/``collector``
+        self.leases = leases
 
     async def aclose(self) -> None:
         """Close the database."""
@@ -50,7 +52,13 @@ class MetadataInstance:
 async def _init(ic: InitContext) -> MetadataInstance:
     from ctrd import errdefs
     from ctrd.content import Store
-    from ctrd.metadata import DB, NamespacedContentStore, SharingPolicy, SqliteNamespaceStore
+    from ctrd.metadata import (
+        DB,
+        NamespacedContentStore,
+        SharingPolicy,
+        SqliteLeaseStore,
+        SqliteNamespaceStore,
+    )
 
     cfg = ic.config
     assert isinstance(cfg, SqliteConfig)
@@ -71,7 +79,7 @@ async def _init(ic: InitContext) -> MetadataInstance:
     import logging
 
     logging.getLogger("ctrd.metadata").info("metadata content store policy set policy=%s", policy.value)
-    return MetadataInstance(db, content, SqliteNamespaceStore(db, backend))
+    return MetadataInstance(db, content, SqliteNamespaceStore(db, backend), SqliteLeaseStore(db))
 
 
 sqlite = Registration(

@@ -44,7 +44,7 @@ from ctrd.content._store import ReaderAt, Store, Writer
 from ctrd.events import Publisher
 from ctrd.services.convert import info_from_proto, info_to_proto, status_to_proto, to_utc
 
-__all__ = ["LIST_BATCH", "READ_CHUNK", "TOPIC_DELETE", "ContentService"]
+__all__ = ["LIST_BATCH", "READ_CHUNK", "TOPIC_CREATE", "TOPIC_DELETE", "ContentService"]
 
 log = logging.getLogger("ctrd.services.content")
 
@@ -56,6 +56,9 @@ READ_CHUNK: Final = 1 << 20
 
 TOPIC_DELETE: Final = "/content/delete"
 """Event topic published after a successful Delete."""
+
+TOPIC_CREATE: Final = "/content/create"
+"""Event topic of ``ContentCreate`` after a commit (published through the store's ``on_commit`` hook)."""
 
 _SERVICE: Final = "/containerd.services.content.v1.Content/"
 

@@ -370,8 +370,33 @@ class LocalStore:
         return statuses
 
     async def walk_status_refs(self) -> list[str]:
-        """Refs of all ingests on disk (for the garbage collector), sorted."""
-        return [s.ref for s in await run_blocking(self._list_statuses_sync)]
+        """Refs of all ingest directories on disk (for the garbage collector), sorted.
+
+        Unlike :meth:`list_statuses`, this includes directories whose ``data`` is
+        missing (a crash between a commit's rename and the directory's removal),
+        so the collector can :meth:`abort` them; only directories without a
+        readable ``ref`` file cannot be named and are skipped.
+        """
+        return await run_blocking(self._walk_refs_sync)
+
+    def _walk_refs_sync(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self._ingest))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise map_os_error(exc, "list ingests") from None
+        refs = []
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                ref = (Path(entry.path) / "ref").read_bytes().decode("utf-8", errors="replace")
+            except OSError:
+                continue
+            if entry.name == hashlib.sha256(ref.encode()).hexdigest():
+                refs.append(ref)
+        return sorted(refs)
 
     async def abort(self, ref: str) -> None:
         """Remove the ingest *ref* and its data.

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, TypeVar
 
-from ctrd import errdefs
+from ctrd import _faults, errdefs
 from ctrd.content import digest as _digest
 from ctrd.content._store import Status, utcnow
 from ctrd.content.local._locks import RefLocks
@@ -346,6 +346,7 @@ class LocalWriter:
         algorithm, encoded = _digest.parse(dgst)
         target_dir = self._blobs_dir / algorithm
         target = target_dir / encoded
+        _faults.point("content.commit.before_rename")
         try:
             target_dir.mkdir(parents=True, exist_ok=True)
             if target.exists():
@@ -353,6 +354,7 @@ class LocalWriter:
                 raise errdefs.AlreadyExists(f"content {dgst}")
             os.rename(self._ingest_dir / "data", target)
             _fsync_dir(target_dir)
+            _faults.point("content.commit.after_rename")
             now = time.time_ns()
             os.utime(target, ns=(now, now))
             mode = os.stat(target).st_mode

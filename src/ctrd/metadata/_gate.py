@@ -1,0 +1,90 @@
+"""Per-digest exclusion between a commit's backend step and the collector's file deletion.
+
+A commit moves bytes into the backend store (``blobs/sha256/<hex>``) *before*
+its metadata transaction inserts the blob row (containerd's order: the file
+must exist before a record points at it). In that window the file is
+referenced by nothing in the database, so the garbage collector must not
+delete it; and while the collector is deleting a file, a commit of the same
+digest must not conclude that it "already exists" in the backend.
+
+:class:`BlobGate` is the in-memory agreement between the two (one process owns
+the root, and every method here runs on the event loop thread, so each
+check-and-set is atomic):
+
+* the content store wraps backend commit + metadata transaction in
+  :meth:`BlobGate.committing`, which first waits for any deletion of that digest
+  to finish;
+* the collector calls :meth:`BlobGate.begin_delete` (refused while a commit of
+  the digest is in flight), deletes the file, then :meth:`BlobGate.end_delete`.
+
+The gate also records the backend refs being committed, so the collector does
+not mistake the ingest row of a commit in flight (its backend data already
+renamed away) for a dangling record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+__all__ = ["BlobGate"]
+
+
+class BlobGate:
+    """Digests (and backend refs) being committed, digests being deleted."""
+
+    __slots__ = ("_committing", "_deleting", "_refs")
+
+    def __init__(self) -> None:
+        self._committing: dict[str, int] = {}
+        self._refs: dict[str, int] = {}
+        self._deleting: dict[str, asyncio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def committing(self, dgst: str, bref: str = "") -> AsyncIterator[None]:
+        """Hold *dgst* (and backend ref *bref*) as "being committed" for the body."""
+        while (ev := self._deleting.get(dgst)) is not None:
+            await ev.wait()
+        _inc(self._committing, dgst)
+        if bref:
+            _inc(self._refs, bref)
+        try:
+            yield
+        finally:
+            _dec(self._committing, dgst)
+            if bref:
+                _dec(self._refs, bref)
+
+    def is_committing(self, dgst: str) -> bool:
+        """Whether a commit of *dgst* is between its backend step and its transaction's end."""
+        return dgst in self._committing
+
+    def ref_committing(self, bref: str) -> bool:
+        """Whether the ingest with backend ref *bref* is being committed."""
+        return bref in self._refs
+
+    def begin_delete(self, dgst: str) -> bool:
+        """Claim *dgst* for deletion; ``False`` while a commit of it is in flight."""
+        if dgst in self._committing or dgst in self._deleting:
+            return False
+        self._deleting[dgst] = asyncio.Event()
+        return True
+
+    def end_delete(self, dgst: str) -> None:
+        """Release a claim taken by :meth:`begin_delete` and wake waiting commits."""
+        ev = self._deleting.pop(dgst, None)
+        if ev is not None:
+            ev.set()
+
+
+def _inc(d: dict[str, int], key: str) -> None:
+    d[key] = d.get(key, 0) + 1
+
+
+def _dec(d: dict[str, int], key: str) -> None:
+    n = d.get(key, 0) - 1
+    if n > 0:
+        d[key] = n
+    else:
+        d.pop(key, None)
