@@ -30,6 +30,7 @@ __all__ = [
     "default_paths",
     "format_validation_error",
     "load",
+    "split_host_port",
 ]
 
 log = logging.getLogger("ctrd.config")
@@ -46,6 +47,23 @@ IGNORED_KEYS: Final[Mapping[str, frozenset[str]]] = {
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names file, section and key."""
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``; an empty host means every interface) as (host, port).
+
+    :raises ValueError: no port, a port that is not a number in 0..65535, or a path.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or "/" in address or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not a TCP address host:port")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"{address!r} is not a TCP address host:port")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{address!r}: an IPv6 host must be in brackets, as [::1]:port")
+    return host, int(port)
 
 
 class _Strict(BaseModel):
@@ -81,12 +99,34 @@ class DebugConfig(_Strict):
             raise ValueError(f"unknown log level {v!r}")
         return v.lower()
 
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v and not os.path.isabs(v):
+            try:
+                split_host_port(v)
+            except ValueError as exc:
+                raise ValueError(f"must be an absolute unix socket path or a TCP host:port: {exc}") from None
+        return v
+
 
 class MetricsConfig(_Strict):
     """``[metrics]``: Prometheus endpoint."""
 
     address: str = ""
     grpc_histogram: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v:
+            try:
+                split_host_port(v)
+            except ValueError as exc:
+                raise ValueError(
+                    f"must be a TCP host:port (metrics are served on TCP only, as in containerd): {exc}"
+                ) from None
+        return v
 
 
 class ProxyPlugin(_Strict):
@@ -171,6 +211,8 @@ def format_validation_error(err: ValidationError, source: str, section: str) -> 
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         where = f"[{section}] " if section else ""
         lines.append(f"{source}: {where}{key}: {msg}")
     return "; ".join(lines)

@@ -13,9 +13,9 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -33,6 +33,9 @@ from ctrd.plugin import (
     types,
 )
 from ctrd.server.config import Config, ConfigError, format_validation_error
+
+if TYPE_CHECKING:
+    from ctrd.server.metrics import Metrics
 
 __all__ = ["Daemon", "StartupError"]
 
@@ -54,6 +57,9 @@ class Daemon:
         self._closers: list[tuple[str, Any]] = []
         self._grpc: Any = None
         self._http: list[Any] = []
+        #: the Prometheus registry and ``/v1/metrics`` app; ``None`` unless ``[metrics] address``
+        self.metrics: Metrics | None = None
+        self._dumps: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
         self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -199,10 +205,15 @@ class Daemon:
         t0 = time.monotonic()
         try:
             await self.load_plugins()
+            if cfg.metrics.address:
+                from ctrd.server.metrics import Metrics
+
+                self.metrics = Metrics(self.plugins, grpc_histogram=cfg.metrics.grpc_histogram)
             self._grpc = GrpcListener(
                 self.servables(),
                 max_recv=cfg.grpc.max_recv_message_size,
                 max_send=cfg.grpc.max_send_message_size,
+                metrics=self.metrics.grpc if self.metrics is not None else None,
             )
             for starter in self._http_starters():
                 self._http.append(await starter())
@@ -222,9 +233,51 @@ class Daemon:
             log.info("serving... address=%s", cfg.grpc.tcp_address)
         log.info("ctrd successfully booted in %.6fs", time.monotonic() - t0)
 
-    def _http_starters(self) -> list[Any]:
-        hooks = getattr(self, "http_hooks", [])
-        return list(hooks)
+    def _http_starters(self) -> list[Callable[[], Awaitable[Any]]]:
+        """What listens before the gRPC socket: ``[metrics]``, then ``[debug]`` (each when configured).
+
+        Each starter returns an object whose ``cleanup()`` :meth:`stop` awaits.
+        """
+        starters: list[Callable[[], Awaitable[Any]]] = list(getattr(self, "http_hooks", []))
+        cfg = self.config
+        metrics = self.metrics
+        if metrics is not None:
+            starters.append(lambda: self._serve_http("metrics", metrics.app(), cfg.metrics.address))
+        if cfg.debug.address:
+            from ctrd.server.debug import DebugApp
+
+            starters.append(
+                lambda: self._serve_http("debug", DebugApp(self).app(), cfg.debug.address, unix=True)
+            )
+        return starters
+
+    @property
+    def grpc_inflight(self) -> int | None:
+        """gRPC calls being served now (``None`` while not listening)."""
+        return self._grpc.inflight if self._grpc is not None else None
+
+    @property
+    def http_addresses(self) -> dict[str, str]:
+        """Where the HTTP endpoints listen, by name (``metrics``, ``debug``): the bound address."""
+        return {h.name: h.bound for h in self._http if hasattr(h, "bound") and hasattr(h, "name")}
+
+    async def _serve_http(self, name: str, app: Any, address: str, *, unix: bool = False) -> Any:
+        from ctrd.server.http import HttpListener
+
+        listener = HttpListener(name, app, address, unix=unix)
+        try:
+            await listener.start()
+        except (errdefs.Error, OSError) as exc:
+            raise StartupError(f"failed to listen on {address} ({name}): {exc}") from exc
+        return listener
+
+    def dump_stacks(self) -> None:
+        """Log every task's and thread's stack (SIGUSR1, like containerd's goroutine dump)."""
+        from ctrd.server.debug import log_stack_dump
+
+        task = asyncio.get_running_loop().create_task(log_stack_dump(), name="ctrd-stack-dump")
+        self._dumps.add(task)
+        task.add_done_callback(self._dumps.discard)
 
     def _tls(self) -> ssl.SSLContext | None:
         g = self.config.grpc
@@ -257,17 +310,24 @@ class Daemon:
         self._stop_requested.set()
 
     async def run(self) -> None:
-        """Start, serve until SIGINT/SIGTERM (or :meth:`request_stop`), then stop."""
+        """Start, serve until SIGINT/SIGTERM (or :meth:`request_stop`), then stop.
+
+        SIGUSR1 (from before start-up) logs every task's and thread's stack.
+        """
         import signal
 
         loop = asyncio.get_running_loop()
-        await self.start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop_requested.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump_stacks)
         try:
-            await self._stop_requested.wait()
-            log.info("stopping ctrd")
-        finally:
+            await self.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await self.stop()
+                loop.add_signal_handler(sig, self._stop_requested.set)
+            try:
+                await self._stop_requested.wait()
+                log.info("stopping ctrd")
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+                await self.stop()
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)

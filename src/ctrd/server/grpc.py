@@ -10,7 +10,9 @@ grpclib gaps closed here (see docs/architecture.md):
   UNKNOWN with their message, never a traceback on the wire;
 * unknown methods are answered with ``content-type`` so grpc-go reports
   UNIMPLEMENTED;
-* graceful drain: new calls get UNAVAILABLE while in-flight calls finish.
+* graceful drain: new calls get UNAVAILABLE while in-flight calls finish;
+* with a :class:`~ctrd.server.metrics.GrpcMetrics`, its listeners count every
+  call (registered after the interceptor, so they see the translated status).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import struct
 import time
 import types
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpclib.server as _gs
 from grpclib.const import Status
@@ -34,6 +36,9 @@ from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ctrd import errdefs, errgrpc, namespaces
+
+if TYPE_CHECKING:
+    from ctrd.server.metrics import GrpcMetrics
 
 __all__ = ["GrpcListener", "ServerStream", "prepare_unix_socket"]
 
@@ -125,6 +130,7 @@ class GrpcListener:
         max_recv: int,
         max_send: int,
         on_request: Callable[[RecvRequest], Awaitable[None]] | None = None,
+        metrics: GrpcMetrics | None = None,
     ) -> None:
         self._servables = list(servables)
         self._max_recv = max_recv
@@ -133,10 +139,20 @@ class GrpcListener:
         self._servers: list[_gs.Server] = []
         self._unix_paths: list[str] = []
         self._on_request = on_request
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.register(self._servables)
+
+    @property
+    def inflight(self) -> int:
+        """Calls being served now."""
+        return len(self._tracker.inflight)
 
     def _new_server(self) -> _gs.Server:
         srv = _gs.Server(self._servables)
         listen(srv, RecvRequest, self._intercept)
+        if self._metrics is not None:
+            self._metrics.attach(srv)
         return srv
 
     async def _intercept(self, event: RecvRequest) -> None:

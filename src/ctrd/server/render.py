@@ -106,7 +106,8 @@ def default_config() -> str:
         "metrics",
         {"address": "", "grpc_histogram": False},
         {
-            "address": "Prometheus /v1/metrics on host:port; empty = off",
+            "address": "Prometheus /v1/metrics on host:port (TCP only); empty = off",
+            "grpc_histogram": "also export grpc_server_handling_seconds (a histogram per method)",
         },
     )
     lines.append("")
