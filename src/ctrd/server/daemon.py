@@ -293,6 +293,17 @@ class Daemon:
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop listening, drain in-flight calls, close plugins in reverse order."""
+        # Endless streams (event subscriptions) would hold the drain for its whole
+        # bound: end them first, cleanly, so they finish like any other call.
+        for p in self.plugins.by_type(types.EVENT):
+            closer = getattr(p.instance, "close", None) if p.ok else None
+            if callable(closer):
+                try:
+                    res = closer()
+                    if inspect.isawaitable(res):
+                        await res
+                except Exception:
+                    log.exception("error closing event plugin %s", p.uri)
         if self._grpc is not None:
             await self._grpc.stop(drain_timeout)
             self._grpc = None
