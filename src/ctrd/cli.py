@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import platform
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from ctrd import __version__
 
@@ -41,9 +44,35 @@ def _load(args: argparse.Namespace) -> object:
     return cfg.with_overrides(root=args.root, state=args.state, address=args.address)
 
 
+_MALLOC_ENV: Final = {
+    # 1 MiB gRPC message buffers are allocated and freed per message; by default
+    # glibc serves them with mmap/munmap, so the kernel zero-fills fresh pages every
+    # time (~120k minor faults per 256 MiB ingest). Keeping them on the heap
+    # removes that cost (docs/performance.md).
+    "MALLOC_MMAP_THRESHOLD_": str(16 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
+}
+
+
+def _reexec_with_malloc_tuning(argv: Sequence[str]) -> None:
+    """Re-exec the daemon once with glibc malloc thresholds set (they must be in
+    the environment before the interpreter starts). ``CTRD_MALLOC_TUNING=0`` opts out."""
+    if os.environ.get("CTRD_MALLOC_TUNING", "1") == "0" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return
+    env = dict(os.environ, **_MALLOC_ENV)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "ctrd", *argv], env)
+    except OSError:
+        return  # keep running untuned rather than fail
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ctrd`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    if argv is None and args.command is None:
+        _reexec_with_malloc_tuning(sys.argv[1:])
     from ctrd import _logging
     from ctrd.server.config import Config, ConfigError
 

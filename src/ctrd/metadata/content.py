@@ -41,6 +41,7 @@ log = logging.getLogger("ctrd.metadata")
 
 _INGEST_EXPIRY = _dt.timedelta(hours=24)
 _WALK_BATCH = 1000
+_INFO_CACHE_MAX = 65536
 
 
 class SharingStats:
@@ -114,6 +115,7 @@ class NamespacedContentStore:
         on_commit: Callable[[str, str, int], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
+        self._info_cache: dict[tuple[str, str], tuple[int, Info]] = {}
         self._backend = backend
         self.policy = policy
         self.stats = SharingStats()
@@ -135,6 +137,11 @@ class NamespacedContentStore:
 
     async def info(self, dgst: str) -> Info:
         ns = namespaces.required()
+        key = (ns, dgst)
+        epoch = self._db.blob_epoch
+        hit = self._info_cache.get(key)
+        if hit is not None and hit[0] == epoch:
+            return hit[1]
         _digest.validate(dgst)
         row = await self._db.view_one(
             "SELECT digest, size, created_at, updated_at, labels FROM blobs "
@@ -143,7 +150,14 @@ class NamespacedContentStore:
         )
         if row is None:
             raise errdefs.NotFound(f"content digest {dgst}")
-        return _row_info(row)
+        info = _row_info(row)
+        # Cached per (namespace, digest): a hit never crosses namespaces, and any
+        # commit that deleted or updated blob rows (delete, label update, GC) moves
+        # the epoch and so invalidates every entry filled before it.
+        if len(self._info_cache) >= _INFO_CACHE_MAX:
+            self._info_cache.clear()
+        self._info_cache[key] = (epoch, info)
+        return info
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         ns = namespaces.required()

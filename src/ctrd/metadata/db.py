@@ -54,6 +54,13 @@ class Tx:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
         self.after_commit: list[Any] = []
+        #: set when a statement deleted or updated blob rows (invalidates read caches)
+        self.blobs_changed = False
+
+    def _watch(self, sql: str) -> None:
+        head = sql.lstrip()[:18].upper()
+        if head.startswith(("DELETE FROM BLOBS", "UPDATE BLOBS")):
+            self.blobs_changed = True
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> Any:
         """First row or ``None``."""
@@ -66,11 +73,13 @@ class Tx:
 
     async def run(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Execute; returns the number of changed rows."""
+        self._watch(sql)
         async with self.conn.execute(sql, tuple(params)) as cur:
             return cur.rowcount
 
     async def many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         """executemany."""
+        self._watch(sql)
         await self.conn.executemany(sql, [tuple(r) for r in rows])
 
     async def next_sequence(self, name: str) -> int:
@@ -98,6 +107,9 @@ class DB:
         self._lock = asyncio.Lock()
         #: number of mutations since start (the GC scheduler watches it)
         self.mutations = 0
+        #: bumped after every commit that deleted or updated blob rows; read caches
+        #: remember the epoch they were filled in and are stale once it moves
+        self.blob_epoch = 0
 
     async def open(self) -> None:
         """Open (creating and migrating as needed)."""
@@ -158,6 +170,8 @@ class DB:
             else:
                 await w.execute("COMMIT")
                 self.mutations += 1
+                if tx.blobs_changed:
+                    self.blob_epoch += 1
         for fn in tx.after_commit:
             fn()
 
