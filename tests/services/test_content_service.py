@@ -682,7 +682,8 @@ async def test_write_ctr_sequence(channel: Channel, store: FakeStore) -> None:
     assert store.commits == [(0, "", None)]
     assert "ref1" not in store.ingests[NS]
     assert store.closed_writers == 1
-    assert store.write_types == {bytes}
+    # WRITE data arrives as a zero-copy view into the received message (services._wire)
+    assert store.write_types == {memoryview}
 
 
 async def test_write_pipelined_client(channel: Channel, store: FakeStore) -> None:

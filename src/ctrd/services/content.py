@@ -42,6 +42,7 @@ from ctrd.api.google import protobuf as pb
 from ctrd.content import digest as _digest
 from ctrd.content._store import ReaderAt, Store, Writer
 from ctrd.events import Publisher
+from ctrd.services import _wire
 from ctrd.services.convert import info_from_proto, info_to_proto, status_to_proto, to_utc
 
 __all__ = ["LIST_BATCH", "READ_CHUNK", "TOPIC_CREATE", "TOPIC_DELETE", "ContentService"]
@@ -143,19 +144,58 @@ class ContentService(api.ContentBase):
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """The generated mapping, with List/Read/Write driven by :func:`_serve_stream`."""
         mapping: dict[str, grpclib.const.Handler] = dict(super().__mapping__())
-        for name, handler, bidi in (
-            ("List", self.list, False),
-            ("Read", self.read, False),
-            ("Write", self.write, True),
-        ):
-            old = mapping[_SERVICE + name]
-            mapping[_SERVICE + name] = grpclib.const.Handler(
-                functools.partial(_serve_stream, handler, bidi),
-                old.cardinality,
-                old.request_type,
-                old.reply_type,
-            )
+        old = mapping[_SERVICE + "List"]
+        mapping[_SERVICE + "List"] = grpclib.const.Handler(
+            functools.partial(_serve_stream, self.list, False),
+            old.cardinality,
+            old.request_type,
+            old.reply_type,
+        )
+        # The hot paths take hand-decoded requests (zero-copy WRITE data) and Read
+        # replies are encoded by hand; see ctrd.services._wire.
+        old = mapping[_SERVICE + "Write"]
+        mapping[_SERVICE + "Write"] = grpclib.const.Handler(
+            functools.partial(_serve_stream, self.write, True),
+            old.cardinality,
+            _wire.RawWriteRequest,
+            old.reply_type,
+        )
+        old = mapping[_SERVICE + "Read"]
+        mapping[_SERVICE + "Read"] = grpclib.const.Handler(
+            self._read_direct, old.cardinality, _wire.RawReadRequest, _wire.RawReply
+        )
         return mapping
+
+    async def _read_direct(self, stream: Any) -> None:
+        """``Read`` without the generated layers: one hand-encoded reply per chunk."""
+        message = await stream.recv_message()
+        if message is None:
+            raise errdefs.InvalidArgument("missing request message")
+        dgst = message.digest
+        try:
+            _digest.validate(dgst)
+        except errdefs.InvalidArgument as exc:
+            raise errdefs.InvalidArgument(f"{dgst}: {exc.context}") from exc
+        reader = await self._store.reader_at(dgst)
+        try:
+            blob_size = reader.size
+            offset = max(message.offset, 0)
+            if offset > blob_size:
+                raise errdefs.OutOfRange(f"read past object length {blob_size} bytes")
+            size = message.size
+            if size <= 0 or offset + size > blob_size:
+                size = blob_size - offset
+            end = offset + size
+            pos = offset
+            send = stream.send_message
+            while pos < end:
+                data = await reader.read_at(pos, min(READ_CHUNK, end - pos))
+                if not data:
+                    break  # the blob shrank under us: end the stream like io.Copy on EOF
+                await send(_wire.encode_read_response(pos - offset, data))
+                pos += len(data)
+        finally:
+            await asyncio.shield(_close_quietly(reader, f"reader for {dgst}"))
 
     # -- blobs ---------------------------------------------------------------------------
 

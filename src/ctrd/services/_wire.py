@@ -1,0 +1,189 @@
+"""Hand-written protobuf codecs for the hot content messages.
+
+``ctr content get`` sends one ``Read`` per 32 KiB and ``ctr content ingest`` one
+1 MiB ``WRITE`` per message, so the generic (betterproto2) codec dominates the
+per-call cost: parsing a 1 MiB ``WriteContentRequest`` copies the payload and
+takes ~115 µs, against ~2 µs here with a zero-copy ``memoryview``. These types
+plug into grpclib's stock ``ProtoCodec``: it calls ``FromString`` to decode and
+``SerializeToString`` to encode. Field numbers are those of
+``containerd.services.content.v1`` (``proto/containerd/services/content/v1``);
+``tests/services/test_wire.py`` checks every codec against betterproto2.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ctrd import errdefs
+from ctrd.api.containerd.services.content import v1 as api
+
+__all__ = ["RawReadRequest", "RawReply", "RawWriteRequest", "encode_read_response"]
+
+_WRITE_ACTIONS: Final = {int(a.value): a for a in api.WriteAction}
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(buf):
+            raise errdefs.InvalidArgument("malformed message: truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise errdefs.InvalidArgument("malformed message: varint too long")
+
+
+def _int64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _fields(data: bytes | memoryview) -> list[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) for every field; len-delimited values are views."""
+    buf = memoryview(data)
+    pos = 0
+    out: list[tuple[int, int, int | memoryview]] = []
+    n = len(buf)
+    while pos < n:
+        key, pos = _varint(buf, pos)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, pos = _varint(buf, pos)
+            out.append((num, wt, v))
+        elif wt == 2:
+            ln, pos = _varint(buf, pos)
+            if pos + ln > n:
+                raise errdefs.InvalidArgument("malformed message: truncated field")
+            out.append((num, wt, buf[pos : pos + ln]))
+            pos += ln
+        elif wt == 1:
+            pos += 8
+        elif wt == 5:
+            pos += 4
+        else:
+            raise errdefs.InvalidArgument(f"malformed message: unsupported wire type {wt}")
+        if pos > n:
+            raise errdefs.InvalidArgument("malformed message: truncated field")
+    return out
+
+
+def _str(v: int | memoryview) -> str:
+    if isinstance(v, int):
+        raise errdefs.InvalidArgument("malformed message: expected a string")
+    try:
+        return str(v, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise errdefs.InvalidArgument("malformed message: invalid UTF-8") from exc
+
+
+def _int(v: int | memoryview) -> int:
+    if not isinstance(v, int):
+        raise errdefs.InvalidArgument("malformed message: expected an integer")
+    return _int64(v)
+
+
+class RawReadRequest:
+    """``ReadContentRequest{digest=1, offset=2, size=3}``."""
+
+    __slots__ = ("digest", "offset", "size")
+
+    def __init__(self, digest: str = "", offset: int = 0, size: int = 0) -> None:
+        self.digest = digest
+        self.offset = offset
+        self.size = size
+
+    @classmethod
+    def FromString(cls, data: bytes) -> RawReadRequest:
+        msg = cls()
+        for num, _wt, v in _fields(data):
+            if num == 1:
+                msg.digest = _str(v)
+            elif num == 2:
+                msg.offset = _int(v)
+            elif num == 3:
+                msg.size = _int(v)
+        return msg
+
+
+class RawWriteRequest:
+    """``WriteContentRequest``; ``data`` is a zero-copy view into the received message."""
+
+    __slots__ = ("action", "data", "expected", "labels", "offset", "ref", "total")
+
+    def __init__(self) -> None:
+        self.action: api.WriteAction = api.WriteAction.STAT
+        self.ref = ""
+        self.total = 0
+        self.expected = ""
+        self.offset = 0
+        self.data: memoryview | bytes = b""
+        self.labels: dict[str, str] = {}
+
+    @classmethod
+    def FromString(cls, data: bytes) -> RawWriteRequest:
+        msg = cls()
+        for num, _wt, v in _fields(data):
+            if num == 1:
+                code = _int(v)
+                action = _WRITE_ACTIONS.get(code)
+                # an unknown action is kept and echoed, as containerd does
+                msg.action = action if action is not None else api.WriteAction(code)
+            elif num == 2:
+                msg.ref = _str(v)
+            elif num == 3:
+                msg.total = _int(v)
+            elif num == 4:
+                msg.expected = _str(v)
+            elif num == 5:
+                msg.offset = _int(v)
+            elif num == 6:
+                if isinstance(v, int):
+                    raise errdefs.InvalidArgument("malformed message: expected bytes")
+                msg.data = v
+            elif num == 7:
+                if isinstance(v, int):
+                    raise errdefs.InvalidArgument("malformed message: expected a map entry")
+                key = value = ""
+                for enum_, _w, ev in _fields(v):
+                    if enum_ == 1:
+                        key = _str(ev)
+                    elif enum_ == 2:
+                        value = _str(ev)
+                msg.labels[key] = value
+        return msg
+
+
+class RawReply:
+    """An already-encoded reply: grpclib's codec sends it as it is."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def SerializeToString(self) -> bytes:
+        return self.payload
+
+    def __bytes__(self) -> bytes:
+        return self.payload
+
+
+def _uvarint(v: int) -> bytes:
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def encode_read_response(offset: int, data: bytes) -> RawReply:
+    """``ReadContentResponse{offset=1, data=2}`` (zero offset omitted, as containerd does)."""
+    head = b"\x08" + _uvarint(offset) if offset else b""
+    if not data:
+        return RawReply(head)
+    return RawReply(head + b"\x12" + _uvarint(len(data)) + data)

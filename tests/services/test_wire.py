@@ -1,0 +1,68 @@
+"""The hand-written codecs of ctrd.services._wire agree with betterproto2 byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctrd import errdefs
+from ctrd.api.containerd.services.content import v1 as api
+from ctrd.services import _wire
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        api.ReadContentRequest(),
+        api.ReadContentRequest(digest="sha256:" + "a" * 64),
+        api.ReadContentRequest(digest="sha256:" + "b" * 64, offset=32768, size=32768),
+        api.ReadContentRequest(digest="x", offset=-1, size=-5),
+        api.ReadContentRequest(digest="x", offset=(1 << 62), size=1),
+    ],
+)
+def test_read_request(req: api.ReadContentRequest) -> None:
+    raw = _wire.RawReadRequest.FromString(bytes(req))
+    assert (raw.digest, raw.offset, raw.size) == (req.digest, req.offset, req.size)
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        api.WriteContentRequest(ref="r"),
+        api.WriteContentRequest(action=api.WriteAction.WRITE, offset=1 << 20, data=b"\x00\xff" * 70000),
+        api.WriteContentRequest(
+            action=api.WriteAction.COMMIT,
+            ref="ns/1/ref",
+            total=123,
+            expected="sha256:" + "c" * 64,
+            offset=123,
+            labels={"containerd.io/gc.root": "x", "k": "", "ü": "v"},
+        ),
+        api.WriteContentRequest(action=api.WriteAction.STAT, total=-1),
+    ],
+)
+def test_write_request(req: api.WriteContentRequest) -> None:
+    raw = _wire.RawWriteRequest.FromString(bytes(req))
+    assert raw.action == req.action
+    assert (raw.ref, raw.total, raw.expected, raw.offset) == (req.ref, req.total, req.expected, req.offset)
+    assert bytes(raw.data) == req.data
+    assert raw.labels == req.labels
+
+
+def test_write_request_unknown_fields_and_action() -> None:
+    data = bytes(api.WriteContentRequest(ref="r")) + b"\x08\x07" + b"\x98\x06\x01" + b"\xa2\x06\x02hi"
+    raw = _wire.RawWriteRequest.FromString(data)
+    assert int(raw.action) == 7 and raw.ref == "r"
+
+
+@pytest.mark.parametrize("bad", [b"\x0a\x05ab", b"\x08", b"\x0b", b"\x12\x02\xff\xfe"])
+def test_malformed(bad: bytes) -> None:
+    with pytest.raises(errdefs.InvalidArgument):
+        _wire.RawReadRequest.FromString(bad)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 127, 128, 32768, 1 << 40])
+@pytest.mark.parametrize("data", [b"", b"x", b"y" * 300, bytes(range(256)) * 128])
+def test_read_response(offset: int, data: bytes) -> None:
+    assert _wire.encode_read_response(offset, data).SerializeToString() == bytes(
+        api.ReadContentResponse(offset=offset, data=data)
+    )
