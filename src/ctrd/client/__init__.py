@@ -1,7 +1,93 @@
-"""Async client SDK for ctrd and containerd (content store over gRPC)."""
+"""Async client SDK for ctrd and containerd.
+
+::
+
+    from ctrd.client import Client
+
+    async with Client("/run/ctrd/ctrd.sock", namespace="demo") as client:
+        info = await client.content.ingest("my-ref", "/path/to/file")
+        async for blob in client.content.list():
+            print(blob.digest, blob.size)
+
+The SDK speaks containerd's gRPC API, so the same code works against a real
+containerd. It does not import the daemon (``ctrd.server``, ``ctrd.services``,
+``ctrd.metadata``, ``ctrd.plugin``). All results are frozen dataclasses and
+all errors are :mod:`ctrd.errdefs` classes. See ``docs/sdk.md``.
+
+:class:`RemoteContentStore` is the low-level :class:`ctrd.content.Store` over a
+bare grpclib channel, for code written against the store protocol.
+"""
 
 from __future__ import annotations
 
+from ctrd.client._client import DEFAULT_LEASE_EXPIRE, Client
 from ctrd.client._content import RemoteContentStore, RemoteReaderAt, RemoteWriter
+from ctrd.client._content_client import ContentClient, ContentWriter, Progress
+from ctrd.client._events import (
+    ContentCreate,
+    ContentDelete,
+    Envelope,
+    EventPayload,
+    EventsClient,
+    NamespaceCreate,
+    NamespaceDelete,
+    NamespaceUpdate,
+    RawEvent,
+    Subscription,
+)
+from ctrd.client._services import LeasesClient, NamespacesClient
+from ctrd.client._sources import Source
+from ctrd.client._transport import ADDRESS_ENV, Address, default_address, parse_address
+from ctrd.client._types import (
+    GC_EXPIRE_LABEL,
+    GC_ROOT_LABEL,
+    Lease,
+    Namespace,
+    Platform,
+    Plugin,
+    PluginError,
+    Resource,
+    ServerInfo,
+    Version,
+)
+from ctrd.content import Info, Status
 
-__all__ = ["RemoteContentStore", "RemoteReaderAt", "RemoteWriter"]
+__all__ = [
+    "ADDRESS_ENV",
+    "DEFAULT_LEASE_EXPIRE",
+    "GC_EXPIRE_LABEL",
+    "GC_ROOT_LABEL",
+    "Address",
+    "Client",
+    "ContentClient",
+    "ContentCreate",
+    "ContentDelete",
+    "ContentWriter",
+    "Envelope",
+    "EventPayload",
+    "EventsClient",
+    "Info",
+    "Lease",
+    "LeasesClient",
+    "Namespace",
+    "NamespaceCreate",
+    "NamespaceDelete",
+    "NamespaceUpdate",
+    "NamespacesClient",
+    "Platform",
+    "Plugin",
+    "PluginError",
+    "Progress",
+    "RawEvent",
+    "RemoteContentStore",
+    "RemoteReaderAt",
+    "RemoteWriter",
+    "Resource",
+    "ServerInfo",
+    "Source",
+    "Status",
+    "Subscription",
+    "Version",
+    "default_address",
+    "parse_address",
+]

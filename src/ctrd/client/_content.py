@@ -1,130 +1,155 @@
 """A content :class:`~ctrd.content.Store` over containerd's Content gRPC service.
 
-Works against ctrd and against real containerd. The namespace of each call is
-the one in the current context (:func:`ctrd.namespaces.with_namespace`), else
-the store's default; the lease, likewise.
+Works against ctrd and against real containerd (the Go client's
+``content/proxy`` equivalent). Built on a bare grpclib channel, the namespace
+of each call is the one in the current context
+(:func:`ctrd.namespaces.with_namespace`), else the store's default; the lease
+likewise. Built by :class:`~ctrd.client.Client`, namespace and lease are the
+client view's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, Final
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.const import Status as _GStatus
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ctrd import errdefs, errgrpc, namespaces
+from ctrd import errdefs
 from ctrd.api.containerd.services.content import v1 as api
+from ctrd.api.google import protobuf as pb
 from ctrd.api.google.protobuf import FieldMask
+from ctrd.client._transport import ChannelScope, Scope
 from ctrd.content import Info, ReaderAt, Status, Writer
 from ctrd.protobuf import info_from_proto, info_to_proto, status_from_proto, to_utc
 
 __all__ = ["RemoteContentStore", "RemoteReaderAt", "RemoteWriter"]
 
-_WRITE_PATH = "/containerd.services.content.v1.Content/Write"
-_CHUNK = 1 << 20
+_SERVICE: Final = "/containerd.services.content.v1.Content/"
+_WRITE_PATH: Final = _SERVICE + "Write"
+_CHUNK: Final = 1 << 20
 
 
 class RemoteContentStore:
-    """Implements :class:`ctrd.content.Store` over a grpclib :class:`Channel`."""
+    """Implements :class:`ctrd.content.Store` over the Content service.
+
+    :param channel: a grpclib channel (unix socket or TCP).
+    :param namespace: the namespace when the context sets none.
+    :param timeout: deadline of unary calls and idle limit (per message) of
+        streams, in seconds; ``None``: no limit.
+    :param metadata: extra request headers.
+
+    Every error is a :mod:`ctrd.errdefs` error.
+    """
 
     def __init__(
         self,
-        channel: Channel,
+        channel: Channel | None = None,
         *,
         namespace: str | None = None,
         timeout: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        scope: Scope | None = None,
     ) -> None:
-        self._channel = channel
-        self._stub = api.ContentStub(channel)
-        self._namespace = namespace
-        self._timeout = timeout
-        self._extra = dict(metadata or {})
+        if scope is None:
+            if channel is None:
+                raise TypeError("RemoteContentStore needs a channel or a scope")
+            scope = ChannelScope(channel, namespace=namespace, timeout=timeout, metadata=metadata)
+        self._scope = scope
+
+    @property
+    def _channel(self) -> Channel:
+        return self._scope.channel()
+
+    @property
+    def timeout(self) -> float | None:
+        """Deadline of unary calls and idle limit of streams, in seconds."""
+        return self._scope.timeout
 
     def metadata(self) -> dict[str, str]:
         """Request headers for the current context."""
-        md = dict(self._extra)
-        ns = namespaces.current() or self._namespace
-        if ns:
-            md[namespaces.GRPC_HEADER] = ns
-        lease = namespaces.current_lease()
-        if lease:
-            md[namespaces.LEASE_HEADER] = lease
-        return md
+        return self._scope.metadata()
 
     async def info(self, dgst: str) -> Info:
-        with errgrpc.translate_to_native():
-            resp = await self._stub.info(
-                api.InfoRequest(digest=dgst), metadata=self.metadata(), timeout=self._timeout
-            )
+        """:raises errdefs.NotFound: no such blob in the namespace."""
+        resp = await self._scope.unary(_SERVICE + "Info", api.InfoRequest(digest=dgst), api.InfoResponse)
         return info_from_proto(resp.info)
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+        """Update labels (``labels`` or ``labels.<key>`` paths; none: replace all)."""
         req = api.UpdateRequest(
             info=info_to_proto(info),
             update_mask=FieldMask(paths=list(fieldpaths)) if fieldpaths else None,
         )
-        with errgrpc.translate_to_native():
-            resp = await self._stub.update(req, metadata=self.metadata(), timeout=self._timeout)
+        resp = await self._scope.unary(_SERVICE + "Update", req, api.UpdateResponse)
         return info_from_proto(resp.info)
 
-    async def walk(self, *filters: str) -> AsyncIterator[Info]:
-        with errgrpc.translate_to_native():
-            async for resp in self._stub.list(
-                api.ListContentRequest(filters=list(filters)), metadata=self.metadata(), timeout=self._timeout
-            ):
+    async def walk(self, *filters: str) -> AsyncGenerator[Info, None]:
+        """Blobs matching any filter, sorted by digest."""
+        req = api.ListContentRequest(filters=list(filters))
+        async with contextlib.aclosing(
+            self._scope.server_stream(_SERVICE + "List", req, api.ListContentResponse)
+        ) as stream:
+            async for resp in stream:
                 for i in resp.info:
                     yield info_from_proto(i)
 
     async def delete(self, dgst: str) -> None:
-        with errgrpc.translate_to_native():
-            await self._stub.delete(
-                api.DeleteContentRequest(digest=dgst), metadata=self.metadata(), timeout=self._timeout
-            )
+        """:raises errdefs.NotFound: no such blob in the namespace."""
+        await self._scope.unary(_SERVICE + "Delete", api.DeleteContentRequest(digest=dgst), pb.Empty)
 
     async def reader_at(self, dgst: str) -> ReaderAt:
+        """Random access through ``Read`` calls. :raises errdefs.NotFound:"""
         info = await self.info(dgst)
         return RemoteReaderAt(self, dgst, info.size)
 
-    async def read(self, dgst: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
+    async def read(self, dgst: str, offset: int = 0, size: int = 0) -> AsyncGenerator[bytes, None]:
         """Stream ``[offset, offset+size)`` (``size <= 0``: to the end) in server-sized chunks."""
-        with errgrpc.translate_to_native():
-            async for resp in self._stub.read(
-                api.ReadContentRequest(digest=dgst, offset=offset, size=size),
-                metadata=self.metadata(),
-                timeout=self._timeout,
-            ):
+        req = api.ReadContentRequest(digest=dgst, offset=offset, size=size)
+        async with contextlib.aclosing(
+            self._scope.server_stream(_SERVICE + "Read", req, api.ReadContentResponse)
+        ) as stream:
+            async for resp in stream:
                 if resp.data:
                     yield resp.data
 
     async def status(self, ref: str) -> Status:
-        with errgrpc.translate_to_native():
-            resp = await self._stub.status(
-                api.StatusRequest(ref=ref), metadata=self.metadata(), timeout=self._timeout
-            )
+        """:raises errdefs.NotFound: no such ingest."""
+        resp = await self._scope.unary(_SERVICE + "Status", api.StatusRequest(ref=ref), api.StatusResponse)
         return status_from_proto(resp.status)
 
     async def list_statuses(self, *filters: str) -> list[Status]:
-        with errgrpc.translate_to_native():
-            resp = await self._stub.list_statuses(
-                api.ListStatusesRequest(filters=list(filters)),
-                metadata=self.metadata(),
-                timeout=self._timeout,
-            )
+        """Ingests matching any filter (field ``ref``)."""
+        resp = await self._scope.unary(
+            _SERVICE + "ListStatuses",
+            api.ListStatusesRequest(filters=list(filters)),
+            api.ListStatusesResponse,
+        )
         return [status_from_proto(s) for s in resp.statuses]
 
     async def abort(self, ref: str) -> None:
-        with errgrpc.translate_to_native():
-            await self._stub.abort(api.AbortRequest(ref=ref), metadata=self.metadata(), timeout=self._timeout)
+        """:raises errdefs.NotFound: no such ingest."""
+        await self._scope.unary(_SERVICE + "Abort", api.AbortRequest(ref=ref), pb.Empty)
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> Writer:
+        """Open (or resume) the ingest *ref*; see :class:`RemoteWriter`."""
+        return await self.open_writer(ref, total, expected)
+
+    async def open_writer(self, ref: str, total: int = 0, expected: str = "") -> RemoteWriter:
+        """:meth:`writer` with the concrete type.
+
+        :raises errdefs.InvalidArgument: empty ref.
+        :raises errdefs.Unavailable: the ref is locked by another writer.
+        :raises errdefs.AlreadyExists: *expected* is committed already.
+        """
         if not ref:
             raise errdefs.InvalidArgument("ref must not be empty")
-        w = RemoteWriter(self._channel, ref, self.metadata())
+        w = RemoteWriter(self._scope.channel(), ref, self.metadata(), timeout=self.timeout, scope=self._scope)
         await w.open(total, expected)
         return w
 
@@ -139,9 +164,11 @@ class RemoteReaderAt:
 
     @property
     def size(self) -> int:
+        """Size of the blob in bytes."""
         return self._size
 
     async def read_at(self, offset: int, n: int) -> bytes:
+        """Up to *n* bytes at *offset* (one ``Read`` call)."""
         if offset >= self._size or n <= 0:
             return b""
         n = min(n, self._size - offset)
@@ -149,16 +176,33 @@ class RemoteReaderAt:
         return b"".join(parts)
 
     async def close(self) -> None:
+        """Nothing to release."""
         return None
 
 
 class RemoteWriter:
-    """A ``Write`` stream driven in lock-step, as containerd's Go client does."""
+    """A ``Write`` stream driven in lock-step, as containerd's Go client does.
 
-    def __init__(self, channel: Channel, ref: str, metadata: Mapping[str, str]) -> None:
+    One request, one reply: ``STAT`` on open, ``WRITE`` per chunk of at most
+    1 MiB, ``COMMIT`` last. ``COMMIT`` half-closes the stream (containerd 1.6
+    resets a stream that is still open from the client side once it has
+    answered a commit). *timeout* bounds each round trip.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        ref: str,
+        metadata: Mapping[str, str],
+        *,
+        timeout: float | None = None,
+        scope: Scope | None = None,
+    ) -> None:
         self._channel = channel
         self._ref = ref
         self._metadata = dict(metadata)
+        self._timeout = timeout
+        self._scope = scope
         self._cm: Any = None
         self._stream: Any = None
         self._offset = 0
@@ -168,8 +212,34 @@ class RemoteWriter:
         self._updated: Any = None
         self._closed = False
 
+    @property
+    def ref(self) -> str:
+        """The ingest's ref."""
+        return self._ref
+
+    @property
+    def offset(self) -> int:
+        """Bytes the server holds for this ingest (after the last reply)."""
+        return self._offset
+
+    @property
+    def total(self) -> int:
+        """The expected total size, as the server knows it (``0``: unknown)."""
+        return self._total
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream is finished (committed, closed or failed)."""
+        return self._closed
+
+    def _translate(self) -> contextlib.AbstractContextManager[None]:
+        if self._scope is not None:
+            return self._scope.translate()
+        return ChannelScope(self._channel).translate()
+
     async def open(self, total: int, expected: str) -> None:
-        """Start the stream with ``STAT{ref, total, expected}``."""
+        """Start the stream with ``STAT{ref, total, expected}``; the reply's offset is
+        where a resumed ingest continues."""
         self._cm = self._channel.request(
             _WRITE_PATH,
             Cardinality.STREAM_STREAM,
@@ -177,8 +247,13 @@ class RemoteWriter:
             api.WriteContentResponse,
             metadata=self._metadata,
         )
-        with errgrpc.translate_to_native():
-            self._stream = await self._cm.__aenter__()
+        try:
+            with self._translate():
+                self._stream = await self._cm.__aenter__()
+        except BaseException:
+            self._closed = True
+            self._cm = None
+            raise
         resp = await self._round(
             api.WriteContentRequest(
                 action=api.WriteAction.STAT, ref=self._ref, total=total, expected=expected
@@ -206,11 +281,13 @@ class RemoteWriter:
             self._updated = resp.updated_at
 
     async def _abandon(self) -> None:
+        """Reset the stream (the server keeps the data for a later resume)."""
         self._closed = True
         if self._cm is not None:
             cm, self._cm = self._cm, None
-            with contextlib.suppress(Exception):
-                await cm.__aexit__(None, None, None)
+            exc = asyncio.CancelledError()
+            with contextlib.suppress(BaseException):
+                await cm.__aexit__(type(exc), exc, None)
 
     def _trailer_error(self) -> GRPCError | None:
         # The server may send its status trailers and then reset the stream
@@ -232,14 +309,15 @@ class RemoteWriter:
             return None
         return GRPCError(status, message)
 
-    async def _round(self, req: api.WriteContentRequest) -> api.WriteContentResponse:
+    async def _round(self, req: api.WriteContentRequest, *, end: bool = False) -> api.WriteContentResponse:
         if self._closed:
             raise errdefs.FailedPrecondition("writer is closed")
         try:
-            with errgrpc.translate_to_native():
+            with self._translate():
                 try:
-                    await self._stream.send_message(req)
-                    return await self._recv()
+                    async with asyncio.timeout(self._timeout):
+                        await self._stream.send_message(req, end=end)
+                        return await self._recv()
                 except StreamTerminatedError:
                     err = self._trailer_error()
                     if err is not None:
@@ -250,9 +328,11 @@ class RemoteWriter:
             raise
 
     def digest(self) -> str:
+        """Digest of the bytes written so far (as the server computed it)."""
         return self._digest
 
     async def status(self) -> Status:
+        """A ``STAT`` round trip."""
         resp = await self._round(api.WriteContentRequest(action=api.WriteAction.STAT))
         self._apply(resp)
         return Status(
@@ -263,9 +343,13 @@ class RemoteWriter:
             updated_at=to_utc(self._updated),
         )
 
-    async def write(self, data: bytes | memoryview) -> int:
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append *data* in WRITEs of at most 1 MiB; returns the bytes written.
+
+        :raises errdefs.DataLoss: the server took fewer bytes than sent.
+        """
         total = 0
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         while len(view) or total == 0:
             chunk = view[:_CHUNK]
             view = view[_CHUNK:]
@@ -283,6 +367,7 @@ class RemoteWriter:
         return total
 
     async def truncate(self, size: int) -> None:
+        """Discard the ingest's data (only ``0`` is supported, as in containerd)."""
         if size != 0:
             raise errdefs.InvalidArgument("truncate: unsupported size")
         # A WRITE at offset 0 without data makes the server truncate now, so a
@@ -291,34 +376,55 @@ class RemoteWriter:
         self._apply(resp)
 
     async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> None:
-        resp = await self._round(
-            api.WriteContentRequest(
-                action=api.WriteAction.COMMIT,
-                total=size,
-                offset=self._offset,
-                expected=expected,
-                labels=dict(labels or {}),
-            )
+        """Commit and finish the stream (whatever the outcome).
+
+        :raises errdefs.FailedPrecondition: size or digest mismatch (the ingest is kept).
+        :raises errdefs.AlreadyExists: the blob exists already.
+        """
+        req = api.WriteContentRequest(
+            action=api.WriteAction.COMMIT,
+            total=size,
+            offset=self._offset,
+            expected=expected,
+            labels=dict(labels or {}),
         )
+        # END_STREAM with COMMIT: the server then ends with trailers, no reset
+        resp = await self._round(req, end=True)
         self._apply(resp)
-        await self.close()
+        await self._finish()
         if size and resp.offset != size:
             raise errdefs.FailedPrecondition(f"unexpected size {resp.offset}, expected {size}")
         if expected and resp.digest != expected:
             raise errdefs.FailedPrecondition(f"unexpected digest {resp.digest}, expected {expected}")
 
+    async def _finish(self) -> None:
+        """After the final reply: drain repeated replies (containerd 1.6 sends the commit
+        reply twice) and the trailers, then release the stream."""
+        self._closed = True
+        try:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout):
+                    while await self._stream.recv_message() is not None:
+                        pass
+                    await self._stream.recv_trailing_metadata()
+        finally:
+            cm, self._cm = self._cm, None
+            if cm is not None:
+                with contextlib.suppress(Exception):
+                    await cm.__aexit__(None, None, None)
+
     async def close(self) -> None:
+        """Half-close and release the stream; the server keeps the ingest for a resume."""
         if self._closed or self._stream is None:
             await self._abandon()
             return
         self._closed = True
         try:
-            with errgrpc.translate_to_native():
-                await self._stream.end()
-                while await self._stream.recv_message() is not None:
-                    pass
-        except errdefs.Error:
-            pass
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout):
+                    await self._stream.end()
+                    while await self._stream.recv_message() is not None:
+                        pass
         finally:
             cm, self._cm = self._cm, None
             if cm is not None:

@@ -1,59 +1,11 @@
 """``google.protobuf.Any`` for containerd event messages, with containerd's bare type URLs.
 
-containerd's typeurl registry names event types by their bare proto message
-name (``containerd.events.ContentDelete``), without the
-``type.googleapis.com/`` prefix that :meth:`Any.pack` adds; ``ctr events``
-cannot decode the prefixed form. :func:`pack_event` builds the bare form and
-:func:`unpack_event` reads both.
+The helpers live in :mod:`ctrd._typeurl` (shared with the client SDK, which must
+not import :mod:`ctrd.services`); this module re-exports them for the services.
 """
 
 from __future__ import annotations
 
-from typing import Final
-
-import betterproto2
-
-import ctrd.api.containerd.events  # noqa: F401  (registers the event messages in the pool)
-from ctrd.api.google import protobuf as pb
-from ctrd.api.message_pool import default_message_pool
+from ctrd._typeurl import GOOGLE_PREFIX, pack_event, type_url, unpack_event
 
 __all__ = ["GOOGLE_PREFIX", "pack_event", "type_url", "unpack_event"]
-
-GOOGLE_PREFIX: Final = "type.googleapis.com/"
-"""The prefix betterproto2's message pool (and ``Any.pack``) puts on type URLs."""
-
-
-def type_url(message_type: type[betterproto2.Message]) -> str:
-    """The bare type URL of a registered message class, e.g. ``containerd.events.ContentDelete``.
-
-    :raises TypeError: the class is not registered in the message pool.
-    """
-    try:
-        url = default_message_pool.type_to_url[message_type]
-    except KeyError:
-        raise TypeError(f"message type {message_type.__name__} is not registered") from None
-    return url.removeprefix(GOOGLE_PREFIX)
-
-
-def pack_event(event: betterproto2.Message) -> pb.Any:
-    """Wrap *event* in an ``Any`` with a bare type URL.
-
-    An ``Any`` is returned unchanged, so callers may pass either form.
-    """
-    if isinstance(event, pb.Any):
-        return event
-    return pb.Any(type_url=type_url(type(event)), value=bytes(event))
-
-
-def unpack_event(any_: pb.Any) -> betterproto2.Message:
-    """Decode the message inside *any_* (bare or ``type.googleapis.com/`` URL).
-
-    :raises TypeError: the type URL names no registered message.
-    """
-    url = any_.type_url
-    message_type = default_message_pool.url_to_type.get(url)
-    if message_type is None:
-        message_type = default_message_pool.url_to_type.get(GOOGLE_PREFIX + url)
-    if message_type is None:
-        raise TypeError(f"cannot unpack unregistered type {url!r}")
-    return message_type.parse(any_.value)

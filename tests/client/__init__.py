@@ -1,0 +1,1 @@
+"""SDK tests: ctrd.client against ctrd and containerd."""
