@@ -19,7 +19,10 @@ check-and-set is atomic):
 
 The gate also records the backend refs being committed, so the collector does
 not mistake the ingest row of a commit in flight (its backend data already
-renamed away) for a dangling record.
+renamed away) for a dangling record; and the backend refs being opened
+(:meth:`BlobGate.hold_ref`): a writer's ingest row is committed before its backend
+ingest is created, outside the database lock, so for that moment the row has no
+backend data either.
 """
 
 from __future__ import annotations
@@ -56,12 +59,20 @@ class BlobGate:
             if bref:
                 _dec(self._refs, bref)
 
+    def hold_ref(self, bref: str) -> None:
+        """Count backend ref *bref* as in use (being opened) until :meth:`release_ref`."""
+        _inc(self._refs, bref)
+
+    def release_ref(self, bref: str) -> None:
+        """Undo one :meth:`hold_ref`."""
+        _dec(self._refs, bref)
+
     def is_committing(self, dgst: str) -> bool:
         """Whether a commit of *dgst* is between its backend step and its transaction's end."""
         return dgst in self._committing
 
     def ref_committing(self, bref: str) -> bool:
-        """Whether the ingest with backend ref *bref* is being committed."""
+        """Whether the ingest with backend ref *bref* is being committed (or opened)."""
         return bref in self._refs
 
     def begin_delete(self, dgst: str) -> bool:

@@ -17,15 +17,16 @@ async def check_lease(tx: Tx, ns: str, lease: str | None) -> None:
         raise errdefs.NotFound(f"lease {identifiers.go_quote(lease)} does not exist")
 
 
-async def add_resource(tx: Tx, ns: str, lease: str | None, type_: str, id_: str) -> None:
-    """Attach a resource to the context lease (no-op without one)."""
+async def add_resource(tx: Tx, ns: str, lease: str | None, type_: str, id_: str) -> bool:
+    """Attach a resource to the context lease (no-op without one); whether it was attached now."""
     if lease is None:
-        return
+        return False
     await check_lease(tx, ns, lease)
-    await tx.run(
+    n = await tx.run(
         "INSERT OR IGNORE INTO lease_resources(namespace, lease, type, id) VALUES (?, ?, ?, ?)",
         (ns, lease, type_, id_),
     )
+    return n > 0
 
 
 async def remove_resource(tx: Tx, ns: str, lease: str | None, type_: str, id_: str) -> None:

@@ -21,10 +21,13 @@ Delete, Status, Abort and List consult only the caller's own rows.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Final
 
 from ctrd import _faults, errdefs, filters, namespaces
 from ctrd import labels as _labels
@@ -102,6 +105,64 @@ def _validate_labels(labels: Mapping[str, str] | None) -> None:
             raise errdefs.InvalidArgument(f"info.Labels: {exc.context}") from exc
 
 
+_DELETE_UNUSED_NAMESPACE: Final = (
+    "DELETE FROM namespaces WHERE name = ? "
+    "AND NOT EXISTS (SELECT 1 FROM namespace_labels WHERE namespace = ?) "
+    "AND NOT EXISTS (SELECT 1 FROM blobs WHERE namespace = ?) "
+    "AND NOT EXISTS (SELECT 1 FROM ingests WHERE namespace = ?) "
+    "AND NOT EXISTS (SELECT 1 FROM leases WHERE namespace = ?)"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _UndoOpen:
+    """What :meth:`NamespacedContentStore._undo_open` needs to put back."""
+
+    ns: str
+    ref: str
+    bref: str
+    #: the ingest row's (expected, expected_size, expires_at) before, or None if it was new
+    previous: tuple[str, int, int | None] | None
+    #: the lease the ingest was attached to by this open, if any
+    lease: str | None
+    ns_created: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Opened:
+    """The outcome of :meth:`NamespacedContentStore._open_tx`."""
+
+    exists: bool = False
+    bref: str = ""
+    #: the blob's size for a shared writer (no backend ingest), else -1
+    shared_size: int = -1
+    #: set when a backend writer is to be opened (its ref is then held in the gate)
+    undo: _UndoOpen | None = None
+
+
+class _KeyedLocks:
+    """One :class:`asyncio.Lock` per key, dropped when nobody holds or waits for it."""
+
+    __slots__ = ("_locks",)
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class NamespacedContentStore:
     """Implements :class:`ctrd.content.Store` over the metadata database."""
 
@@ -116,6 +177,8 @@ class NamespacedContentStore:
     ) -> None:
         self._db = db
         self._info_cache: dict[tuple[str, str], tuple[int, Info]] = {}
+        #: serialises opening and aborting one (namespace, ref)
+        self._ref_locks = _KeyedLocks()
         self._backend = backend
         self.policy = policy
         self.stats = SharingStats()
@@ -163,7 +226,7 @@ class NamespacedContentStore:
         ns = namespaces.required()
         dgst = info.digest
         _digest.validate(dgst)
-        async with self._db.update() as tx:
+        async with self._db.update(inline=True) as tx:
             row = await tx.one(
                 "SELECT digest, size, created_at, updated_at, labels FROM blobs "
                 "WHERE namespace = ? AND digest = ?",
@@ -227,7 +290,7 @@ class NamespacedContentStore:
         ns = namespaces.required()
         _digest.validate(dgst)
         lease = namespaces.current_lease()
-        async with self._db.update() as tx:
+        async with self._db.update(inline=True) as tx:
             n = await tx.run("DELETE FROM blobs WHERE namespace = ? AND digest = ?", (ns, dgst))
             if n == 0:
                 raise errdefs.NotFound(f"content digest {dgst}")
@@ -285,7 +348,7 @@ class NamespacedContentStore:
     async def abort(self, ref: str) -> None:
         ns = namespaces.required()
         lease = namespaces.current_lease()
-        async with self._db.update() as tx:
+        async with self._ref_locks.hold((ns, ref)), self._db.update(inline=True) as tx:
             row = await tx.one(
                 "SELECT backend_ref, expected FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref)
             )
@@ -305,63 +368,136 @@ class NamespacedContentStore:
         if expected:
             _digest.validate(expected)
         lease = namespaces.current_lease()
+        async with self._ref_locks.hold((ns, ref)):
+            return await self._open(ns, ref, total, expected, lease)
+
+    async def _open(self, ns: str, ref: str, total: int, expected: str, lease: str | None) -> Writer:
+        """:meth:`writer` under the ref's lock.
+
+        The ingest row is committed first and the backend ingest created after,
+        outside the database lock: creating it takes a thread hop and fsyncs (and a
+        resumed ingest is re-hashed), which would otherwise hold up every other
+        metadata write. Until the backend writer exists, the gate holds its backend
+        ref (the collector must not take the row for a dangling one), and the ref's
+        lock keeps other opens and aborts of the ref waiting, as the database lock
+        did; if creating it fails, :meth:`_undo_open` puts the rows back as they were.
+        """
         now = utcnow()
-        exists = False
-        async with self._db.update() as tx:
-            await _leases.check_lease(tx, ns, lease)
-            if expected:
-                hit = await tx.one("SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, expected))
-                if hit is not None:
-                    await _leases.add_resource(tx, ns, lease, "content", expected)
-                    exists = True
-            if not exists:
-                shared_size = -1
-                if expected and (
-                    self.policy is SharingPolicy.SHARED or await self._in_shareable_namespace(tx, expected)
-                ):
-                    try:
-                        binfo = await self._backend.info(expected)
-                    except errdefs.NotFound:
-                        pass
-                    else:
-                        if total in (0, binfo.size):
-                            shared_size = binfo.size
-                await tx.ensure_namespace(ns, to_us(now))
-                row = await tx.one(
-                    "SELECT backend_ref FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref)
-                )
-                if row is not None:
-                    bref = str(row[0])
-                else:
-                    seq = await tx.next_sequence("ingest")
-                    bref = f"{ns}/{seq}/{ref}"
-                expires = None if lease else to_us(now + _INGEST_EXPIRY)
-                shared = shared_size >= 0
-                await tx.run(
-                    "INSERT INTO ingests(namespace, ref, backend_ref, expected, expected_size, created_at, "
-                    "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(namespace, ref) DO UPDATE SET "
-                    "expected = excluded.expected, expected_size = excluded.expected_size, "
-                    "expires_at = excluded.expires_at",
-                    (ns, ref, bref, expected if shared else "", max(shared_size, 0), to_us(now), expires),
-                )
-                await _leases.add_resource(tx, ns, lease, "ingests", ref)
-                bw: Writer | None = None
-                if not shared:
-                    # the digest is deliberately not passed: the caller must prove possession
-                    bw = await self._backend.writer(bref, total=total)
-        if exists:
+        opened: _Opened | None = None
+        try:
+            async with self._db.update(inline=True) as tx:
+                opened = await self._open_tx(tx, ns, ref, total, expected, lease, now)
+        except BaseException:
+            if opened is not None and opened.undo is not None:
+                self.gate.release_ref(opened.bref)  # the COMMIT failed after the hold
+            raise
+        if opened.exists:
             raise errdefs.AlreadyExists(f"content {expected}")
+        bw: Writer | None = None
+        if opened.undo is not None:
+            try:
+                # the digest is deliberately not passed: the caller must prove possession
+                bw = await self._backend.writer(opened.bref, total=total)
+            except BaseException:
+                await asyncio.shield(self._undo_open(opened.undo))
+                raise
+            finally:
+                self.gate.release_ref(opened.bref)
         return _NamespacedWriter(
             self,
             ns=ns,
             ref=ref,
-            bref=bref,
+            bref=opened.bref,
             writer=bw,
             lease=lease,
-            expected=expected if shared else "",
-            size=max(shared_size, 0),
+            expected=expected if opened.shared_size >= 0 else "",
+            size=max(opened.shared_size, 0),
             started=now,
         )
+
+    async def _open_tx(
+        self, tx: Tx, ns: str, ref: str, total: int, expected: str, lease: str | None, now: _dt.datetime
+    ) -> _Opened:
+        """The transaction of :meth:`_open`; holds the backend ref in the gate as its last step."""
+        await _leases.check_lease(tx, ns, lease)
+        if expected:
+            hit = await tx.one("SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, expected))
+            if hit is not None:
+                await _leases.add_resource(tx, ns, lease, "content", expected)
+                return _Opened(exists=True)
+        shared_size = -1
+        if expected and (
+            self.policy is SharingPolicy.SHARED or await self._in_shareable_namespace(tx, expected)
+        ):
+            try:
+                binfo = await self._backend.info(expected)
+            except errdefs.NotFound:
+                pass
+            else:
+                if total in (0, binfo.size):
+                    shared_size = binfo.size
+        ns_created = await tx.ensure_namespace(ns, to_us(now))
+        row = await tx.one(
+            "SELECT backend_ref, expected, expected_size, expires_at FROM ingests "
+            "WHERE namespace = ? AND ref = ?",
+            (ns, ref),
+        )
+        if row is not None:
+            bref = str(row[0])
+        else:
+            seq = await tx.next_sequence("ingest")
+            bref = f"{ns}/{seq}/{ref}"
+        expires = None if lease else to_us(now + _INGEST_EXPIRY)
+        shared = shared_size >= 0
+        await tx.run(
+            "INSERT INTO ingests(namespace, ref, backend_ref, expected, expected_size, created_at, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(namespace, ref) DO UPDATE SET "
+            "expected = excluded.expected, expected_size = excluded.expected_size, "
+            "expires_at = excluded.expires_at",
+            (ns, ref, bref, expected if shared else "", max(shared_size, 0), to_us(now), expires),
+        )
+        lease_added = await _leases.add_resource(tx, ns, lease, "ingests", ref)
+        if shared:
+            return _Opened(bref=bref, shared_size=shared_size)
+        undo = _UndoOpen(
+            ns=ns,
+            ref=ref,
+            bref=bref,
+            previous=None if row is None else (str(row[1]), int(row[2]), row[3]),
+            lease=lease if lease_added else None,
+            ns_created=ns_created,
+        )
+        self.gate.hold_ref(bref)
+        return _Opened(bref=bref, undo=undo)
+
+    async def _undo_open(self, undo: _UndoOpen) -> None:
+        """Put back what :meth:`_open` committed before its backend writer failed.
+
+        The ingest row is removed (or its previous values restored), and so are the
+        lease attachment and an implicitly created namespace that are still unused:
+        what the single transaction's rollback used to leave. The ingest sequence
+        number stays consumed.
+        """
+        ns, ref, bref = undo.ns, undo.ref, undo.bref
+        try:
+            async with self._db.update(inline=True) as tx:
+                if undo.previous is None:
+                    await tx.run(
+                        "DELETE FROM ingests WHERE namespace = ? AND ref = ? AND backend_ref = ?",
+                        (ns, ref, bref),
+                    )
+                else:
+                    await tx.run(
+                        "UPDATE ingests SET expected = ?, expected_size = ?, expires_at = ? "
+                        "WHERE namespace = ? AND ref = ? AND backend_ref = ?",
+                        (*undo.previous, ns, ref, bref),
+                    )
+                if undo.lease is not None:
+                    await _leases.remove_resource(tx, ns, undo.lease, "ingests", ref)
+                if undo.ns_created:
+                    await tx.run(_DELETE_UNUSED_NAMESPACE, (ns,) * 5)
+        except Exception:
+            log.warning("could not undo the ingest record of %s in %s", ref, ns, exc_info=True)
 
     async def _in_shareable_namespace(self, tx: Tx, dgst: str) -> bool:
         row = await tx.one(
@@ -416,7 +552,7 @@ class NamespacedContentStore:
         clean = {k: v for k, v in (labels or {}).items() if v}
         dup = False
         _faults.point("metadata.commit.before_tx")
-        async with self._db.update() as tx:
+        async with self._db.update(inline=True) as tx:
             if w.backend_writer is None:
                 # the shared blob may have been collected since the writer opened
                 try:
@@ -524,7 +660,7 @@ class _NamespacedWriter:
         except BaseException:
             await bw.close()
             raise
-        async with self._store._db.update() as tx:
+        async with self._store._db.update(inline=True) as tx:
             await tx.run(
                 "UPDATE ingests SET expected = '', expected_size = 0 WHERE namespace = ? AND ref = ?",
                 (self.ns, self.ref),

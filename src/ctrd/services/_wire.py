@@ -12,12 +12,19 @@ plug into grpclib's stock ``ProtoCodec``: it calls ``FromString`` to decode and
 
 from __future__ import annotations
 
+import datetime as _dt
 from typing import Final
 
 from ctrd import errdefs
 from ctrd.api.containerd.services.content import v1 as api
 
-__all__ = ["RawReadRequest", "RawReply", "RawWriteRequest", "encode_read_response"]
+__all__ = [
+    "RawReadRequest",
+    "RawReply",
+    "RawWriteRequest",
+    "encode_read_response",
+    "encode_write_response",
+]
 
 _WRITE_ACTIONS: Final = {int(a.value): a for a in api.WriteAction}
 
@@ -173,6 +180,8 @@ class RawReply:
 
 
 def _uvarint(v: int) -> bytes:
+    if v < 0x80:
+        return _SMALL[v]
     out = bytearray()
     while v > 0x7F:
         out.append((v & 0x7F) | 0x80)
@@ -187,3 +196,42 @@ def encode_read_response(offset: int, data: bytes) -> RawReply:
     if not data:
         return RawReply(head)
     return RawReply(head + b"\x12" + _uvarint(len(data)) + data)
+
+
+_SMALL: Final = tuple(bytes((i,)) for i in range(0x80))
+_MASK64: Final = (1 << 64) - 1
+_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+def _timestamp(t: _dt.datetime) -> bytes:
+    """``google.protobuf.Timestamp{seconds=1, nanos=2}`` of an aware datetime (betterproto2's arithmetic)."""
+    offset = t - _EPOCH
+    seconds, us = divmod((offset.days * 86400 + offset.seconds) * 1_000_000 + offset.microseconds, 1_000_000)
+    out = b"\x08" + _uvarint(seconds & _MASK64) if seconds else b""
+    if us:
+        out += b"\x10" + _uvarint(us * 1000)
+    return out
+
+
+def encode_write_response(msg: api.WriteContentResponse) -> RawReply:
+    """``WriteContentResponse{action=1, started_at=2, updated_at=3, offset=4, total=5, digest=6}``.
+
+    Encodes what betterproto2 would (zero scalars and unset timestamps omitted),
+    from the message the Write handler reuses across its stream.
+    """
+    parts = []
+    action = int(msg.action)
+    if action:
+        parts.append(b"\x08" + _uvarint(action & _MASK64))
+    for tag, t in ((b"\x12", msg.started_at), (b"\x1a", msg.updated_at)):
+        if t is not None:
+            ts = _timestamp(t)
+            parts.append(tag + _SMALL[len(ts)] + ts)
+    if msg.offset:
+        parts.append(b"\x20" + _uvarint(msg.offset & _MASK64))
+    if msg.total:
+        parts.append(b"\x28" + _uvarint(msg.total & _MASK64))
+    if msg.digest:
+        raw = msg.digest.encode()
+        parts.append(b"\x32" + _uvarint(len(raw)) + raw)
+    return RawReply(b"".join(parts))

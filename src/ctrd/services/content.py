@@ -116,17 +116,26 @@ async def _close_quietly(obj: ReaderAt | Writer, what: str) -> None:
         log.warning("failed to close %s", what, exc_info=True)
 
 
-async def _serve_stream(handler: Callable[[Any], AsyncGenerator[Any, None]], bidi: bool, stream: Any) -> None:
-    """Drive a streaming handler, closing its generator in this task whatever happens."""
+async def _serve_stream(
+    handler: Callable[[Any], AsyncGenerator[Any, None]],
+    bidi: bool,
+    stream: Any,
+    encode: Callable[[Any], Any] | None = None,
+) -> None:
+    """Drive a streaming handler, closing its generator in this task whatever happens.
+
+    With *encode*, each response is passed through it before sending (a hand-written codec).
+    """
     if bidi:
         request: Any = stream
     else:
         request = await stream.recv_message()
         if request is None:
             raise errdefs.InvalidArgument("missing request message")
+    send = stream.send_message
     async with contextlib.aclosing(handler(request)) as responses:
         async for response in responses:
-            await stream.send_message(response)
+            await send(response if encode is None else encode(response))
 
 
 class ContentService(api.ContentBase):
@@ -151,14 +160,14 @@ class ContentService(api.ContentBase):
             old.request_type,
             old.reply_type,
         )
-        # The hot paths take hand-decoded requests (zero-copy WRITE data) and Read
-        # replies are encoded by hand; see ctrd.services._wire.
+        # The hot paths take hand-decoded requests (zero-copy WRITE data), and Read
+        # and Write replies are encoded by hand; see ctrd.services._wire.
         old = mapping[_SERVICE + "Write"]
         mapping[_SERVICE + "Write"] = grpclib.const.Handler(
-            functools.partial(_serve_stream, self.write, True),
+            functools.partial(_serve_stream, self.write, True, encode=_wire.encode_write_response),
             old.cardinality,
             _wire.RawWriteRequest,
-            old.reply_type,
+            _wire.RawReply,
         )
         old = mapping[_SERVICE + "Read"]
         mapping[_SERVICE + "Read"] = grpclib.const.Handler(

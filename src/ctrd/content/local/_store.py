@@ -21,6 +21,7 @@ path is built from them, and no error message carries a filesystem path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -43,7 +44,8 @@ from ctrd.content.local._writer import (
     map_os_error,
     parse_timestamp,
     run_blocking,
-    write_file_atomic,
+    write_file,
+    write_files_atomic,
 )
 
 __all__ = ["LocalReaderAt", "LocalStore"]
@@ -175,6 +177,8 @@ class LocalStore:
         self._root = Path(root)
         self._blobs = self._root / "blobs"
         self._ingest = self._root / "ingest"
+        self._ingest_str = os.fspath(self._ingest)
+        self._blobs_str = os.fspath(self._blobs)
         self._root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         self._ingest.mkdir(exist_ok=True)
         self._locks = RefLocks()
@@ -195,6 +199,10 @@ class LocalStore:
 
     def _ingest_dir(self, ref: str) -> Path:
         return self._ingest / hashlib.sha256(ref.encode()).hexdigest()
+
+    def _ingest_path(self, ref: str) -> str:
+        """:meth:`_ingest_dir` as a string (the hot paths avoid pathlib's overhead)."""
+        return f"{self._ingest_str}/{hashlib.sha256(ref.encode()).hexdigest()}"
 
     # -- blobs -------------------------------------------------------------
 
@@ -439,18 +447,21 @@ class LocalStore:
         if expected:
             _digest.validate(expected)
         self._locks.lock(ref)
+        ingest_dir = self._ingest_path(ref)
         try:
-            if expected and self._blob_path(expected).exists():
-                raise errdefs.AlreadyExists(f"content {expected}")
-            ingest = await run_blocking(self._open_ingest_sync, ref, total, discard=_close_ingest)
+            if expected:
+                algorithm, encoded = _digest.parse(expected)
+                if os.path.exists(f"{self._blobs_str}/{algorithm}/{encoded}"):
+                    raise errdefs.AlreadyExists(f"content {expected}")
+            ingest = await run_blocking(self._open_ingest_sync, ref, total, ingest_dir, discard=_close_ingest)
         except BaseException:
             self._locks.unlock(ref)
             raise
         return LocalWriter(
             locks=self._locks,
             ref=ref,
-            ingest_dir=self._ingest_dir(ref),
-            blobs_dir=self._blobs,
+            ingest_dir=ingest_dir,
+            blobs_dir=self._blobs_str,
             fd=ingest.fd,
             offset=ingest.offset,
             total=ingest.total,
@@ -459,15 +470,14 @@ class LocalStore:
             updated_at=ingest.updated_at,
         )
 
-    def _open_ingest_sync(self, ref: str, total: int) -> _Ingest:
-        ingest_dir = self._ingest_dir(ref)
+    def _open_ingest_sync(self, ref: str, total: int, ingest_dir: str) -> _Ingest:
         try:
             try:
-                ingest_dir.mkdir(mode=_DIR_MODE)
+                os.mkdir(ingest_dir, _DIR_MODE)
             except FileExistsError:
-                st = self._status_sync(ingest_dir)
+                st = self._status_sync(Path(ingest_dir))
                 if st is not None:
-                    return self._resume_sync(ingest_dir, ref, total, st)
+                    return self._resume_sync(Path(ingest_dir), ref, total, st)
             return self._create_sync(ingest_dir, ref, total)
         except OSError as exc:
             raise map_os_error(exc, f"open ref {ref}") from None
@@ -498,17 +508,17 @@ class LocalStore:
             raise
         return _Ingest(fd, offset, total, hasher, st.started_at, st.updated_at)
 
-    def _create_sync(self, ingest_dir: Path, ref: str, total: int) -> _Ingest:
+    def _create_sync(self, ingest_dir: str, ref: str, total: int) -> _Ingest:
         now = utcnow()
         stamp = format_timestamp(now).encode()
-        (ingest_dir / "ref").write_bytes(ref.encode())
-        write_file_atomic(ingest_dir / "startedat", stamp)
-        write_file_atomic(ingest_dir / "updatedat", stamp)
+        write_file(f"{ingest_dir}/ref", ref.encode())
+        write_files_atomic([(f"{ingest_dir}/startedat", stamp), (f"{ingest_dir}/updatedat", stamp)])
         if total > 0:
-            (ingest_dir / "total").write_text(str(total), encoding="ascii")
+            write_file(f"{ingest_dir}/total", str(total).encode("ascii"))
         else:
-            (ingest_dir / "total").unlink(missing_ok=True)
-        fd = os.open(ingest_dir / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{ingest_dir}/total")
+        fd = os.open(f"{ingest_dir}/data", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         return _Ingest(fd, 0, max(total, 0), hashlib.sha256(), now, now)
 
 

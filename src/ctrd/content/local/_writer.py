@@ -23,10 +23,8 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
 
 from ctrd import _faults, errdefs
@@ -41,8 +39,11 @@ __all__ = [
     "format_timestamp",
     "map_os_error",
     "parse_timestamp",
+    "remove_ingest_dir",
     "run_blocking",
+    "write_file",
     "write_file_atomic",
+    "write_files_atomic",
 ]
 
 _T = TypeVar("_T")
@@ -145,31 +146,90 @@ def parse_timestamp(text: str) -> _dt.datetime | None:
     return t.replace(tzinfo=_dt.timezone(sign * offset)).astimezone(_dt.UTC)
 
 
-def write_file_atomic(path: Path, data: bytes) -> None:
+def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write *data* to *path* via a temp file in the same directory, fsync and rename.
 
     Blocking; the equivalent of continuity's ``AtomicWriteFile`` (mode 0666 before umask).
+    The temp file is ``.<name>.<random>`` next to *path*.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    write_files_atomic([(path, data)])
+
+
+def write_files_atomic(files: Sequence[tuple[str | os.PathLike[str], bytes]]) -> None:
+    """:func:`write_file_atomic` for several files: every temp file is written and
+    fsynced before the first rename, so the filesystem can commit their data together
+    (one journal commit instead of one per file on ext4). Renames happen in order;
+    on an error the temp files not yet renamed are removed.
+    """
+    fds: list[int] = []  # open temp files (closed before the renames)
+    temps: list[tuple[str, str]] = []  # (temp path, final path) not renamed yet
     try:
-        try:
+        for path, data in files:
+            path = os.fspath(path)
+            parent, name = os.path.split(path)
+            fd, tmp = _create_temp(parent or ".", name)
+            fds.append(fd)
+            temps.append((tmp, path))
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+        for fd in fds:
             os.fsync(fd)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, _FILE_MODE & ~umask)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        while fds:
+            os.close(fds.pop())
+        while temps:
+            os.replace(*temps[0])
+            del temps[0]
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for tmp, _path in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
 
 
-def _fsync_dir(path: Path) -> None:
+_TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _create_temp(parent: str, name: str) -> tuple[int, str]:
+    """A new file ``<parent>/.<name>.<random>``, mode 0666 before umask (as ``mkstemp``, but no chmod)."""
+    for _ in range(100):
+        tmp = f"{parent}/.{name}.{os.urandom(6).hex()}"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, _FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no usable temporary file name found")
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Create or truncate *path* (mode 0666 before umask) and write *data*; no fsync (``os.WriteFile``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def remove_ingest_dir(path: str) -> None:
+    """Remove an ingest directory and the files in it; errors are ignored (``rmtree(ignore_errors=True)``).
+
+    The usual content (a few regular files) takes one ``listdir``, an ``unlink`` per
+    file and an ``rmdir``; anything else falls back to :func:`shutil.rmtree`.
+    """
+    try:
+        for name in os.listdir(path):
+            os.unlink(f"{path}/{name}")
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -194,8 +254,8 @@ class LocalWriter:
         *,
         locks: RefLocks,
         ref: str,
-        ingest_dir: Path,
-        blobs_dir: Path,
+        ingest_dir: str | os.PathLike[str],
+        blobs_dir: str | os.PathLike[str],
         fd: int,
         offset: int,
         total: int,
@@ -205,12 +265,13 @@ class LocalWriter:
     ) -> None:
         self._locks = locks
         self._ref = ref
-        self._ingest_dir = ingest_dir
-        self._blobs_dir = blobs_dir
+        self._ingest_dir = os.fspath(ingest_dir)
+        self._blobs_dir = os.fspath(blobs_dir)
         self._fd: int | None = fd
         self._offset = offset
         self._total = total
         self._hasher = hasher
+        self._digest: tuple[int, str] | None = None  # (offset, digest()) cached until the next write
         self._started_at = started_at
         self._updated_at = updated_at
         self._mutex = asyncio.Lock()
@@ -231,7 +292,12 @@ class LocalWriter:
 
     def digest(self) -> str:
         """``sha256:<hex>`` of the bytes written so far."""
-        return f"{_digest.CANONICAL}:{self._hasher.hexdigest()}"
+        offset, cached = self._offset, self._digest
+        if cached is not None and cached[0] == offset:
+            return cached[1]
+        d = f"{_digest.CANONICAL}:{self._hasher.hexdigest()}"
+        self._digest = (offset, d)
+        return d
 
     async def status(self) -> Status:
         """The ingest's status from memory (``expected`` is always empty)."""
@@ -298,6 +364,7 @@ class LocalWriter:
                 raise map_os_error(exc, f"truncate ref {self._ref}") from None
             self._offset = 0
             self._hasher = hashlib.sha256()
+            self._digest = None
             self._updated_at = utcnow()
 
     async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> None:
@@ -333,35 +400,37 @@ class LocalWriter:
         try:
             try:
                 os.fsync(fd)
-                actual = os.fstat(fd).st_size
+                st = os.fstat(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise map_os_error(exc, f"commit ref {self._ref}") from None
+        actual = st.st_size
         if size > 0 and size != actual:
             raise errdefs.FailedPrecondition(f"unexpected commit size {actual}, expected {size}")
         dgst = self.digest()
         if expected and expected != dgst:
             raise errdefs.FailedPrecondition(f"unexpected commit digest {dgst}, expected {expected}")
         algorithm, encoded = _digest.parse(dgst)
-        target_dir = self._blobs_dir / algorithm
-        target = target_dir / encoded
+        target_dir = f"{self._blobs_dir}/{algorithm}"
+        target = f"{target_dir}/{encoded}"
         _faults.point("content.commit.before_rename")
         try:
-            target_dir.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                shutil.rmtree(self._ingest_dir, ignore_errors=True)
+            if not os.path.isdir(target_dir):
+                os.makedirs(target_dir, exist_ok=True)
+            if os.path.exists(target):
+                remove_ingest_dir(self._ingest_dir)
                 raise errdefs.AlreadyExists(f"content {dgst}")
-            os.rename(self._ingest_dir / "data", target)
+            os.rename(f"{self._ingest_dir}/data", target)
             _fsync_dir(target_dir)
             _faults.point("content.commit.after_rename")
             now = time.time_ns()
             os.utime(target, ns=(now, now))
-            mode = os.stat(target).st_mode
-            os.chmod(target, mode & 0o7777 & ~0o333)
+            # the mode is the data file's (fstat above): the rename keeps the inode
+            os.chmod(target, st.st_mode & 0o7777 & ~0o333)
         except OSError as exc:
             raise map_os_error(exc, f"commit ref {self._ref}") from None
-        shutil.rmtree(self._ingest_dir, ignore_errors=True)
+        remove_ingest_dir(self._ingest_dir)
 
     async def close(self) -> None:
         """Release the lock and keep the data for resumption. Idempotent.
@@ -388,7 +457,7 @@ class LocalWriter:
         finally:
             os.close(fd)
         with contextlib.suppress(OSError):
-            write_file_atomic(self._ingest_dir / "updatedat", format_timestamp(self._updated_at).encode())
+            write_file_atomic(f"{self._ingest_dir}/updatedat", format_timestamp(self._updated_at).encode())
 
     def _check_open(self, what: str) -> int:
         fd = self._fd
