@@ -32,6 +32,17 @@ __all__ = [
 ]
 
 CONTENT_PLUGIN = "io.containerd.content.v1.content"
+# The garbage collector's schedule, the same for both daemons: collect after every
+# deletion (paced), never because of mutations alone. Everything a benchmark keeps
+# carries ``containerd.io/gc.root``; ctrd's default ``mutation_threshold = 100``
+# would run a full collection every 100 blobs of the small-ingest and list setups.
+GC_SCHEDULER = """  [plugins."io.containerd.gc.v1.scheduler"]
+    pause_threshold = 0.02
+    deletion_threshold = 0
+    mutation_threshold = 0
+    schedule_delay = "0s"
+    startup_delay = "100ms"
+"""
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -97,7 +108,17 @@ class Daemon:
         raise NotImplementedError
 
     # -- lifecycle ------------------------------------------------------------------------
+    def sibling(self, directory: Path) -> Daemon:
+        """A daemon of the same kind and configuration in *directory* (its own root, state, socket)."""
+        raise NotImplementedError
+
     def start(self) -> None:
+        """:meth:`spawn`, then wait until ``ctr version`` answers."""
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Write the config and start the process; does not wait for it to serve."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         with contextlib.suppress(FileNotFoundError):
@@ -113,7 +134,6 @@ class Daemon:
                 start_new_session=True,  # a Ctrl-C reaches the benchmark, which stops us in order
                 preexec_fn=_die_with_parent,
             )
-        self.wait_ready()
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until ``ctr version`` answers on the socket (as start-containerd.sh does)."""
@@ -182,6 +202,28 @@ class Daemon:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[7])
 
+    def environ(self, name: str) -> str | None:
+        """*name* in the running process's environment (ctrd re-execs itself with malloc settings)."""
+        try:
+            raw = Path(f"/proc/{self.pid}/environ").read_bytes()
+        except OSError:
+            return None
+        for item in raw.split(b"\0"):
+            key, sep, value = item.partition(b"=")
+            if sep and key.decode(errors="replace") == name:
+                return value.decode(errors="replace")
+        return None
+
+    def memory(self) -> dict[str, int]:
+        """Resident memory in KiB: ``VmRSS`` and ``VmHWM`` (peak), and ``RssAnon`` (heap, stacks)
+        against ``RssFile`` (file pages mapped in, e.g. containerd's bolt database)."""
+        out: dict[str, int] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(rest.split()[0])
+        return out
+
     def memory_kib(self, field: str = "VmHWM") -> int:
         """A ``/proc/<pid>/status`` field in KiB (``VmHWM`` = peak RSS, ``VmRSS``)."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -205,6 +247,9 @@ class Ctrd(Daemon):
     def socket(self) -> str:
         return str(self.dir / "ctrd.sock")
 
+    def sibling(self, directory: Path) -> Ctrd:
+        return Ctrd(directory, self.ctr, self.policy, self.extra_env)
+
     def command(self) -> list[str]:
         return [sys.executable, "-m", "ctrd", "--config", str(self.dir / "config.toml")]
 
@@ -225,8 +270,8 @@ class Ctrd(Daemon):
             f"  gid = {os.getgid()}\n"
             "\n[debug]\n"
             '  level = "info"\n'
-            '\n[plugins."io.containerd.metadata.v1.sqlite"]\n'
-            f"  content_sharing_policy = {toml_str(self.policy)}\n"
+            "\n[plugins]\n" + GC_SCHEDULER + '  [plugins."io.containerd.metadata.v1.sqlite"]\n'
+            f"    content_sharing_policy = {toml_str(self.policy)}\n"
         )
 
 
@@ -242,6 +287,9 @@ class Containerd(Daemon):
     @property
     def socket(self) -> str:
         return str(self.dir / "containerd.sock")
+
+    def sibling(self, directory: Path) -> Containerd:
+        return Containerd(directory, self.ctr, self.policy, self.binary)
 
     def command(self) -> list[str]:
         return [self.binary, "--config", str(self.dir / "config.toml")]
@@ -283,13 +331,7 @@ disabled_plugins = [
   grpc_histogram = false
 
 [plugins]
-  [plugins."io.containerd.gc.v1.scheduler"]
-    pause_threshold = 0.02
-    deletion_threshold = 0
-    mutation_threshold = 0
-    schedule_delay = "0s"
-    startup_delay = "100ms"
-  [plugins."io.containerd.metadata.v1.bolt"]
+{GC_SCHEDULER}  [plugins."io.containerd.metadata.v1.bolt"]
     content_sharing_policy = {toml_str(self.policy)}
 """
         )

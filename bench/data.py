@@ -6,6 +6,11 @@ SDK) and in a page-cached file (stdin of ``ctr content ingest``). Its last
 has seen before (a true first-time ingest even if a deleted blob lingered), and
 the digest costs nothing: the sha256 state over the fixed prefix is computed once
 and copied.
+
+:class:`FileBlob` is a blob that lives only in a file (1 GiB for the shared
+admission and the peak-RSS ingest), built by repeating another buffer, with a
+random tail so every benchmark invocation has a new digest.
+:func:`list_blob` gives the tiny, distinct blobs of the ``List`` scenarios.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["NONCE", "LargeBlob", "digest_of", "small_blobs"]
+__all__ = ["NONCE", "FileBlob", "LargeBlob", "digest_of", "list_blob", "small_blobs"]
 
 NONCE = 32
 _CHUNK = 1 << 20
@@ -71,3 +76,36 @@ def small_blobs(count: int, size: int) -> list[tuple[bytes, str]]:
         b = raw[i * size : (i + 1) * size]
         out.append((b, digest_of(b)))
     return out
+
+
+class FileBlob:
+    """*size* bytes in *path* only (not in memory): *pattern* repeated, then a random nonce."""
+
+    def __init__(self, path: Path, size: int, pattern: memoryview) -> None:
+        if size <= NONCE or not len(pattern):
+            raise ValueError("file blob too small or empty pattern")
+        self.path = path
+        self.size = size
+        h = hashlib.sha256()
+        body = size - NONCE
+        with path.open("wb") as f:
+            off = 0
+            while off < body:
+                start = off % len(pattern)
+                n = min(_CHUNK, body - off, len(pattern) - start)
+                chunk = pattern[start : start + n]
+                h.update(chunk)
+                f.write(chunk)
+                off += n
+            nonce = os.urandom(NONCE)
+            h.update(nonce)
+            f.write(nonce)
+            f.flush()
+            os.fsync(f.fileno())
+        self.digest = "sha256:" + h.hexdigest()
+
+
+def list_blob(i: int) -> tuple[bytes, str]:
+    """The *i*-th tiny blob of the List scenarios (the same in both daemons)."""
+    data = f"ctrd bench list blob {i:09d}\n".encode()
+    return data, digest_of(data)

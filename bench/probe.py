@@ -46,6 +46,8 @@ class Sample:
     busy_cores: float = 0.0
     other_cores: float = 0.0
     daemon_minflt: int = 0
+    # a measured quantity other than time (peak RSS in MiB); None: the time is the metric
+    metric: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -54,15 +56,21 @@ class Sample:
 
 
 class Probe:
-    """``with Probe(daemon) as p: ...`` then ``p.sample``; ``daemon=None`` for machine runs."""
+    """``with Probe(daemon) as p: ...`` then ``p.sample``; ``daemon=None`` for machine runs.
 
-    def __init__(self, daemon: Daemon | None) -> None:
+    ``unborn=True``: the daemon is started inside the block, so its CPU and faults
+    count from zero (``/proc/<pid>/stat`` after the block covers its whole life).
+    """
+
+    def __init__(self, daemon: Daemon | None, *, unborn: bool = False) -> None:
         self.daemon = daemon
+        self.unborn = unborn
         self.sample: Sample | None = None
 
     def __enter__(self) -> Probe:
-        self._d0 = self.daemon.cpu() if self.daemon is not None else (0.0, 0.0)
-        self._f0 = self.daemon.minor_faults() if self.daemon is not None else 0
+        live = self.daemon is not None and not self.unborn
+        self._d0 = self.daemon.cpu() if live and self.daemon is not None else (0.0, 0.0)
+        self._f0 = self.daemon.minor_faults() if live and self.daemon is not None else 0
         t = os.times()
         self._c0 = t.user + t.system + t.children_user + t.children_system
         self._m0 = _machine_jiffies()
