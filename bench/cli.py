@@ -337,6 +337,14 @@ def _bench(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
         if results:
             machine["loadavg_end"] = os.getloadavg()
+            machine["code_end"] = report.code_state()
+            if machine["code_end"] != machine["code_start"]:
+                print(
+                    f"bench: warning: the code under src/ changed during the run "
+                    f"({machine['code_start']} -> {machine['code_end']}); daemons started at "
+                    "different times may have run different code",
+                    file=sys.stderr,
+                )
             derived = report.derive(results)
             doc = {
                 "machine": machine,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -22,6 +23,7 @@ import ctrd
 from bench.probe import Sample
 
 __all__ = [
+    "code_state",
     "derive",
     "display",
     "machine_info",
@@ -52,6 +54,23 @@ def _filesystem(path: Path) -> str:
             if (str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
                 best, fs = mnt, f"{typ} on {dev} ({mnt})"
     return fs
+
+
+def code_state() -> dict[str, str]:
+    """The code the daemons run: HEAD, and a fingerprint of ``src/`` including uncommitted and
+    untracked files. Other sessions edit the shared tree; compare the fingerprint at the start
+    and the end of a run (a daemon started mid-run imports whatever is there then)."""
+    repo = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(_run("git", "diff", "HEAD", "--", "src", cwd=repo).encode())
+    untracked = _run("git", "ls-files", "--others", "--exclude-standard", "--", "src", cwd=repo)
+    for name in sorted(untracked.splitlines()):
+        h.update(name.encode())
+        with contextlib.suppress(OSError):
+            h.update((repo / name).read_bytes())
+    return {
+        "git_commit": _run("git", "rev-parse", "--short", "HEAD", cwd=repo),
+        "src_fingerprint": h.hexdigest()[:16],
+    }
 
 
 def machine_info(work: Path, containerd: str, ctr: str) -> dict[str, Any]:
@@ -89,6 +108,7 @@ def machine_info(work: Path, containerd: str, ctr: str) -> dict[str, Any]:
         "git_dirty_files": len(dirty.splitlines()) if dirty else 0,
         # the working tree is what runs: identify uncommitted changes to the daemon's code
         "git_src_diff_sha256": hashlib.sha256(src_diff.encode()).hexdigest()[:16],
+        "code_start": code_state(),
         "loadavg_start": os.getloadavg(),
     }
 
