@@ -337,12 +337,12 @@ def _bench(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
         if results:
             machine["loadavg_end"] = os.getloadavg()
-            machine["code_end"] = report.code_state()
-            if machine["code_end"] != machine["code_start"]:
+            machine["code_end"] = end = report.code_state()
+            start = machine["code_start"]
+            if any(start[k] != end[k] for k in ("src_tree", "src_fingerprint")):
                 print(
-                    f"bench: warning: the code under src/ changed during the run "
-                    f"({machine['code_start']} -> {machine['code_end']}); daemons started at "
-                    "different times may have run different code",
+                    f"bench: warning: the code under src/ changed during the run ({start} -> {end}); "
+                    "daemons started at different times may have run different code",
                     file=sys.stderr,
                 )
             derived = report.derive(results)

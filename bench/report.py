@@ -69,6 +69,7 @@ def code_state() -> dict[str, str]:
             h.update((repo / name).read_bytes())
     return {
         "git_commit": _run("git", "rev-parse", "--short", "HEAD", cwd=repo),
+        "src_tree": _run("git", "rev-parse", "--short", "HEAD:src", cwd=repo),  # commits to docs/ leave it
         "src_fingerprint": h.hexdigest()[:16],
     }
 
