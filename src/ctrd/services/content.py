@@ -180,7 +180,20 @@ class ContentService(api.ContentBase):
         message = await stream.recv_message()
         if message is None:
             raise errdefs.InvalidArgument("missing request message")
-        dgst = message.digest
+        send = stream.send_message
+        async with contextlib.aclosing(
+            self._read_chunks(message.digest, message.offset, message.size)
+        ) as chunks:
+            async for rel, data in chunks:
+                await send(_wire.encode_read_response(rel, data))
+
+    async def _read_chunks(
+        self, dgst: str, offset: int, size: int
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """``(offset relative to the request, data)`` chunks of at most :data:`READ_CHUNK` bytes.
+
+        A negative offset reads from 0; ``size <= 0`` (or past the end) reads to the end.
+        """
         try:
             _digest.validate(dgst)
         except errdefs.InvalidArgument as exc:
@@ -188,20 +201,18 @@ class ContentService(api.ContentBase):
         reader = await self._store.reader_at(dgst)
         try:
             blob_size = reader.size
-            offset = max(message.offset, 0)
+            offset = max(offset, 0)
             if offset > blob_size:
                 raise errdefs.OutOfRange(f"read past object length {blob_size} bytes")
-            size = message.size
             if size <= 0 or offset + size > blob_size:
                 size = blob_size - offset
             end = offset + size
             pos = offset
-            send = stream.send_message
             while pos < end:
                 data = await reader.read_at(pos, min(READ_CHUNK, end - pos))
                 if not data:
                     break  # the blob shrank under us: end the stream like io.Copy on EOF
-                await send(_wire.encode_read_response(pos - offset, data))
+                yield pos - offset, data
                 pos += len(data)
         finally:
             await asyncio.shield(_close_quietly(reader, f"reader for {dgst}"))
@@ -251,35 +262,12 @@ class ContentService(api.ContentBase):
         return pb.Empty()
 
     async def read(self, message: api.ReadContentRequest) -> AsyncGenerator[api.ReadContentResponse, None]:
-        """Stream a byte range in chunks of at most :data:`READ_CHUNK` bytes.
-
-        Offsets in the responses are relative to the requested offset. A negative
-        offset reads from 0; ``size <= 0`` (or past the end) reads to the end.
-        """
-        dgst = message.digest
-        try:
-            _digest.validate(dgst)
-        except errdefs.InvalidArgument as exc:
-            raise errdefs.InvalidArgument(f"{dgst}: {exc.context}") from exc
-        reader = await self._store.reader_at(dgst)
-        try:
-            blob_size = reader.size
-            offset = max(message.offset, 0)
-            if offset > blob_size:
-                raise errdefs.OutOfRange(f"read past object length {blob_size} bytes")
-            size = message.size
-            if size <= 0 or offset + size > blob_size:
-                size = blob_size - offset
-            end = offset + size
-            pos = offset
-            while pos < end:
-                data = await reader.read_at(pos, min(READ_CHUNK, end - pos))
-                if not data:
-                    break  # the blob shrank under us: end the stream like io.Copy on EOF
-                yield api.ReadContentResponse(offset=pos - offset, data=data)
-                pos += len(data)
-        finally:
-            await asyncio.shield(_close_quietly(reader, f"reader for {dgst}"))
+        """Stream a byte range (the generated-API form of :meth:`_read_direct`)."""
+        async with contextlib.aclosing(
+            self._read_chunks(message.digest, message.offset, message.size)
+        ) as chunks:
+            async for rel, data in chunks:
+                yield api.ReadContentResponse(offset=rel, data=data)
 
     # -- ingests -------------------------------------------------------------------------
 
