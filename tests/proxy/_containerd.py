@@ -154,10 +154,29 @@ def start(
                 [CTR, "--address", c.socket, "version"], capture_output=True, timeout=10, check=False
             )
             if r.returncode == 0:
+                if (gc or GC_DEFAULT).get("startup_delay") in ('"100ms"', '"0s"'):
+                    _wait_startup_collection(c, deadline)
                 return c
         time.sleep(0.05)
     c.stop()
     raise AssertionError(f"containerd did not answer on {c.socket}\n--- log ---\n{c.log()}")
+
+
+def _wait_startup_collection(c: Containerd, deadline: float) -> None:
+    """Wait for containerd's start-up collection (logged at debug level as ``garbage collected``).
+
+    Blobs a test writes without a lease or a ``gc.root`` label are garbage to
+    containerd; its first collection runs ``startup_delay`` after boot and would
+    otherwise race the test's first ingest.
+    """
+    while time.monotonic() < deadline:
+        if "garbage collected" in c.log():
+            return
+        if c.proc.poll() is not None:
+            raise AssertionError(f"containerd exited with {c.proc.returncode}\n--- log ---\n{c.log()}")
+        time.sleep(0.02)
+    c.stop()
+    raise AssertionError(f"containerd's start-up collection did not run\n--- log ---\n{c.log()}")
 
 
 @contextlib.contextmanager
