@@ -66,3 +66,39 @@ def test_read_response(offset: int, data: bytes) -> None:
     assert _wire.encode_read_response(offset, data).SerializeToString() == bytes(
         api.ReadContentResponse(offset=offset, data=data)
     )
+
+
+@pytest.mark.parametrize(
+    ("size", "created_us", "updated_us", "labels"),
+    [
+        (0, 0, 0, {}),
+        (1, 1, 999_999, {"a": "b"}),
+        (
+            1 << 40,
+            1_764_000_000_123_456,
+            1_764_000_001_000_000,
+            {"containerd.io/gc.root": "x", "ü": "ä" * 200},
+        ),
+        (5, -1, -1_000_001, {"k": "v" * 130}),
+        (127, 1_000_000, 2_000_000, {f"k{i}": f"v{i}" for i in range(20)}),
+    ],
+)
+def test_info_and_list_response(size: int, created_us: int, updated_us: int, labels: dict[str, str]) -> None:
+    from datetime import timedelta
+
+    from ctrd.services.content import _EPOCH
+
+    digest = "sha256:" + "d" * 64
+    want = api.Info(
+        digest=digest,
+        size=size,
+        created_at=_EPOCH + timedelta(microseconds=created_us),
+        updated_at=_EPOCH + timedelta(microseconds=updated_us),
+        labels=labels,
+    )
+    raw = _wire.encode_info(digest, size, created_us, updated_us, labels)
+    assert raw == bytes(want)
+    assert api.Info.parse(raw) == want
+    for n in (1, 2, 100):
+        reply = _wire.encode_list_response([raw] * n).SerializeToString()
+        assert reply == bytes(api.ListContentResponse(info=[want] * n))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Info", "ReaderAt", "Status", "Store", "Writer", "utcnow"]
+__all__ = ["Info", "InfoRecord", "ReaderAt", "RecordWalker", "Status", "Store", "Writer", "utcnow"]
 
 
 def utcnow() -> _dt.datetime:
@@ -31,6 +31,19 @@ class Info:
     created_at: _dt.datetime
     updated_at: _dt.datetime
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class InfoRecord(NamedTuple):
+    """An :class:`Info` in stored form, for bulk listing without per-blob objects.
+
+    Times are microseconds since the Unix epoch (UTC).
+    """
+
+    digest: str
+    size: int
+    created_us: int
+    updated_us: int
+    labels: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -139,4 +152,13 @@ class Store(Protocol):
         :raises errdefs.Unavailable: the ref is locked by another writer.
         :raises errdefs.AlreadyExists: *expected* is committed already.
         """
+        ...
+
+
+@runtime_checkable
+class RecordWalker(Protocol):
+    """A store that can list blobs in batches of :class:`InfoRecord` (what ``List`` streams)."""
+
+    def walk_records(self, *filters: str) -> AsyncIterator[list[InfoRecord]]:
+        """Batches of the blobs matching any filter, sorted by digest; no batch is empty."""
         ...

@@ -31,7 +31,7 @@ from typing import Final
 
 from ctrd import _faults, errdefs, filters, namespaces
 from ctrd import labels as _labels
-from ctrd.content import Info, ReaderAt, Status, Store, Writer, utcnow
+from ctrd.content import Info, InfoRecord, ReaderAt, Status, Store, Writer, utcnow
 from ctrd.content import digest as _digest
 from ctrd.metadata import _leases
 from ctrd.metadata._gate import BlobGate
@@ -95,6 +95,50 @@ def _row_info(row: Sequence[object]) -> Info:
         updated_at=from_us(int(updated)),  # type: ignore[call-overload]
         labels=labels_from_json(str(labels)),
     )
+
+
+def _sql_selector(sel: filters.Selector) -> tuple[str, tuple[str, ...]] | None:
+    """A SQL condition every blob matching *sel* satisfies, or ``None`` for "any row"."""
+    path = sel.fieldpath
+    if path == ("digest",):
+        if sel.op is filters.Operator.EQUAL:
+            return "digest = ?", (sel.value,)
+        if sel.op is filters.Operator.NOT_EQUAL:
+            return "digest != ?", (sel.value,)
+        return None
+    if len(path) < 2 or path[0] != "labels":
+        return None
+    key = ".".join(path[1:])
+    # SQLite's JSON paths compare keys as written in the stored JSON text; keep
+    # to printable ASCII without quotes or escapes, where that text is the key.
+    if not key or not key.isascii() or not key.isprintable() or '"' in key or "\\" in key:
+        return None
+    jpath = f'$."{key}"'
+    if sel.op is None:
+        return "json_type(labels, ?) IS NOT NULL", (jpath,)
+    if sel.op is filters.Operator.EQUAL:
+        return "json_extract(labels, ?) = ?", (jpath, sel.value)
+    return None
+
+
+def _sql_prefilter(flt: filters.Filter) -> tuple[str, tuple[str, ...]]:
+    """`` AND (...)`` narrowing a blobs query to rows that may match *flt* (``""`` = no narrowing).
+
+    Each alternative contributes the AND of its translatable selectors; if one
+    alternative has none, any row may match and nothing is pushed down.
+    """
+    ors: list[str] = []
+    params: list[str] = []
+    for alternative in flt.alternatives:
+        conds = [c for c in map(_sql_selector, alternative) if c is not None]
+        if not conds:
+            return "", ()
+        ors.append(" AND ".join(c[0] for c in conds))
+        for c in conds:
+            params.extend(c[1])
+    if not ors:
+        return " AND 0", ()
+    return " AND ((" + ") OR (".join(ors) + "))", tuple(params)
 
 
 def _validate_labels(labels: Mapping[str, str] | None) -> None:
@@ -263,19 +307,44 @@ class NamespacedContentStore:
         return Info(digest=dgst, size=cur.size, created_at=cur.created_at, updated_at=now, labels=new)
 
     async def walk(self, *filter_strings: str) -> AsyncIterator[Info]:
+        async for batch in self.walk_records(*filter_strings):
+            for rec in batch:
+                yield Info(
+                    digest=rec.digest,
+                    size=rec.size,
+                    created_at=from_us(rec.created_us),
+                    updated_at=from_us(rec.updated_us),
+                    labels=rec.labels,
+                )
+
+    async def walk_records(self, *filter_strings: str) -> AsyncIterator[list[InfoRecord]]:
+        """Batches of the namespace's matching blobs, sorted by digest (what ``List`` streams).
+
+        Simple selectors are pushed into SQL as a necessary condition
+        (:func:`_sql_prefilter`); every row SQL returns is still matched exactly
+        by :mod:`ctrd.filters`.
+        """
         ns = namespaces.required()
         flt = filters.parse_all(*filter_strings)
+        exact = not flt.matches_all
+        where, params = _sql_prefilter(flt) if exact else ("", ())
+        sql = (
+            "SELECT digest, size, created_at, updated_at, labels FROM blobs "
+            f"WHERE namespace = ? AND digest > ?{where} ORDER BY digest LIMIT ?"
+        )
+        match = flt.match
+        adaptor = filters.adaptor_from_mapping
         last = ""
         while True:
-            rows = await self._db.view_all(
-                "SELECT digest, size, created_at, updated_at, labels FROM blobs "
-                "WHERE namespace = ? AND digest > ? ORDER BY digest LIMIT ?",
-                (ns, last, _WALK_BATCH),
-            )
-            for row in rows:
-                info = _row_info(row)
-                if flt.match(filters.adaptor_from_mapping({"digest": info.digest}, info.labels)):
-                    yield info
+            rows = await self._db.view_all(sql, (ns, last, *params, _WALK_BATCH))
+            out: list[InfoRecord] = []
+            for d, size, created, updated, labels_json in rows:
+                labels = labels_from_json(labels_json)
+                if exact and not match(adaptor({"digest": d}, labels)):
+                    continue
+                out.append(InfoRecord(d, size, created, updated, labels))
+            if out:
+                yield out
             if len(rows) < _WALK_BATCH:
                 return
             last = str(rows[-1][0])

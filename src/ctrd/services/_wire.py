@@ -22,6 +22,8 @@ __all__ = [
     "RawReadRequest",
     "RawReply",
     "RawWriteRequest",
+    "encode_info",
+    "encode_list_response",
     "encode_read_response",
     "encode_write_response",
 ]
@@ -234,4 +236,45 @@ def encode_write_response(msg: api.WriteContentResponse) -> RawReply:
     if msg.digest:
         raw = msg.digest.encode()
         parts.append(b"\x32" + _uvarint(len(raw)) + raw)
+    return RawReply(b"".join(parts))
+
+
+def _us_timestamp(us: int) -> bytes:
+    """``google.protobuf.Timestamp`` of microseconds since the epoch (empty for the epoch)."""
+    seconds, rem = divmod(us, 1_000_000)
+    out = b"\x08" + _uvarint(seconds & _MASK64) if seconds else b""
+    if rem:
+        out += b"\x10" + _uvarint(rem * 1000)
+    return out
+
+
+def encode_info(digest: str, size: int, created_us: int, updated_us: int, labels: dict[str, str]) -> bytes:
+    """``Info{digest=1, size=2, created_at=3, updated_at=4, labels=5}`` as betterproto2 encodes it.
+
+    Both timestamps are always present (an empty message for the epoch), as
+    they are in every ``Info`` the service sends.
+    """
+    raw = digest.encode()
+    parts = [b"\x0a", _uvarint(len(raw)), raw]
+    if size:
+        parts += (b"\x10", _uvarint(size & _MASK64))
+    ts = _us_timestamp(created_us)
+    parts += (b"\x1a", _SMALL[len(ts)], ts)
+    ts = _us_timestamp(updated_us)
+    parts += (b"\x22", _SMALL[len(ts)], ts)
+    for k, v in labels.items():
+        kb = k.encode()
+        vb = v.encode()
+        entry = (b"\x0a" + _uvarint(len(kb)) + kb if kb else b"") + (
+            b"\x12" + _uvarint(len(vb)) + vb if vb else b""
+        )
+        parts += (b"\x2a", _uvarint(len(entry)), entry)
+    return b"".join(parts)
+
+
+def encode_list_response(infos: list[bytes]) -> RawReply:
+    """``ListContentResponse{repeated Info info=1}`` from encoded ``Info`` messages."""
+    parts: list[bytes] = []
+    for raw in infos:
+        parts += (b"\x0a", _uvarint(len(raw)), raw)
     return RawReply(b"".join(parts))

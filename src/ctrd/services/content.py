@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as _dt
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import grpclib.const
@@ -40,7 +41,7 @@ from ctrd.api.containerd.events import ContentDelete
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.content import digest as _digest
-from ctrd.content._store import ReaderAt, Store, Writer
+from ctrd.content._store import InfoRecord, ReaderAt, RecordWalker, Store, Writer
 from ctrd.events import Publisher
 from ctrd.services import _wire
 from ctrd.services.convert import info_from_proto, info_to_proto, status_to_proto, to_utc
@@ -62,6 +63,7 @@ TOPIC_CREATE: Final = "/content/create"
 """Event topic of ``ContentCreate`` after a commit (published through the store's ``on_commit`` hook)."""
 
 _SERVICE: Final = "/containerd.services.content.v1.Content/"
+_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 _STAT: Final = api.WriteAction.STAT
 _WRITE: Final = api.WriteAction.WRITE
@@ -116,6 +118,36 @@ async def _close_quietly(obj: ReaderAt | Writer, what: str) -> None:
         log.warning("failed to close %s", what, exc_info=True)
 
 
+async def _records(store: Store, filter_strings: Sequence[str]) -> AsyncGenerator[list[InfoRecord], None]:
+    """Batches of :class:`InfoRecord` from *store*: its own bulk walk when it has one."""
+    if isinstance(store, RecordWalker):
+        async with contextlib.aclosing(store.walk_records(*filter_strings)) as batches:  # type: ignore[type-var]
+            async for batch in batches:
+                yield batch
+        return
+    pending: list[InfoRecord] = []
+    async with contextlib.aclosing(store.walk(*filter_strings)) as infos:  # type: ignore[type-var]
+        async for info in infos:
+            pending.append(
+                InfoRecord(
+                    info.digest, info.size, _us(info.created_at), _us(info.updated_at), dict(info.labels)
+                )
+            )
+            if len(pending) >= LIST_BATCH:
+                yield pending
+                pending = []
+    if pending:
+        yield pending
+
+
+def _us(t: _dt.datetime) -> int:
+    """Microseconds since the epoch of a datetime (naive = UTC)."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.UTC)
+    d = t - _EPOCH
+    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+
+
 async def _serve_stream(
     handler: Callable[[Any], AsyncGenerator[Any, None]],
     bidi: bool,
@@ -155,10 +187,7 @@ class ContentService(api.ContentBase):
         mapping: dict[str, grpclib.const.Handler] = dict(super().__mapping__())
         old = mapping[_SERVICE + "List"]
         mapping[_SERVICE + "List"] = grpclib.const.Handler(
-            functools.partial(_serve_stream, self.list, False),
-            old.cardinality,
-            old.request_type,
-            old.reply_type,
+            self._list_direct, old.cardinality, old.request_type, _wire.RawReply
         )
         # The hot paths take hand-decoded requests (zero-copy WRITE data), and Read
         # and Write replies are encoded by hand; see ctrd.services._wire.
@@ -236,20 +265,33 @@ class ContentService(api.ContentBase):
 
     async def list(self, message: api.ListContentRequest) -> AsyncGenerator[api.ListContentResponse, None]:
         """Stream the matching blobs, sorted by digest, :data:`LIST_BATCH` per message."""
-        walk = self._store.walk(*message.filters)
-        try:
-            batch: list[api.Info] = []
-            async for info in walk:
-                batch.append(info_to_proto(info))
-                if len(batch) >= LIST_BATCH:
-                    yield api.ListContentResponse(info=batch)
-                    batch = []
-            if batch:
-                yield api.ListContentResponse(info=batch)
-        finally:
-            aclose = getattr(walk, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        async with contextlib.aclosing(self._list_replies(message.filters)) as replies:
+            async for reply in replies:
+                yield api.ListContentResponse.parse(reply.payload)
+
+    async def _list_direct(self, stream: Any) -> None:
+        """``List`` without the generated layers: replies encoded by hand from stored records."""
+        message = await stream.recv_message()
+        if message is None:
+            raise errdefs.InvalidArgument("missing request message")
+        send = stream.send_message
+        async with contextlib.aclosing(self._list_replies(message.filters)) as replies:
+            async for reply in replies:
+                await send(reply)
+
+    async def _list_replies(self, filter_strings: Sequence[str]) -> AsyncGenerator[_wire.RawReply, None]:
+        """Encoded ``ListContentResponse`` messages of at most :data:`LIST_BATCH` ``Info`` each."""
+        encode = _wire.encode_info
+        batch: list[bytes] = []
+        async with contextlib.aclosing(_records(self._store, filter_strings)) as records:
+            async for recs in records:
+                for rec in recs:
+                    batch.append(encode(*rec))
+                    if len(batch) >= LIST_BATCH:
+                        yield _wire.encode_list_response(batch)
+                        batch = []
+        if batch:
+            yield _wire.encode_list_response(batch)
 
     async def delete(self, message: api.DeleteContentRequest) -> pb.Empty:
         """Remove a blob from the caller's namespace and publish ``/content/delete``."""
