@@ -737,3 +737,30 @@ def test_unknown_method_is_unimplemented(daemon: Launcher) -> None:
 
     err = run_sync(call)
     assert err.status is Status.UNIMPLEMENTED
+
+
+def test_connections_accept_large_frames(daemon: Launcher) -> None:
+    """The server advertises ctrd._h2.MAX_FRAME_SIZE to every client; the SDK's channel does too."""
+    from ctrd._h2 import MAX_FRAME_SIZE, LargeFrameChannel
+
+    d = daemon(plugins=True)
+
+    async def check() -> None:
+        for ch in (
+            Channel(path=d.socket, codec=RawCodec()),
+            LargeFrameChannel(path=d.socket, codec=RawCodec()),
+        ):
+            try:
+                payload = _empty_with_padding(MiB)
+                async with ch.request(SLEEP, Cardinality.UNARY_UNARY, bytes, bytes, timeout=30) as stream:
+                    await stream.send_message(payload, end=True)
+                    await stream.recv_message()
+                h2 = ch._protocol.connection._connection  # type: ignore[union-attr]  # the h2 connection
+                assert h2.remote_settings.max_frame_size == MAX_FRAME_SIZE
+                assert h2.max_outbound_frame_size == MAX_FRAME_SIZE
+                want_local = MAX_FRAME_SIZE if isinstance(ch, LargeFrameChannel) else 16384
+                assert h2.max_inbound_frame_size == want_local
+            finally:
+                ch.close()
+
+    run_sync(check, timeout=60)

@@ -20,6 +20,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 
 from ctrd import errdefs, errgrpc, namespaces
+from ctrd._h2 import LargeFrameChannel
 
 __all__ = [
     "ADDRESS_ENV",
@@ -147,9 +148,9 @@ class Connection:
             raise errdefs.FailedPrecondition("client is closed")
         if self._channel is None:
             if self.address.path is not None:
-                self._channel = Channel(path=self.address.path)
+                self._channel = LargeFrameChannel(path=self.address.path)
             else:
-                self._channel = Channel(self.address.host, self.address.port)
+                self._channel = LargeFrameChannel(self.address.host, self.address.port)
             self._state = _State.OPENED
         return self._channel
 

@@ -34,8 +34,10 @@ import grpclib.server as _gs
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 
 from ctrd import errdefs, errgrpc, namespaces
+from ctrd._h2 import large_frames
 
 if TYPE_CHECKING:
     from ctrd.server.metrics import GrpcMetrics
@@ -138,6 +140,13 @@ class _Tracker:
             self.idle.set()
 
 
+class _Server(_gs.Server):
+    """grpclib's server; its connections accept large HTTP/2 frames (:mod:`ctrd._h2`)."""
+
+    def _protocol_factory(self) -> H2Protocol:
+        return large_frames(super()._protocol_factory())
+
+
 class GrpcListener:
     """Serves the given servables on a unix socket and optionally TCP(+TLS)."""
 
@@ -167,7 +176,7 @@ class GrpcListener:
         return len(self._tracker.inflight)
 
     def _new_server(self) -> _gs.Server:
-        srv = _gs.Server(self._servables)
+        srv = _Server(self._servables)
         listen(srv, RecvRequest, self._intercept)
         if self._metrics is not None:
             self._metrics.attach(srv)

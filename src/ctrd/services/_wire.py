@@ -239,10 +239,21 @@ def encode_write_response(msg: api.WriteContentResponse) -> RawReply:
     return RawReply(b"".join(parts))
 
 
+_SECONDS_CACHE: dict[int, bytes] = {}
+
+
 def _us_timestamp(us: int) -> bytes:
     """``google.protobuf.Timestamp`` of microseconds since the epoch (empty for the epoch)."""
     seconds, rem = divmod(us, 1_000_000)
-    out = b"\x08" + _uvarint(seconds & _MASK64) if seconds else b""
+    if seconds:
+        out = _SECONDS_CACHE.get(seconds)
+        if out is None:
+            # blobs listed together were mostly written in the same few seconds
+            if len(_SECONDS_CACHE) >= 4096:
+                _SECONDS_CACHE.clear()
+            out = _SECONDS_CACHE[seconds] = b"\x08" + _uvarint(seconds & _MASK64)
+    else:
+        out = b""
     if rem:
         out += b"\x10" + _uvarint(rem * 1000)
     return out
@@ -255,21 +266,22 @@ def encode_info(digest: str, size: int, created_us: int, updated_us: int, labels
     they are in every ``Info`` the service sends.
     """
     raw = digest.encode()
-    parts = [b"\x0a", _uvarint(len(raw)), raw]
+    out = b"\x0a" + _uvarint(len(raw)) + raw
     if size:
-        parts += (b"\x10", _uvarint(size & _MASK64))
+        out += b"\x10" + _uvarint(size & _MASK64)
     ts = _us_timestamp(created_us)
-    parts += (b"\x1a", _SMALL[len(ts)], ts)
-    ts = _us_timestamp(updated_us)
-    parts += (b"\x22", _SMALL[len(ts)], ts)
+    out += b"\x1a" + _SMALL[len(ts)] + ts
+    if updated_us != created_us:
+        ts = _us_timestamp(updated_us)
+    out += b"\x22" + _SMALL[len(ts)] + ts
     for k, v in labels.items():
         kb = k.encode()
         vb = v.encode()
         entry = (b"\x0a" + _uvarint(len(kb)) + kb if kb else b"") + (
             b"\x12" + _uvarint(len(vb)) + vb if vb else b""
         )
-        parts += (b"\x2a", _uvarint(len(entry)), entry)
-    return b"".join(parts)
+        out += b"\x2a" + _uvarint(len(entry)) + entry
+    return out
 
 
 def encode_list_response(infos: list[bytes]) -> RawReply:
