@@ -46,6 +46,7 @@ from bench.daemons import BenchError, Daemon
 from bench.data import FileBlob, LargeBlob, list_blob, small_blobs
 from bench.probe import Probe, Sample, hash_only, write_hash_fsync
 from bench.sdk import BenchStore
+from ctrd._h2 import LargeFrameChannel
 from ctrd.api.containerd.services.content import v1 as content_api
 from ctrd.api.containerd.services.namespaces.v1 import CreateNamespaceRequest, Namespace, NamespacesStub
 from ctrd.api.containerd.services.version.v1 import VersionStub
@@ -120,7 +121,8 @@ class Context:
 
     async def connect(self) -> None:
         for d in self.daemons:
-            ch = Channel(path=d.socket)
+            # the SDK's channel (ctrd.client.Client uses the same one)
+            ch = LargeFrameChannel(path=d.socket)
             self.channels[d.name] = ch
             # open the connection now, so no timed run pays for it
             await BenchStore(ch, namespace=SOURCE_NS).list_statuses()
@@ -214,7 +216,7 @@ class Context:
         for d in self.daemons:
             sib = self.spawn(d, f"list-{d.name}")
             await wait_version(sib)
-            self.lists[d.name] = ListDaemon(sib, Channel(path=sib.socket))
+            self.lists[d.name] = ListDaemon(sib, LargeFrameChannel(path=sib.socket))
         await asyncio.gather(*(self._fill(ld) for ld in self.lists.values()))
 
     async def _fill(self, ld: ListDaemon) -> None:
