@@ -244,3 +244,13 @@ def test_client_imports_no_daemon_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("offset", [0, 1, 127, 128, 1 << 20, 1 << 40])
+@pytest.mark.parametrize("data", [b"", b"x", b"\x00" * 300, bytes(range(256)) * 4096])
+def test_write_request_encoding_matches_betterproto(offset: int, data: bytes) -> None:
+    from ctrd.api.containerd.services.content import v1 as api
+    from ctrd.client._content import _encode_write
+
+    want = bytes(api.WriteContentRequest(action=api.WriteAction.WRITE, offset=offset, data=data))
+    assert _encode_write(offset, memoryview(data)).SerializeToString() == want

@@ -180,6 +180,41 @@ class RemoteReaderAt:
         return None
 
 
+class _EncodedRequest:
+    """An already-encoded ``WriteContentRequest`` (grpclib's codec sends it as it is)."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def SerializeToString(self) -> bytes:
+        return self.payload
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _encode_write(offset: int, data: memoryview) -> _EncodedRequest:
+    """``WriteContentRequest{action=WRITE(1), offset=5, data=6}`` with one copy of *data*.
+
+    The same bytes betterproto2 produces (zero offset and empty data omitted);
+    ``tests/client/test_units.py`` compares them.
+    """
+    head = b"\x08\x01"
+    if offset:
+        head += b"\x28" + _varint(offset)
+    if not len(data):
+        return _EncodedRequest(head)
+    return _EncodedRequest(b"".join((head, b"\x32", _varint(len(data)), data)))
+
+
 class RemoteWriter:
     """A ``Write`` stream driven in lock-step, as containerd's Go client does.
 
@@ -243,7 +278,7 @@ class RemoteWriter:
         self._cm = self._channel.request(
             _WRITE_PATH,
             Cardinality.STREAM_STREAM,
-            api.WriteContentRequest,
+            _EncodedRequest,
             api.WriteContentResponse,
             metadata=self._metadata,
         )
@@ -309,14 +344,17 @@ class RemoteWriter:
             return None
         return GRPCError(status, message)
 
-    async def _round(self, req: api.WriteContentRequest, *, end: bool = False) -> api.WriteContentResponse:
+    async def _round(
+        self, req: api.WriteContentRequest | _EncodedRequest, *, end: bool = False
+    ) -> api.WriteContentResponse:
         if self._closed:
             raise errdefs.FailedPrecondition("writer is closed")
+        msg = req if isinstance(req, _EncodedRequest) else _EncodedRequest(bytes(req))
         try:
             with self._translate():
                 try:
                     async with asyncio.timeout(self._timeout):
-                        await self._stream.send_message(req, end=end)
+                        await self._stream.send_message(msg, end=end)
                         return await self._recv()
                 except StreamTerminatedError:
                     err = self._trailer_error()
@@ -354,9 +392,7 @@ class RemoteWriter:
             chunk = view[:_CHUNK]
             view = view[_CHUNK:]
             before = self._offset
-            resp = await self._round(
-                api.WriteContentRequest(action=api.WriteAction.WRITE, offset=before, data=bytes(chunk))
-            )
+            resp = await self._round(_encode_write(before, chunk))
             self._apply(resp)
             n = resp.offset - before
             if n != len(chunk):
