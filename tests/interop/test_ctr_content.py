@@ -58,8 +58,12 @@ def policy_config(policy: str) -> str:
     )
 
 
-def test_content_session(daemon: Callable[..., Any], tmp_path: Path) -> None:
-    d = daemon(policy_config("shared"))
+EARLY_ACK = '[plugins."io.containerd.grpc.v1.content"]\n  early_write_ack = true\n'
+
+
+@pytest.mark.parametrize("early_ack", [False, True], ids=["containerd-replies", "early-write-ack"])
+def test_content_session(daemon: Callable[..., Any], tmp_path: Path, early_ack: bool) -> None:
+    d = daemon(policy_config("shared") + (EARLY_ACK if early_ack else ""))
     data = os.urandom(3 * 1024 * 1024 + 17)
     dgst = "sha256:" + hashlib.sha256(data).hexdigest()
     src = tmp_path / "blob"

@@ -90,6 +90,10 @@ class FakeWriter:
 
     async def write(self, data: bytes | memoryview) -> int:
         self._store.write_types.add(type(data))
+        limit = self._store.fail_writes_after
+        if limit is not None and len(self._ingest.data) + len(data) > limit:
+            await asyncio.sleep(0.01)  # fail later than an early reply goes out
+            raise errdefs.ResourceExhausted("write to ref: no space left on device")
         n = len(data) - 1 if self._store.short_write else len(data)
         self._ingest.data += data[:n]
         self._ingest.updated_at = utcnow()
@@ -137,6 +141,7 @@ class FakeStore:
         self.ingests: dict[str, dict[str, _Ingest]] = defaultdict(dict)
         self.check_expected = check_expected
         self.short_write = False
+        self.fail_writes_after: int | None = None  # ingest size past which writes fail (disk full)
         self.truncate_error: Exception | None = None
         self.status_error: Exception | None = None
         self.open_readers = 0
@@ -1013,3 +1018,74 @@ def test_pack_event_bare_type_url() -> None:
     assert type_url(ContentDelete) == "containerd.events.ContentDelete"
     with pytest.raises(TypeError):
         type_url(FakeStore)  # type: ignore[arg-type]
+
+
+# -- Write with early_write_ack ------------------------------------------------------------
+
+
+@pytest.fixture
+async def early(serve: Serve, store: FakeStore, publisher: FakePublisher) -> AsyncIterator[Channel]:
+    async with serve(ContentService(store, publisher, early_write_ack=True)) as ch:
+        yield ch
+
+
+async def test_early_ack_ctr_sequence(early: Channel, store: FakeStore) -> None:
+    data = _blob(2 * MIB + 17)
+    d = sha256_of(data)
+    replies, err = await exchange(
+        early,
+        [
+            _stat(ref="e1"),
+            _write(offset=0, data=data[:MIB]),
+            _write(offset=MIB, data=data[MIB : 2 * MIB]),
+            _write(offset=2 * MIB, data=data[2 * MIB :]),
+            _stat(),
+            _commit(offset=len(data), expected=d),
+        ],
+    )
+    assert err is None
+    assert [r.action for r in replies] == [STAT_A, WRITE_A, WRITE_A, WRITE_A, STAT_A, COMMIT_A, COMMIT_A]
+    assert [r.offset for r in replies] == [0, MIB, 2 * MIB, len(data), len(data), len(data), len(data)]
+    # WRITE replies go out before the chunk is hashed: no digest; STAT and COMMIT carry it
+    assert [r.digest for r in replies[1:4]] == ["", "", ""]
+    assert replies[0].digest == EMPTY_SHA256
+    assert replies[4].digest == d and replies[5].digest == d
+    assert store.blobs[NS][d].data == data
+
+
+async def test_early_ack_failed_write_fails_the_next_reply(early: Channel, store: FakeStore) -> None:
+    store.fail_writes_after = MIB
+    data = _blob(2 * MIB)
+    replies, err = await exchange(
+        early,
+        [
+            _stat(ref="e2"),
+            _write(offset=0, data=data[:MIB]),
+            _write(offset=MIB, data=data[MIB:]),  # acknowledged, then fails on "disk"
+            _commit(offset=len(data), expected=sha256_of(data)),
+        ],
+    )
+    assert [(r.action, r.offset) for r in replies] == [(STAT_A, 0), (WRITE_A, MIB), (WRITE_A, 2 * MIB)]
+    assert err is not None and err.status is G.RESOURCE_EXHAUSTED, err
+    assert err.message == "write to ref: no space left on device: resource exhausted"
+    assert store.blobs[NS] == {}
+    assert len(store.ingests[NS]["e2"].data) == MIB  # what really reached the disk
+    assert store.closed_writers == 1
+
+
+async def test_early_ack_failed_last_write_fails_the_stream(early: Channel, store: FakeStore) -> None:
+    store.fail_writes_after = 0
+    replies, err = await exchange(early, [_stat(ref="e3"), _write(data=b"abc")])
+    assert [(r.action, r.offset) for r in replies] == [(STAT_A, 0), (WRITE_A, 3)]
+    # the half-close waits for the chunk: its failure is the stream's status, not a pumped reply
+    assert err is not None and err.status is G.RESOURCE_EXHAUSTED, err
+    assert len(store.ingests[NS]["e3"].data) == 0
+
+
+async def test_early_ack_truncate_and_out_of_range_still_checked(early: Channel, store: FakeStore) -> None:
+    replies, err = await exchange(
+        early, [_write(ref="e4", data=b"abcd"), _write(offset=0, data=b"xy"), _write(offset=9, data=b"z")]
+    )
+    assert [r.offset for r in replies] == [4, 2]
+    assert err is not None and err.status is G.OUT_OF_RANGE
+    assert bytes(store.ingests[NS]["e4"].data) == b"xy"

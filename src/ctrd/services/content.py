@@ -148,6 +148,14 @@ def _us(t: _dt.datetime) -> int:
     return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
 
 
+async def _settle(pending: asyncio.Future[int], ref: str) -> None:
+    """Wait for an acknowledged chunk after a failed or cancelled stream; a failure is only logged."""
+    try:
+        await pending
+    except Exception:
+        log.warning("acknowledged write to %s failed after the stream ended", ref, exc_info=True)
+
+
 async def _serve_stream(
     handler: Callable[[Any], AsyncGenerator[Any, None]],
     bidi: bool,
@@ -178,9 +186,13 @@ class ContentService(api.ContentBase):
     :param publisher: where ``/content/delete`` events go; ``None`` publishes nothing.
     """
 
-    def __init__(self, store: Store, publisher: Publisher | None = None) -> None:
+    def __init__(
+        self, store: Store, publisher: Publisher | None = None, *, early_write_ack: bool = False
+    ) -> None:
         self._store = store
         self._publisher = publisher
+        self.early_write_ack = early_write_ack
+        """Reply to a ``WRITE`` before its chunk is on disk (see :meth:`write`)."""
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """The generated mapping, with List/Read/Write driven by :func:`_serve_stream`."""
@@ -342,7 +354,17 @@ class ContentService(api.ContentBase):
     async def write(
         self, messages: AsyncIterator[api.WriteContentRequest]
     ) -> AsyncGenerator[api.WriteContentResponse, None]:
-        """The bidi ingest stream: containerd 1.6's algorithm, step for step."""
+        """The bidi ingest stream: containerd 1.6's algorithm, step for step.
+
+        With :attr:`early_write_ack`, a ``WRITE`` carrying data is answered as
+        soon as the chunk is handed to the writer (offset advanced, no digest:
+        it is not known yet); the chunk is written and hashed while the client
+        sends the next one. Every following message first waits for it, so a
+        failed write fails the next reply (and so the commit), and ``STAT`` and
+        ``COMMIT`` replies carry the digest as usual. At most one chunk is in
+        flight. A stream that ends after an acknowledged but failed write
+        leaves the ingest at the offset really written (a resume sees it).
+        """
         req = await anext(messages, None)
         if req is None or not req.ref:
             raise errdefs.InvalidArgument("first message must have a reference")
@@ -353,9 +375,17 @@ class ContentService(api.ContentBase):
 
         wr: Writer | None = await store.writer(ref, total=total, expected=expected)
         msg = api.WriteContentResponse()
+        early = self.early_write_ack
+        pending: asyncio.Future[int] | None = None
+        pending_len = 0
         try:
             while True:
                 assert wr is not None
+                if pending is not None:
+                    done, pending = pending, None
+                    n = await done
+                    if n != pending_len:
+                        raise errdefs.DataLoss(f"wrote {n} of {pending_len} bytes")
                 action = req.action
                 msg.action = action
                 ws = await wr.status()
@@ -388,6 +418,17 @@ class ContentService(api.ContentBase):
                         await self._truncate(wr)
                         msg.offset = 0
                     data = req.data
+                    if data and early and action == _WRITE:
+                        pending = asyncio.ensure_future(wr.write(data))
+                        pending_len = len(data)
+                        msg.offset += pending_len
+                        msg.digest = ""
+                        yield msg
+                        next_req = await anext(messages, None)
+                        if next_req is None:
+                            break
+                        req = next_req
+                        continue
                     if data:
                         n = await wr.write(data)
                         if n != len(data):
@@ -407,7 +448,14 @@ class ContentService(api.ContentBase):
                 req = await anext(messages, None)
                 if req is None:
                     break
+            if pending is not None:  # the client half-closed after an acknowledged chunk
+                done, pending = pending, None
+                n = await done
+                if n != pending_len:
+                    raise errdefs.DataLoss(f"wrote {n} of {pending_len} bytes")
         finally:
+            if pending is not None:
+                await asyncio.shield(_settle(pending, ref))
             if wr is not None:
                 await asyncio.shield(_close_quietly(wr, f"writer for {ref}"))
         # containerd's deferred "pump": the last response once more on success.

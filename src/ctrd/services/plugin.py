@@ -37,6 +37,13 @@ class ContentGrpcConfig(BaseModel):
         default="proxy-backend",
         description="the one namespace every call on proxy_backend_address acts in, whatever its header",
     )
+    early_write_ack: bool = Field(
+        default=False,
+        description=(
+            "answer each WRITE as soon as its chunk is queued (no digest in WRITE replies; a failed write "
+            "fails the next reply or the commit); false = replies identical to containerd's"
+        ),
+    )
 
     @field_validator("proxy_backend_address")
     @classmethod
@@ -114,8 +121,11 @@ async def _content_grpc(ic: InitContext) -> Any:
         )
         ic.exports["proxy_backend_address"] = cfg.proxy_backend_address
         ic.exports["proxy_backend_namespace"] = cfg.proxy_backend_namespace
+        svc.early_write_ack = cfg.early_write_ack
         return svc
-    return ContentService(store, publisher)
+    return ContentService(
+        store, publisher, early_write_ack=isinstance(cfg, ContentGrpcConfig) and cfg.early_write_ack
+    )
 
 
 async def _namespaces_grpc(ic: InitContext) -> Any:
