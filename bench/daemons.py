@@ -238,17 +238,24 @@ class Ctrd(Daemon):
     name = "ctrd"
 
     def __init__(
-        self, directory: Path, ctr: str, policy: str, extra_env: dict[str, str] | None = None
+        self,
+        directory: Path,
+        ctr: str,
+        policy: str,
+        extra_env: dict[str, str] | None = None,
+        extra_toml: str = "",
     ) -> None:
         super().__init__(directory, ctr, policy)
         self.extra_env = dict(extra_env or {})
+        self.extra_toml = extra_toml
 
     @property
     def socket(self) -> str:
         return str(self.dir / "ctrd.sock")
 
-    def sibling(self, directory: Path) -> Ctrd:
-        return Ctrd(directory, self.ctr, self.policy, self.extra_env)
+    def sibling(self, directory: Path, extra_toml: str | None = None) -> Ctrd:
+        toml = self.extra_toml if extra_toml is None else extra_toml
+        return Ctrd(directory, self.ctr, self.policy, self.extra_env, toml)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "ctrd", "--config", str(self.dir / "config.toml")]
@@ -271,7 +278,7 @@ class Ctrd(Daemon):
             "\n[debug]\n"
             '  level = "info"\n'
             "\n[plugins]\n" + GC_SCHEDULER + '  [plugins."io.containerd.metadata.v1.sqlite"]\n'
-            f"    content_sharing_policy = {toml_str(self.policy)}\n"
+            f"    content_sharing_policy = {toml_str(self.policy)}\n" + self.extra_toml
         )
 
 

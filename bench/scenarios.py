@@ -42,7 +42,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from bench.daemons import BenchError, Daemon
+from bench.daemons import BenchError, Ctrd, Daemon
 from bench.data import FileBlob, LargeBlob, list_blob, small_blobs
 from bench.probe import Probe, Sample, hash_only, write_hash_fsync
 from bench.sdk import BenchStore
@@ -115,6 +115,7 @@ class Context:
     spawned: list[Daemon] = field(default_factory=list)
     files: dict[int, FileBlob] = field(default_factory=dict)  # size -> file-only blob
     lists: dict[str, ListDaemon] = field(default_factory=dict)  # main daemon name -> its List daemon
+    early: tuple[Daemon, Channel] | None = None  # ctrd with early_write_ack = true, and its channel
 
     def store(self, daemon: Daemon, ns: str) -> BenchStore:
         return BenchStore(self.channels[daemon.name], namespace=ns, timeout=600)
@@ -151,6 +152,10 @@ class Context:
 
     def release(self, group: str) -> None:
         """Stop the daemons of *group* once no later scenario needs them."""
+        if group == "early-ack" and self.early is not None:
+            self.early[1].close()
+            self.retire(self.early[0])
+            self.early = None
         if group == "list":
             for ld in self.lists.values():
                 ld.channel.close()
@@ -481,6 +486,48 @@ class IngestCtr(Scenario):
             raise BenchError(f"{daemon.name}: ingested {info.size} bytes, expected {ctx.large.size}")
         ctr(ctx, daemon, ns, "content", "rm", dgst)
         await wait_gone(daemon, dgst)
+        return p.sample
+
+
+EARLY_ACK_TOML = '  [plugins."io.containerd.grpc.v1.content"]\n    early_write_ack = true\n'
+
+
+class IngestCtrEarly(IngestCtr):
+    """:class:`IngestCtr` against a ctrd with ``early_write_ack = true`` (containerd unchanged).
+
+    WRITE replies then go out before the chunk is hashed and written, without a
+    digest (issue 8 allows it for "more than 1.3x"); STAT and COMMIT keep it.
+    """
+
+    key = "ingest-ctr-early"
+    group = "early-ack"
+
+    def title(self, p: Params) -> str:
+        return f"ingest {_mib(p.large_size)}, ctr content ingest, ctrd with early_write_ack"
+
+    async def setup(self, ctx: Context) -> None:
+        if ctx.early is None:
+            like = next(d for d in ctx.daemons if isinstance(d, Ctrd))
+            sib = like.sibling(ctx.work / "ctrd-early-ack", EARLY_ACK_TOML)
+            shutil.rmtree(sib.dir, ignore_errors=True)
+            ctx.spawned.append(sib)
+            sib.spawn()
+            await wait_version(sib)
+            ctx.early = (sib, LargeFrameChannel(path=sib.socket))
+
+    async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
+        assert daemon is not None and ctx.early is not None
+        target, channel = ctx.early if isinstance(daemon, Ctrd) else (daemon, ctx.channels[daemon.name])
+        ns = ref = f"{self.key}-r{rnd}"
+        dgst = ctx.large.digest
+        with ctx.large.path.open("rb") as f, Probe(target) as p:
+            ctr(ctx, target, ns, "content", "ingest", ref, stdin=f)
+        assert p.sample is not None
+        info = await BenchStore(channel, namespace=ns, timeout=600).info(dgst)
+        if info.size != ctx.large.size or info.digest != dgst:
+            raise BenchError(f"{target.name}: ingested {info.size} bytes as {info.digest}, expected {dgst}")
+        ctr(ctx, target, ns, "content", "rm", dgst)
+        await wait_gone(target, dgst)
         return p.sample
 
 
@@ -1031,6 +1078,7 @@ SCENARIOS: list[Scenario] = [
     LimitWriteHashFsync(),
     LimitHash(),
     IngestCtr(),
+    IngestCtrEarly(),
     IngestSdk(),
     IngestSdkBlobs(CHART_SIZES[0]),
     IngestSdkBlobs(CHART_SIZES[1]),
