@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import platform
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -44,35 +43,45 @@ def _load(args: argparse.Namespace) -> object:
     return cfg.with_overrides(root=args.root, state=args.state, address=args.address)
 
 
-_MALLOC_ENV: Final = {
-    # 1 MiB gRPC message buffers are allocated and freed per message; by default
-    # glibc serves them with mmap/munmap, so the kernel zero-fills fresh pages every
-    # time (~120k minor faults per 256 MiB ingest). Keeping them on the heap
-    # removes that cost (docs/performance.md).
-    "MALLOC_MMAP_THRESHOLD_": str(16 << 20),
-    "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
-}
+_M_TRIM_THRESHOLD: Final = -1  # glibc <malloc.h>
+_M_MMAP_THRESHOLD: Final = -3
+MALLOC_MMAP_THRESHOLD: Final = 16 << 20
+MALLOC_TRIM_THRESHOLD: Final = 128 << 20
 
 
-def _reexec_with_malloc_tuning(argv: Sequence[str]) -> None:
-    """Re-exec the daemon once with glibc malloc thresholds set (they must be in
-    the environment before the interpreter starts). ``CTRD_MALLOC_TUNING=0`` opts out."""
+def tune_malloc() -> bool:
+    """Keep large buffers on the glibc heap; returns whether the thresholds were set.
+
+    1 MiB gRPC message buffers are allocated and freed per message; by default
+    glibc serves them with mmap/munmap, so the kernel zero-fills fresh pages
+    every time (~120k minor faults per 256 MiB ingest). ``mallopt`` raises the
+    mmap threshold to 16 MiB and the trim threshold to 128 MiB for everything
+    allocated from now on (docs/performance.md). ``CTRD_MALLOC_TUNING=0``, or
+    glibc's own ``MALLOC_MMAP_THRESHOLD_`` in the environment, leaves malloc alone;
+    so does a libc without ``mallopt``.
+    """
     if os.environ.get("CTRD_MALLOC_TUNING", "1") == "0" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return
-    env = dict(os.environ, **_MALLOC_ENV)
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "ctrd", *argv], env)
-    except OSError:
-        return  # keep running untuned rather than fail
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ctrd`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    if argv is None and args.command is None:
-        _reexec_with_malloc_tuning(sys.argv[1:])
+    if args.command is None:
+        tune_malloc()
     from ctrd import _logging
     from ctrd.server.config import Config, ConfigError
 

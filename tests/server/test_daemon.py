@@ -764,3 +764,26 @@ def test_connections_accept_large_frames(daemon: Launcher) -> None:
                 ch.close()
 
     run_sync(check, timeout=60)
+
+
+def test_malloc_tuning_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc thresholds are set with mallopt (no re-exec); both opt-outs are honoured."""
+    from ctrd import cli
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("CTRD_MALLOC_TUNING", "0")
+    assert cli.tune_malloc() is False
+    monkeypatch.delenv("CTRD_MALLOC_TUNING")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own glibc setting wins
+    assert cli.tune_malloc() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert cli.tune_malloc() is True  # Debian's glibc has mallopt
+
+
+def test_daemon_starts_without_reexec(daemon: Launcher) -> None:
+    """One process from exec to serving: the daemon's PID is the one the launcher started."""
+    d = daemon(plugins=True)
+    cmdline = Path(f"/proc/{d.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"ctrd" in b" ".join(cmdline)
+    environ = Path(f"/proc/{d.pid}/environ").read_bytes().decode(errors="replace")
+    assert "MALLOC_MMAP_THRESHOLD_" not in environ  # what the former re-exec put there
