@@ -317,9 +317,10 @@ def _bench(args: argparse.Namespace) -> int:
         for d in daemons:
             d.start()
             print(f"bench: {d.name} pid {d.pid} on {d.socket}", flush=True)
-        # ctrd re-execs itself once (same PID) with glibc malloc thresholds; record what it runs with
-        machine["ctrd_malloc_env"] = {
-            k: daemons[0].environ(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+        # ctrd sets glibc malloc thresholds with mallopt at start (ctrd.cli.tune_malloc); record which
+        machine["ctrd_malloc"] = {
+            k: daemons[0].environ(k)
+            for k in ("CTRD_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
         }
         ctx = Context(params=params, work=work, ctr=ctr, large=large, daemons=daemons, spawned=spawned)
         asyncio.run(_run_all(ctx, scenarios, results))

@@ -203,7 +203,7 @@ class Daemon:
         return int(fields[7])
 
     def environ(self, name: str) -> str | None:
-        """*name* in the running process's environment (ctrd re-execs itself with malloc settings)."""
+        """*name* in the running process's environment (``None`` when unset)."""
         try:
             raw = Path(f"/proc/{self.pid}/environ").read_bytes()
         except OSError:
