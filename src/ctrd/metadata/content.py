@@ -334,12 +334,19 @@ class NamespacedContentStore:
         )
         match = flt.match
         adaptor = filters.adaptor_from_mapping
+        # blobs listed together mostly carry the same few label sets: parse each once
+        parsed: dict[str, dict[str, str]] = {}
         last = ""
         while True:
             rows = await self._db.view_all(sql, (ns, last, *params, _WALK_BATCH))
             out: list[InfoRecord] = []
             for d, size, created, updated, labels_json in rows:
-                labels = labels_from_json(labels_json)
+                known = parsed.get(labels_json)
+                if known is None:
+                    if len(parsed) >= 1024:
+                        parsed.clear()
+                    known = parsed[labels_json] = labels_from_json(labels_json)
+                labels = dict(known)  # each record owns its labels
                 if exact and not match(adaptor({"digest": d}, labels)):
                     continue
                 out.append(InfoRecord(d, size, created, updated, labels))

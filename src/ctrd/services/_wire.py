@@ -274,6 +274,23 @@ def encode_info(digest: str, size: int, created_us: int, updated_us: int, labels
     if updated_us != created_us:
         ts = _us_timestamp(updated_us)
     out += b"\x22" + _SMALL[len(ts)] + ts
+    if labels:
+        key = tuple(labels.items())
+        encoded = _LABELS_CACHE.get(key)
+        if encoded is None:
+            if len(_LABELS_CACHE) >= 1024:
+                _LABELS_CACHE.clear()
+            encoded = _LABELS_CACHE[key] = _encode_labels(labels)
+        out += encoded
+    return out
+
+
+_LABELS_CACHE: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+
+def _encode_labels(labels: dict[str, str]) -> bytes:
+    """``labels`` map entries (field 5) in the dict's order."""
+    out = b""
     for k, v in labels.items():
         kb = k.encode()
         vb = v.encode()
