@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ctrd.client._content import PIPELINE
 from ctrd.testing import running_ctrd
 
 MiB = 1 << 20
@@ -87,5 +88,7 @@ def test_client_rss_flat_during_1gib_ingest(tmp_path: Path, record_property: obj
     print(report)
     assert callable(record_property)
     record_property("client_rss", report)
-    assert r["size"] == SIZE_MIB * MiB and r["samples"] == SIZE_MIB + 1
+    # a progress call whenever a WRITE reply moved the offset: one per MiB, but the
+    # last PIPELINE replies arrive together in the final flush
+    assert r["size"] == SIZE_MIB * MiB and r["samples"] >= SIZE_MIB + 1 - PIPELINE
     assert growth_mib < MAX_GROWTH_MIB, report

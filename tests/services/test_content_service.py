@@ -1089,3 +1089,46 @@ async def test_early_ack_truncate_and_out_of_range_still_checked(early: Channel,
     assert [r.offset for r in replies] == [4, 2]
     assert err is not None and err.status is G.OUT_OF_RANGE
     assert bytes(store.ingests[NS]["e4"].data) == b"xy"
+
+
+# -- the SDK's pipelined RemoteWriter against the service ----------------------------------
+
+
+async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, store: FakeStore) -> None:
+    from ctrd.client._content import PIPELINE, RemoteWriter
+
+    data = _blob(6 * MIB)
+    d = sha256_of(data)
+    w = RemoteWriter(channel, "pipe", MD)
+    await w.open(len(data), d)
+    for i in range(6):
+        assert await w.write(memoryview(data)[i * MIB : (i + 1) * MIB]) == MIB
+    # replies lag behind the sends, by at most PIPELINE WRITEs
+    assert 6 * MIB - PIPELINE * MIB <= w.offset < 6 * MIB
+    await w.flush()
+    assert w.offset == 6 * MIB and w.digest() == d
+    await w.commit(len(data), d)
+    assert store.blobs[NS][d].data == data
+
+    # a failure of an early chunk surfaces from a later call, and the writer is closed
+    store.fail_writes_after = MIB
+    w = RemoteWriter(channel, "pipe-fail", MD)
+    await w.open(0, "")
+    with pytest.raises(errdefs.ResourceExhausted):
+        for i in range(4):
+            await w.write(memoryview(data)[i * MIB : (i + 1) * MIB])
+        await w.flush()
+    assert w.closed
+    with pytest.raises(errdefs.FailedPrecondition):
+        await w.write(b"more")
+    assert len(store.ingests[NS]["pipe-fail"].data) == MIB
+
+    # a short write is DataLoss (the server says so), found when its reply is taken
+    store.fail_writes_after = None
+    store.short_write = True
+    w = RemoteWriter(channel, "pipe-short", MD)
+    await w.open(0, "")
+    await w.write(b"abcdef")
+    with pytest.raises(errdefs.DataLoss, match="wrote 5 of 6 bytes"):
+        await w.status()
+    assert w.closed

@@ -11,6 +11,7 @@ client view's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Final
@@ -215,13 +216,17 @@ def _encode_write(offset: int, data: memoryview) -> _EncodedRequest:
     return _EncodedRequest(b"".join((head, b"\x32", _varint(len(data)), data)))
 
 
-class RemoteWriter:
-    """A ``Write`` stream driven in lock-step, as containerd's Go client does.
+PIPELINE: Final = 4
+"""WRITEs a :class:`RemoteWriter` keeps in flight before it waits for the oldest reply."""
 
-    One request, one reply: ``STAT`` on open, ``WRITE`` per chunk of at most
-    1 MiB, ``COMMIT`` last. ``COMMIT`` half-closes the stream (containerd 1.6
-    resets a stream that is still open from the client side once it has
-    answered a commit). *timeout* bounds each round trip.
+
+class RemoteWriter:
+    """A ``Write`` stream: one reply per request, in order, as containerd's server sends them.
+
+    ``STAT`` on open, ``WRITE`` per chunk of at most 1 MiB (up to
+    :data:`PIPELINE` of them in flight, see :meth:`write`), ``COMMIT`` last.
+    ``COMMIT`` half-closes the stream (containerd 1.6 resets a stream that is
+    still open from the client side once it has answered a commit). *timeout* bounds each round trip.
     """
 
     def __init__(
@@ -243,6 +248,7 @@ class RemoteWriter:
         self._offset = 0
         self._digest = ""
         self._total = 0
+        self._pending: collections.deque[int] = collections.deque()  # sizes of WRITEs in flight
         self._started: Any = None
         self._updated: Any = None
         self._closed = False
@@ -318,6 +324,7 @@ class RemoteWriter:
     async def _abandon(self) -> None:
         """Reset the stream (the server keeps the data for a later resume)."""
         self._closed = True
+        self._pending.clear()
         if self._cm is not None:
             cm, self._cm = self._cm, None
             exc = asyncio.CancelledError()
@@ -347,6 +354,12 @@ class RemoteWriter:
     async def _round(
         self, req: api.WriteContentRequest | _EncodedRequest, *, end: bool = False
     ) -> api.WriteContentResponse:
+        """One request and its reply, after the replies of WRITEs still in flight."""
+        await self.flush()
+        await self._send(req, end=end)
+        return await self._receive()
+
+    async def _send(self, req: api.WriteContentRequest | _EncodedRequest, *, end: bool = False) -> None:
         if self._closed:
             raise errdefs.FailedPrecondition("writer is closed")
         msg = req if isinstance(req, _EncodedRequest) else _EncodedRequest(bytes(req))
@@ -355,6 +368,20 @@ class RemoteWriter:
                 try:
                     async with asyncio.timeout(self._timeout):
                         await self._stream.send_message(msg, end=end)
+                except StreamTerminatedError:
+                    err = self._trailer_error()
+                    if err is not None:
+                        raise err from None
+                    raise
+        except BaseException:
+            await self._abandon()
+            raise
+
+    async def _receive(self) -> api.WriteContentResponse:
+        try:
+            with self._translate():
+                try:
+                    async with asyncio.timeout(self._timeout):
                         return await self._recv()
                 except StreamTerminatedError:
                     err = self._trailer_error()
@@ -365,9 +392,30 @@ class RemoteWriter:
             await self._abandon()
             raise
 
+    async def _collect(self) -> None:
+        """Take the reply of the oldest WRITE in flight; it must account for all its bytes."""
+        sent = self._pending[0]
+        before = self._offset
+        resp = await self._receive()
+        self._pending.popleft()
+        self._apply(resp)
+        n = resp.offset - before
+        if n != sent:
+            await self._abandon()
+            raise errdefs.DataLoss(f"short write: wrote {n} of {sent} bytes")
+
     def digest(self) -> str:
-        """Digest of the bytes written so far (as the server computed it)."""
+        """Digest of the bytes written so far as the server computed it (as of the last
+        reply taken: :meth:`flush` first for the WRITEs still in flight)."""
         return self._digest
+
+    async def flush(self) -> None:
+        """Wait for the replies of every WRITE in flight (see :meth:`write`).
+
+        :raises errdefs.DataLoss: the server took fewer bytes than sent.
+        """
+        while self._pending:
+            await self._collect()
 
     async def status(self) -> Status:
         """A ``STAT`` round trip."""
@@ -382,22 +430,31 @@ class RemoteWriter:
         )
 
     async def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Append *data* in WRITEs of at most 1 MiB; returns the bytes written.
+        """Append *data* in WRITEs of at most 1 MiB; returns the bytes sent.
+
+        Up to :data:`PIPELINE` WRITEs are in flight: this returns once its
+        chunks are sent, and their replies are taken by later calls. A failed
+        or short write therefore raises from a later ``write``, or from
+        :meth:`flush`, :meth:`status`, :meth:`commit` or :meth:`truncate`, which
+        first wait for every reply; :attr:`offset` and :meth:`digest` reflect the
+        replies taken so far. containerd's server answers each message in order, so this is
+        the same conversation as lock step, without waiting a round trip per MiB.
 
         :raises errdefs.DataLoss: the server took fewer bytes than sent.
         """
         total = 0
+        first = True
         view = memoryview(data).cast("B")
-        while len(view) or total == 0:
+        while len(view) or first:
+            first = False
             chunk = view[:_CHUNK]
             view = view[_CHUNK:]
-            before = self._offset
-            resp = await self._round(_encode_write(before, chunk))
-            self._apply(resp)
-            n = resp.offset - before
-            if n != len(chunk):
-                raise errdefs.DataLoss(f"short write: wrote {n} of {len(chunk)} bytes")
-            total += n
+            if len(self._pending) >= PIPELINE:
+                await self._collect()
+            offset = self._offset + sum(self._pending)
+            await self._send(_encode_write(offset, chunk))
+            self._pending.append(len(chunk))
+            total += len(chunk)
             if not len(view):
                 break
         return total
@@ -417,6 +474,7 @@ class RemoteWriter:
         :raises errdefs.FailedPrecondition: size or digest mismatch (the ingest is kept).
         :raises errdefs.AlreadyExists: the blob exists already.
         """
+        await self.flush()  # the COMMIT names the offset the server holds
         req = api.WriteContentRequest(
             action=api.WriteAction.COMMIT,
             total=size,

@@ -75,7 +75,9 @@ class ContentWriter:
 
         :raises errdefs.FailedPrecondition: the writer is closed.
         """
-        return await self._w.write(data)
+        n = await self._w.write(data)
+        await self._w.flush()  # offset and digest are the server's when this returns
+        return n
 
     async def status(self) -> Status:
         """The ingest's status (a round trip)."""
@@ -336,10 +338,15 @@ class ContentClient:
                 if progress is not None:
                     progress(total if shared else offset, total or None)
                 if not shared:
+                    reported = offset
                     async for chunk in reader.chunks():
-                        await w.write(chunk)
-                        if progress is not None:
-                            progress(w.offset, total or None)
+                        await w.write(chunk)  # replies lag up to PIPELINE chunks behind
+                        if progress is not None and w.offset != reported:
+                            reported = w.offset
+                            progress(reported, total or None)
+                    await w.flush()
+                    if progress is not None and w.offset != reported:
+                        progress(w.offset, total or None)
                 try:
                     await w.commit(total or w.offset, expected or "", labels)
                     dgst = w.digest()
