@@ -532,13 +532,13 @@ class IngestCtrEarly(IngestCtr):
 
 
 class IngestSdk(Scenario):
-    """``write_blob`` through :class:`RemoteContentStore`: 1 MiB WRITEs in lock step."""
+    """``write_blob`` through :class:`RemoteContentStore`: 1 MiB WRITEs, up to 4 in flight."""
 
     key = "ingest-sdk"
     unit = "MB/s"
 
     def title(self, p: Params) -> str:
-        return f"ingest {_mib(p.large_size)}, SDK write_blob (1 MiB lock-step)"
+        return f"ingest {_mib(p.large_size)}, SDK write_blob (1 MiB WRITEs, 4 in flight)"
 
     def blob_size(self, p: Params) -> int | None:
         return p.large_size
@@ -766,7 +766,7 @@ class SharedAdmission(Scenario):
 
 
 class IngestSdkBlobs(Scenario):
-    """N fresh blobs of one size through ``write_blob``, one after another (1 MiB lock-step WRITEs).
+    """N fresh blobs of one size through ``write_blob``, one after another (1 MiB WRITEs, 4 in flight).
 
     With the 4 KiB small ingest and the large SDK ingest, these give the chart's
     ingest throughput against blob size.

@@ -1132,3 +1132,29 @@ async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, s
     with pytest.raises(errdefs.DataLoss, match="wrote 5 of 6 bytes"):
         await w.status()
     assert w.closed
+
+
+async def test_remote_writer_status_after_open_needs_no_round_trip(
+    channel: Channel, store: FakeStore
+) -> None:
+    from ctrd.client._content import RemoteWriter
+
+    w = RemoteWriter(channel, "st", MD)
+    await w.open(10, "")
+    sends = 0
+    real_send = w._send
+
+    async def counting_send(*args: Any, **kw: Any) -> None:
+        nonlocal sends
+        sends += 1
+        await real_send(*args, **kw)
+
+    w._send = counting_send  # type: ignore[method-assign]
+    st = await w.status()
+    assert (st.ref, st.offset, st.total, sends) == ("st", 0, 10, 0)  # the opening STAT's answer
+    await w.write(b"abc")
+    st = await w.status()
+    assert (st.offset, sends) == (3, 2)  # WRITE, then a real STAT
+    await w.close()
+    with pytest.raises(errdefs.FailedPrecondition):
+        await w.status()

@@ -249,6 +249,7 @@ class RemoteWriter:
         self._digest = ""
         self._total = 0
         self._pending: collections.deque[int] = collections.deque()  # sizes of WRITEs in flight
+        self._opened: Status | None = None  # the opening STAT's answer, until the next request
         self._started: Any = None
         self._updated: Any = None
         self._closed = False
@@ -301,6 +302,7 @@ class RemoteWriter:
             )
         )
         self._apply(resp)
+        self._opened = self._status_of(resp)
 
     async def _recv(self) -> api.WriteContentResponse:
         resp = await self._stream.recv_message()
@@ -362,6 +364,7 @@ class RemoteWriter:
     async def _send(self, req: api.WriteContentRequest | _EncodedRequest, *, end: bool = False) -> None:
         if self._closed:
             raise errdefs.FailedPrecondition("writer is closed")
+        self._opened = None
         msg = req if isinstance(req, _EncodedRequest) else _EncodedRequest(bytes(req))
         try:
             with self._translate():
@@ -418,9 +421,19 @@ class RemoteWriter:
             await self._collect()
 
     async def status(self) -> Status:
-        """A ``STAT`` round trip."""
+        """A ``STAT`` round trip; right after opening, the opening ``STAT``'s answer.
+
+        The writer holds the ingest's lock, so nothing changes it between the
+        opening reply and a ``status()`` that follows with no request between
+        them (what ``content.copy`` does to find its resume point).
+        """
+        if self._opened is not None and not self._closed:
+            return self._opened
         resp = await self._round(api.WriteContentRequest(action=api.WriteAction.STAT))
         self._apply(resp)
+        return self._status_of(resp)
+
+    def _status_of(self, resp: api.WriteContentResponse) -> Status:
         return Status(
             ref=self._ref,
             offset=resp.offset,
