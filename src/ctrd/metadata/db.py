@@ -283,6 +283,19 @@ class DB:
         finally:
             cur.close()
 
+    def view_batch(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """All rows from committed data, fetched on the calling thread (no thread hop).
+
+        For bounded batches on primary-key ranges (``List`` pages of 1,000 rows,
+        about a millisecond each): cheaper than :meth:`view_all`'s hop to
+        aiosqlite's thread and back, and the event loop serves other calls
+        between batches.
+        """
+        r = self._ri
+        if r is None:
+            raise errdefs.Unavailable("metadata database is closed")
+        return r.execute(sql, tuple(params)).fetchall()
+
     async def view_all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         """All rows from committed data."""
         r = self._r
