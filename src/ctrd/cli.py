@@ -8,7 +8,7 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from ctrd import __version__
@@ -68,6 +68,23 @@ def _reexec_with_malloc_tuning(argv: Sequence[str]) -> None:
         return  # keep running untuned rather than fail
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed, unless ``CTRD_UVLOOP=0``.
+
+    Every gRPC call costs the loop several callbacks and socket writes; uvloop
+    makes ``ctr content get`` (one Read call per 32 KiB) about 10 % faster
+    (docs/performance.md). ``None`` means asyncio's default loop.
+    """
+    if os.environ.get("CTRD_UVLOOP", "1") == "0":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ctrd`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -103,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon = Daemon(cfg)
     log.info("starting ctrd version=%s", __version__)
     try:
-        asyncio.run(daemon.run())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(daemon.run())
     except (StartupError, ConfigError) as exc:
         log.error("%s", exc)
         print(f"ctrd: {exc}", file=sys.stderr)
