@@ -42,6 +42,12 @@ def current() -> str | None:
     return _NAMESPACE.get()
 
 
+#: names that passed validation (a pure check of the string), so a request in a known
+#: namespace skips it; bounded by :data:`_VALID_MAX`
+_valid: set[str] = set()
+_VALID_MAX: Final = 1024
+
+
 def required() -> str:
     """Return the current namespace, validated.
 
@@ -49,6 +55,8 @@ def required() -> str:
     :raises errdefs.InvalidArgument: ``namespace validation: ...`` when it is malformed.
     """
     ns = _NAMESPACE.get()
+    if ns in _valid:
+        return ns
     if not ns:
         raise errdefs.FailedPrecondition("namespace is required")
     from ctrd import identifiers  # local import keeps this module import-light
@@ -57,6 +65,9 @@ def required() -> str:
         identifiers.validate(ns)
     except errdefs.InvalidArgument as exc:
         raise errdefs.InvalidArgument(f"namespace validation: {exc.context}") from exc
+    if len(_valid) >= _VALID_MAX:
+        _valid.clear()
+    _valid.add(ns)
     return ns
 
 

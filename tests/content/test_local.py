@@ -31,6 +31,10 @@ from ctrd.content.local._writer import format_timestamp, parse_timestamp
 from .suite import BAD_DIGESTS, ContentStoreSuite, create_content
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def _ingest_dir(store: LocalStore, ref: str) -> Path:
     return store.root / "ingest" / hashlib.sha256(ref.encode()).hexdigest()
 
@@ -333,6 +337,68 @@ class TestLocal(ContentStoreSuite):
         await ra.close()
         await local.delete(dgst)
         assert await read == data
+
+    # -- the shared fd cache -------------------------------------------------
+
+    async def test_readers_share_one_cached_fd(self, local: LocalStore) -> None:
+        data, dgst = create_content(100_000)
+        await write_blob(local, "shared", data, expected=dgst)
+        before = _open_fds()
+        a = await local.reader_at(dgst)
+        b = await local.reader_at(dgst)
+        assert _open_fds() == before + 1
+        await a.close()
+        assert await b.read_at(10, 5) == data[10:15]
+        await b.close()
+        assert _open_fds() == before + 1  # kept for the next reader
+        async with await local.reader_at(dgst) as c:
+            assert await c.read_at(0, len(data)) == data
+        assert _open_fds() == before + 1
+
+    async def test_delete_closes_the_cached_fd(self, local: LocalStore) -> None:
+        data, dgst = create_content(1000)
+        await write_blob(local, "gone", data, expected=dgst)
+        before = _open_fds()
+        await (await local.reader_at(dgst)).close()
+        assert _open_fds() == before + 1
+        await local.delete(dgst)
+        assert _open_fds() == before
+        with pytest.raises(errdefs.NotFound):
+            await local.reader_at(dgst)
+
+    async def test_delete_under_a_reader_closes_its_fd_at_close(self, local: LocalStore) -> None:
+        data, dgst = create_content(1000)
+        await write_blob(local, "held", data, expected=dgst)
+        before = _open_fds()
+        ra = await local.reader_at(dgst)
+        await local.delete(dgst)
+        assert await ra.read_at(0, len(data)) == data  # the unlinked file
+        assert _open_fds() == before + 1
+        await ra.close()
+        assert _open_fds() == before
+        # re-committed content gets a fresh fd, not the deleted file's
+        await write_blob(local, "again", data, expected=dgst)
+        async with await local.reader_at(dgst) as rb:
+            assert await rb.read_at(0, len(data)) == data
+
+    async def test_fd_cache_is_bounded(self, local: LocalStore) -> None:
+        from ctrd.content.local._store import FD_CACHE_MAX
+
+        before = _open_fds()
+        blobs = []
+        for i in range(FD_CACHE_MAX + 6):
+            data = f"blob {i}".encode()
+            dgst = sha256_of(data)
+            await write_blob(local, f"b{i}", data, expected=dgst)
+            blobs.append((dgst, data))
+        held = await local.reader_at(blobs[0][0])  # in use while it is evicted
+        for dgst, data in blobs[1:]:
+            async with await local.reader_at(dgst) as ra:
+                assert await ra.read_at(0, 100) == data
+        assert _open_fds() == before + FD_CACHE_MAX + 1
+        assert await held.read_at(0, 100) == blobs[0][1]
+        await held.close()
+        assert _open_fds() == before + FD_CACHE_MAX
 
     async def test_cancelled_write_keeps_state_consistent(self, local: LocalStore) -> None:
         data, _ = create_content(8 << 20)

@@ -8,6 +8,7 @@ recorded (introspection shows them), never fatal unless listed in
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -331,6 +332,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, self.dump_stacks)
         try:
             await self.start()
+            # What start-up built (modules, config, plugins) lives as long as the daemon:
+            # move it out of the collector's generations so full collections skip it.
+            gc.freeze()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop_requested.set)
             try:

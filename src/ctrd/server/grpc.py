@@ -162,6 +162,7 @@ class GrpcListener:
         self._servables = list(servables)
         self._max_recv = max_recv
         self._max_send = max_send
+        self._recv_message = _limited_recv(max_recv)
         self._tracker = _Tracker()
         self._servers: list[_gs.Server] = []
         self._unix_paths: list[str] = []
@@ -188,7 +189,7 @@ class GrpcListener:
         lease = md.get(namespaces.LEASE_HEADER)
         inner = event.method_func
         tracker = self._tracker
-        limit = self._max_recv
+        recv_message = self._recv_message
         on_request = self._on_request
         name = event.method_name
 
@@ -198,7 +199,7 @@ class GrpcListener:
             namespaces.set_for_request(
                 ns if isinstance(ns, str) else None, lease if isinstance(lease, str) else None
             )
-            stream.recv_message = types.MethodType(_limited_recv(limit), stream)
+            stream.recv_message = types.MethodType(recv_message, stream)
             task = asyncio.current_task()
             assert task is not None
             tracker.add(task)

@@ -37,6 +37,7 @@ from typing import Any, Final
 import grpclib.const
 
 from ctrd import errdefs, identifiers, labels, namespaces
+from ctrd._aio import shield_eager
 from ctrd.api.containerd.events import ContentDelete
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
@@ -256,7 +257,7 @@ class ContentService(api.ContentBase):
                 yield pos - offset, data
                 pos += len(data)
         finally:
-            await asyncio.shield(_close_quietly(reader, f"reader for {dgst}"))
+            await shield_eager(_close_quietly(reader, f"reader for {dgst}"))
 
     # -- blobs ---------------------------------------------------------------------------
 

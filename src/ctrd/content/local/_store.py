@@ -28,6 +28,8 @@ import hashlib
 import os
 import shutil
 import stat
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
@@ -52,6 +54,8 @@ __all__ = ["LocalReaderAt", "LocalStore"]
 
 _REHASH_CHUNK: Final = 1 << 20
 _DIR_MODE: Final = 0o755
+#: open blob fds kept for reuse while no reader holds them (see :class:`_BlobFds`)
+FD_CACHE_MAX: Final = 64
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,18 +70,100 @@ class _Ingest:
     updated_at: _dt.datetime
 
 
-class LocalReaderAt:
-    """Random access to one committed blob through a cached fd and ``os.pread``.
+class _OpenBlob:
+    """One open read-only fd of a committed blob, shared by its readers."""
 
-    Implements :class:`ctrd.content.ReaderAt`; also an async context manager.
-    Reads of up to 64 KiB run inline, larger ones in a worker thread. The fd is
-    closed by :meth:`close` once no read is in flight.
+    __slots__ = ("digest", "evicted", "fd", "refs", "size")
+
+    def __init__(self, digest: str, fd: int, size: int) -> None:
+        self.digest = digest
+        self.fd = fd
+        self.size = size
+        self.refs = 0
+        #: out of the cache: closed as soon as the last reader releases it
+        self.evicted = False
+
+
+class _BlobFds:
+    """Open fds of committed blobs, reused across readers (LRU, at most *max_idle* kept).
+
+    A committed blob never changes and readers use ``os.pread`` (no file
+    position), so every reader of a digest can share one fd: a ``Read`` RPC per
+    32 KiB (``ctr content get``) then costs no ``open``/``fstat``/``close``.
+    An entry is evicted when its blob is deleted through the store, or when it
+    is the least recently used beyond *max_idle*; an evicted fd is closed once
+    its last reader releases it, so readers of a deleted blob keep reading the
+    unlinked file, as with a private fd. All methods run on the event loop's thread.
     """
 
-    def __init__(self, fd: int, size: int, dgst: str) -> None:
-        self._fd: int | None = fd
-        self._size = size
-        self._digest = dgst
+    def __init__(self, max_idle: int = FD_CACHE_MAX) -> None:
+        self._max = max_idle
+        self._open: OrderedDict[str, _OpenBlob] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def get(self, dgst: str) -> _OpenBlob | None:
+        """The cached entry for *dgst* with one more reference, or ``None``."""
+        entry = self._open.get(dgst)
+        if entry is None:
+            return None
+        self._open.move_to_end(dgst)
+        entry.refs += 1
+        return entry
+
+    def add(self, entry: _OpenBlob) -> _OpenBlob:
+        """Cache the freshly opened *entry* and take one reference to it."""
+        old = self._open.pop(entry.digest, None)
+        if old is not None:
+            self._evict(old)
+        self._open[entry.digest] = entry
+        entry.refs += 1
+        while len(self._open) > self._max:
+            _, lru = self._open.popitem(last=False)
+            self._evict(lru)
+        return entry
+
+    def release(self, entry: _OpenBlob) -> None:
+        """Drop one reference; closes the fd of an evicted entry when none is left."""
+        entry.refs -= 1
+        if entry.evicted and entry.refs == 0:
+            os.close(entry.fd)
+
+    def discard(self, dgst: str) -> None:
+        """Evict *dgst* (its blob is being or was deleted)."""
+        entry = self._open.pop(dgst, None)
+        if entry is not None:
+            self._evict(entry)
+
+    def close(self) -> None:
+        """Evict everything (fds in use close when their readers release them)."""
+        while self._open:
+            _, entry = self._open.popitem()
+            self._evict(entry)
+
+    @staticmethod
+    def _evict(entry: _OpenBlob) -> None:
+        entry.evicted = True
+        if entry.refs == 0:
+            os.close(entry.fd)
+
+
+class LocalReaderAt:
+    """Random access to one committed blob through a shared fd and ``os.pread``.
+
+    Implements :class:`ctrd.content.ReaderAt`; also an async context manager.
+    Reads of up to 64 KiB run inline, larger ones in a worker thread. The fd
+    comes from the store's cache of open blobs; :meth:`close` gives it back once
+    no read is in flight.
+    """
+
+    def __init__(self, blob: _OpenBlob, fds: _BlobFds) -> None:
+        self._blob: _OpenBlob | None = blob
+        self._fds = fds
+        self._fd: int | None = blob.fd
+        self._size = blob.size
+        self._digest = blob.digest
         self._inflight = 0
         self._closing = False
 
@@ -155,9 +241,10 @@ class LocalReaderAt:
             self._release()
 
     def _release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        blob, self._blob = self._blob, None
+        self._fd = None
+        if blob is not None:
+            self._fds.release(blob)
 
 
 class LocalStore:
@@ -182,6 +269,8 @@ class LocalStore:
         self._root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         self._ingest.mkdir(exist_ok=True)
         self._locks = RefLocks()
+        self._fds = _BlobFds()
+        weakref.finalize(self, self._fds.close)
 
     @property
     def root(self) -> Path:
@@ -275,7 +364,11 @@ class LocalStore:
         """
         path = self._blob_path(dgst)
         try:
-            await run_blocking(os.unlink, path)
+            try:
+                await run_blocking(os.unlink, path)
+            finally:
+                # After the unlink: a reader opened meanwhile may have cached the fd.
+                self._fds.discard(dgst)
         except (FileNotFoundError, NotADirectoryError):
             raise errdefs.NotFound(f"content digest {dgst}") from None
         except IsADirectoryError:
@@ -284,11 +377,15 @@ class LocalStore:
             raise map_os_error(exc, f"delete content digest {dgst}") from None
 
     async def reader_at(self, dgst: str) -> LocalReaderAt:
-        """Open the blob for random reads.
+        """Open the blob for random reads (sharing a cached fd when one is open).
 
         :raises errdefs.InvalidArgument: malformed digest.
         :raises errdefs.NotFound: ``content digest <d>``.
         """
+        fds = self._fds
+        blob = fds.get(dgst)
+        if blob is not None:
+            return LocalReaderAt(blob, fds)
         path = self._blob_path(dgst)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -304,7 +401,7 @@ class LocalStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise errdefs.NotFound(f"content digest {dgst}")
-        return LocalReaderAt(fd, st.st_size, dgst)
+        return LocalReaderAt(fds.add(_OpenBlob(dgst, fd, st.st_size)), fds)
 
     # -- ingests -----------------------------------------------------------
 
