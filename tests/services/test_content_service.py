@@ -1099,7 +1099,7 @@ async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, s
 
     data = _blob(6 * MIB)
     d = sha256_of(data)
-    w = RemoteWriter(channel, "pipe", MD)
+    w = RemoteWriter(channel, "pipe", MD, pipeline=PIPELINE)
     await w.open(len(data), d)
     for i in range(6):
         assert await w.write(memoryview(data)[i * MIB : (i + 1) * MIB]) == MIB
@@ -1112,7 +1112,7 @@ async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, s
 
     # a failure of an early chunk surfaces from a later call, and the writer is closed
     store.fail_writes_after = MIB
-    w = RemoteWriter(channel, "pipe-fail", MD)
+    w = RemoteWriter(channel, "pipe-fail", MD, pipeline=PIPELINE)
     await w.open(0, "")
     with pytest.raises(errdefs.ResourceExhausted):
         for i in range(4):
@@ -1123,10 +1123,17 @@ async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, s
         await w.write(b"more")
     assert len(store.ingests[NS]["pipe-fail"].data) == MIB
 
+    # lock step (the default): offset and digest are the server's after each write
+    w = RemoteWriter(channel, "lockstep", MD)
+    await w.open(0, "")
+    await w.write(memoryview(data)[:MIB])
+    assert (w.offset, w.digest()) == (MIB, sha256_of(data[:MIB]))
+    await w.close()
+
     # a short write is DataLoss (the server says so), found when its reply is taken
     store.fail_writes_after = None
     store.short_write = True
-    w = RemoteWriter(channel, "pipe-short", MD)
+    w = RemoteWriter(channel, "pipe-short", MD, pipeline=PIPELINE)
     await w.open(0, "")
     await w.write(b"abcdef")
     with pytest.raises(errdefs.DataLoss, match="wrote 5 of 6 bytes"):

@@ -44,6 +44,10 @@ class RemoteContentStore:
     :param timeout: deadline of unary calls and idle limit (per message) of
         streams, in seconds; ``None``: no limit.
     :param metadata: extra request headers.
+    :param pipeline: WRITEs each writer keeps in flight (see :class:`RemoteWriter`);
+        1, the default, is lock step, where a writer's ``offset`` and ``digest()``
+        are the server's after every ``write`` (what :class:`ctrd.content.Writer`
+        promises, and what a metadata store on top relies on).
 
     Every error is a :mod:`ctrd.errdefs` error.
     """
@@ -56,12 +60,16 @@ class RemoteContentStore:
         timeout: float | None = None,
         metadata: Mapping[str, str] | None = None,
         scope: Scope | None = None,
+        pipeline: int = 1,
     ) -> None:
         if scope is None:
             if channel is None:
                 raise TypeError("RemoteContentStore needs a channel or a scope")
             scope = ChannelScope(channel, namespace=namespace, timeout=timeout, metadata=metadata)
+        if pipeline < 1:
+            raise errdefs.InvalidArgument(f"pipeline must be at least 1, got {pipeline}")
         self._scope = scope
+        self._pipeline = pipeline
 
     @property
     def _channel(self) -> Channel:
@@ -141,8 +149,10 @@ class RemoteContentStore:
         """Open (or resume) the ingest *ref*; see :class:`RemoteWriter`."""
         return await self.open_writer(ref, total, expected)
 
-    async def open_writer(self, ref: str, total: int = 0, expected: str = "") -> RemoteWriter:
-        """:meth:`writer` with the concrete type.
+    async def open_writer(
+        self, ref: str, total: int = 0, expected: str = "", *, pipeline: int | None = None
+    ) -> RemoteWriter:
+        """:meth:`writer` with the concrete type; *pipeline* overrides the store's.
 
         :raises errdefs.InvalidArgument: empty ref.
         :raises errdefs.Unavailable: the ref is locked by another writer.
@@ -150,7 +160,14 @@ class RemoteContentStore:
         """
         if not ref:
             raise errdefs.InvalidArgument("ref must not be empty")
-        w = RemoteWriter(self._scope.channel(), ref, self.metadata(), timeout=self.timeout, scope=self._scope)
+        w = RemoteWriter(
+            self._scope.channel(),
+            ref,
+            self.metadata(),
+            timeout=self.timeout,
+            scope=self._scope,
+            pipeline=self._pipeline if pipeline is None else pipeline,
+        )
         await w.open(total, expected)
         return w
 
@@ -217,14 +234,15 @@ def _encode_write(offset: int, data: memoryview) -> _EncodedRequest:
 
 
 PIPELINE: Final = 4
-"""WRITEs a :class:`RemoteWriter` keeps in flight before it waits for the oldest reply."""
+"""WRITEs in flight for bulk uploads (``Client.content.ingest``; ``pipeline=`` elsewhere)."""
 
 
 class RemoteWriter:
     """A ``Write`` stream: one reply per request, in order, as containerd's server sends them.
 
-    ``STAT`` on open, ``WRITE`` per chunk of at most 1 MiB (up to
-    :data:`PIPELINE` of them in flight, see :meth:`write`), ``COMMIT`` last.
+    ``STAT`` on open, ``WRITE`` per chunk of at most 1 MiB (up to *pipeline*
+    of them in flight, see :meth:`write`; 1 is containerd's lock step),
+    ``COMMIT`` last.
     ``COMMIT`` half-closes the stream (containerd 1.6 resets a stream that is
     still open from the client side once it has answered a commit). *timeout* bounds each round trip.
     """
@@ -237,8 +255,10 @@ class RemoteWriter:
         *,
         timeout: float | None = None,
         scope: Scope | None = None,
+        pipeline: int = 1,
     ) -> None:
         self._channel = channel
+        self._pipeline = max(pipeline, 1)
         self._ref = ref
         self._metadata = dict(metadata)
         self._timeout = timeout
@@ -445,8 +465,10 @@ class RemoteWriter:
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append *data* in WRITEs of at most 1 MiB; returns the bytes sent.
 
-        Up to :data:`PIPELINE` WRITEs are in flight: this returns once its
-        chunks are sent, and their replies are taken by later calls. A failed
+        With ``pipeline=1`` (the default) each WRITE's reply is taken before
+        this returns. With more, up to that many WRITEs are in flight: this
+        returns once its chunks are sent, and their replies are taken by later
+        calls. A failed
         or short write therefore raises from a later ``write``, or from
         :meth:`flush`, :meth:`status`, :meth:`commit` or :meth:`truncate`, which
         first wait for every reply; :attr:`offset` and :meth:`digest` reflect the
@@ -462,12 +484,12 @@ class RemoteWriter:
             first = False
             chunk = view[:_CHUNK]
             view = view[_CHUNK:]
-            if len(self._pending) >= PIPELINE:
-                await self._collect()
             offset = self._offset + sum(self._pending)
             await self._send(_encode_write(offset, chunk))
             self._pending.append(len(chunk))
             total += len(chunk)
+            if len(self._pending) >= self._pipeline:
+                await self._collect()
             if not len(view):
                 break
         return total

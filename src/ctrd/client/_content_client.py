@@ -21,7 +21,7 @@ from typing import Any, Final, TypeAlias
 from grpclib.exceptions import GRPCError
 
 from ctrd import errdefs
-from ctrd.client._content import RemoteContentStore, RemoteWriter
+from ctrd.client._content import PIPELINE, RemoteContentStore, RemoteWriter
 from ctrd.client._sources import Source, _Reader, open_source
 from ctrd.client._transport import Scope
 from ctrd.content import Info, Status
@@ -75,9 +75,7 @@ class ContentWriter:
 
         :raises errdefs.FailedPrecondition: the writer is closed.
         """
-        n = await self._w.write(data)
-        await self._w.flush()  # offset and digest are the server's when this returns
-        return n
+        return await self._w.write(data)  # lock step: offset and digest are the server's after it
 
     async def status(self) -> Status:
         """The ingest's status (a round trip)."""
@@ -268,13 +266,15 @@ class ContentClient:
 
         return _WriterContext(opener)
 
-    async def _open(self, ref: str, total: int, expected: str, lock_timeout: float | None) -> RemoteWriter:
+    async def _open(
+        self, ref: str, total: int, expected: str, lock_timeout: float | None, *, pipeline: int = 1
+    ) -> RemoteWriter:
         loop = asyncio.get_running_loop()
         deadline = None if lock_timeout is None else loop.time() + lock_timeout
         backoff = _BACKOFF_START
         while True:
             try:
-                return await self._store.open_writer(ref, total, expected)
+                return await self._store.open_writer(ref, total, expected, pipeline=pipeline)
             except errdefs.Unavailable as exc:
                 if not isinstance(exc.__cause__, GRPCError):
                     raise  # the daemon is unreachable, not the ref locked
@@ -308,6 +308,8 @@ class ContentClient:
         checking that the bytes the server holds are the source's start (a
         stale ingest with other data is truncated, or, for a stream, reported).
         A shared blob the server already has is committed without sending data.
+        Up to :data:`~ctrd.client._content.PIPELINE` 1 MiB WRITEs are in flight
+        (the server answers them in order; progress follows the replies).
 
         :param expected: the blob's digest, if known: the commit verifies it, and
             a blob already committed under it counts as success.
@@ -327,7 +329,7 @@ class ContentClient:
         try:
             total = size if size is not None else (reader.size or 0)
             try:
-                w = await self._open(ref, total, expected or "", lock_timeout)
+                w = await self._open(ref, total, expected or "", lock_timeout, pipeline=PIPELINE)
             except errdefs.AlreadyExists:
                 if not expected:
                     raise
