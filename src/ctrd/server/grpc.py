@@ -105,6 +105,9 @@ def _limited_recv(limit: int) -> Callable[[Any], Awaitable[Any]]:
             raise GRPCError(Status.INTERNAL, "incomplete message")
         msg = self._codec.decode(data, self._recv_type)
         (msg,) = await self._dispatch.recv_message(msg)
+        on_recv = getattr(self, "ctrd_on_recv", None)  # ctrd.server.metrics.ON_RECV
+        if on_recv is not None:
+            on_recv()
         self._messages_received += 1
         conn = self._stream.connection
         conn.messages_received += 1
