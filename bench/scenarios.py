@@ -137,7 +137,10 @@ class Context:
     # -- daemons of their own ------------------------------------------------------------
     def spawn(self, like: Daemon, name: str) -> Daemon:
         """Start (not wait for) a fresh daemon like *like* in ``<work>/<name>``."""
-        sib = like.sibling(self.work / name)
+        return self.launch(like.sibling(self.work / name))
+
+    def launch(self, sib: Daemon) -> Daemon:
+        """Start (not wait for) *sib* in a fresh directory; stopped with the others on exit."""
         shutil.rmtree(sib.dir, ignore_errors=True)
         self.spawned.append(sib)
         sib.spawn()
@@ -474,18 +477,23 @@ class IngestCtr(Scenario):
     async def prepare(self, ctx: Context, rnd: int) -> None:
         ctx.large.stamp(f"{self.key}-{rnd}")
 
+    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
+        """The daemon the run talks to, and a channel to it."""
+        return daemon, ctx.channels[daemon.name]
+
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         assert daemon is not None
+        target, channel = self.target(ctx, daemon)
         ns = ref = f"{self.key}-r{rnd}"
         dgst = ctx.large.digest
-        with ctx.large.path.open("rb") as f, Probe(daemon) as p:
-            ctr(ctx, daemon, ns, "content", "ingest", ref, stdin=f)
+        with ctx.large.path.open("rb") as f, Probe(target) as p:
+            ctr(ctx, target, ns, "content", "ingest", ref, stdin=f)
         assert p.sample is not None
-        info = await ctx.store(daemon, ns).info(dgst)
-        if info.size != ctx.large.size:
-            raise BenchError(f"{daemon.name}: ingested {info.size} bytes, expected {ctx.large.size}")
-        ctr(ctx, daemon, ns, "content", "rm", dgst)
-        await wait_gone(daemon, dgst)
+        info = await BenchStore(channel, namespace=ns, timeout=600).info(dgst)
+        if info.size != ctx.large.size or info.digest != dgst:
+            raise BenchError(f"{target.name}: ingested {info.size} bytes as {info.digest}, expected {dgst}")
+        ctr(ctx, target, ns, "content", "rm", dgst)
+        await wait_gone(target, dgst)
         return p.sample
 
 
@@ -508,27 +516,13 @@ class IngestCtrEarly(IngestCtr):
     async def setup(self, ctx: Context) -> None:
         if ctx.early is None:
             like = next(d for d in ctx.daemons if isinstance(d, Ctrd))
-            sib = like.sibling(ctx.work / "ctrd-early-ack", EARLY_ACK_TOML)
-            shutil.rmtree(sib.dir, ignore_errors=True)
-            ctx.spawned.append(sib)
-            sib.spawn()
+            sib = ctx.launch(like.sibling(ctx.work / "ctrd-early-ack", EARLY_ACK_TOML))
             await wait_version(sib)
             ctx.early = (sib, LargeFrameChannel(path=sib.socket))
 
-    async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
-        assert daemon is not None and ctx.early is not None
-        target, channel = ctx.early if isinstance(daemon, Ctrd) else (daemon, ctx.channels[daemon.name])
-        ns = ref = f"{self.key}-r{rnd}"
-        dgst = ctx.large.digest
-        with ctx.large.path.open("rb") as f, Probe(target) as p:
-            ctr(ctx, target, ns, "content", "ingest", ref, stdin=f)
-        assert p.sample is not None
-        info = await BenchStore(channel, namespace=ns, timeout=600).info(dgst)
-        if info.size != ctx.large.size or info.digest != dgst:
-            raise BenchError(f"{target.name}: ingested {info.size} bytes as {info.digest}, expected {dgst}")
-        ctr(ctx, target, ns, "content", "rm", dgst)
-        await wait_gone(target, dgst)
-        return p.sample
+    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
+        assert ctx.early is not None
+        return ctx.early if isinstance(daemon, Ctrd) else super().target(ctx, daemon)
 
 
 class IngestSdk(Scenario):

@@ -84,16 +84,16 @@ def test_read_response(offset: int, data: bytes) -> None:
     ],
 )
 def test_info_and_list_response(size: int, created_us: int, updated_us: int, labels: dict[str, str]) -> None:
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
 
-    from ctrd.services.content import _EPOCH
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
 
     digest = "sha256:" + "d" * 64
     want = api.Info(
         digest=digest,
         size=size,
-        created_at=_EPOCH + timedelta(microseconds=created_us),
-        updated_at=_EPOCH + timedelta(microseconds=updated_us),
+        created_at=epoch + timedelta(microseconds=created_us),
+        updated_at=epoch + timedelta(microseconds=updated_us),
         labels=labels,
     )
     raw = _wire.encode_info(digest, size, created_us, updated_us, labels)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
 from grpclib.client import Channel
@@ -22,6 +22,7 @@ from grpclib.const import Status as _GStatus
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ctrd import errdefs
+from ctrd._protowire import uvarint
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.api.google.protobuf import FieldMask
@@ -210,15 +211,6 @@ class _EncodedRequest:
         return self.payload
 
 
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while v > 0x7F:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
 def _encode_write(offset: int, data: memoryview) -> _EncodedRequest:
     """``WriteContentRequest{action=WRITE(1), offset=5, data=6}`` with one copy of *data*.
 
@@ -227,10 +219,10 @@ def _encode_write(offset: int, data: memoryview) -> _EncodedRequest:
     """
     head = b"\x08\x01"
     if offset:
-        head += b"\x28" + _varint(offset)
+        head += b"\x28" + uvarint(offset)
     if not len(data):
         return _EncodedRequest(head)
-    return _EncodedRequest(b"".join((head, b"\x32", _varint(len(data)), data)))
+    return _EncodedRequest(b"".join((head, b"\x32", uvarint(len(data)), data)))
 
 
 PIPELINE: Final = 4
@@ -386,26 +378,23 @@ class RemoteWriter:
             raise errdefs.FailedPrecondition("writer is closed")
         self._opened = None
         msg = req if isinstance(req, _EncodedRequest) else _EncodedRequest(bytes(req))
-        try:
-            with self._translate():
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        await self._stream.send_message(msg, end=end)
-                except StreamTerminatedError:
-                    err = self._trailer_error()
-                    if err is not None:
-                        raise err from None
-                    raise
-        except BaseException:
-            await self._abandon()
-            raise
+        async with self._guarded():
+            await self._stream.send_message(msg, end=end)
 
     async def _receive(self) -> api.WriteContentResponse:
+        async with self._guarded():
+            resp = await self._recv()
+        return resp
+
+    @contextlib.asynccontextmanager
+    async def _guarded(self) -> AsyncIterator[None]:
+        """One send or receive: timeout, errors translated (the server's status recovered from
+        its trailers after a reset), and the stream abandoned on any failure."""
         try:
             with self._translate():
                 try:
                     async with asyncio.timeout(self._timeout):
-                        return await self._recv()
+                        yield
                 except StreamTerminatedError:
                     err = self._trailer_error()
                     if err is not None:

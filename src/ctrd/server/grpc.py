@@ -87,6 +87,11 @@ def _patch_frame_repr() -> None:
 _patch_frame_repr()
 
 
+ON_RECV: Final = "ctrd_on_recv"
+"""Attribute of a server stream holding a callable the size-limited ``recv_message`` runs once per
+received message (set by :class:`~ctrd.server.metrics.GrpcMetrics` to count messages)."""
+
+
 def _limited_recv(limit: int) -> Callable[[Any], Awaitable[Any]]:
     async def recv_message(self: Any) -> Any:
         meta = await self._stream.recv_data(5)
@@ -105,7 +110,7 @@ def _limited_recv(limit: int) -> Callable[[Any], Awaitable[Any]]:
             raise GRPCError(Status.INTERNAL, "incomplete message")
         msg = self._codec.decode(data, self._recv_type)
         (msg,) = await self._dispatch.recv_message(msg)
-        on_recv = getattr(self, "ctrd_on_recv", None)  # ctrd.server.metrics.ON_RECV
+        on_recv = getattr(self, ON_RECV, None)
         if on_recv is not None:
             on_recv()
         self._messages_received += 1

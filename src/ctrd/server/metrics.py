@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from ctrd.errgrpc import CODE_NAMES
 from ctrd.plugin import PluginSet, types
+from ctrd.server.grpc import ON_RECV
 
 __all__ = [
     "CONTENT_TYPE",
@@ -96,10 +97,6 @@ class _Method:
         self.sent = m.sent.labels(*lv)
         self.handled = {code: m.handled.labels(*lv, name) for code, name in CODE_NAMES.items()}
         self.seconds = m.seconds.labels(*lv) if m.seconds is not None else None
-
-
-#: attribute of a server stream holding a callable run once per received message
-ON_RECV: Final = "ctrd_on_recv"
 
 
 def _cancel_code(stream: Any) -> Status:
@@ -171,7 +168,7 @@ class GrpcMetrics:
         an event object and two coroutines, a noticeable share of a 32 KiB
         ``Read`` RPC. Messages are counted by the call's own stream instead:
         sends by wrapping ``send_message``, receives through the
-        :data:`ON_RECV` hook that ctrd's size-limited ``recv_message``
+        :data:`ctrd.server.grpc.ON_RECV` hook that ctrd's size-limited ``recv_message``
         (:mod:`ctrd.server.grpc`) calls for each message.
         """
         listen(server, RecvRequest, self._on_request)

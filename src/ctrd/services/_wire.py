@@ -16,6 +16,9 @@ import datetime as _dt
 from typing import Final
 
 from ctrd import errdefs
+from ctrd._protowire import SMALL as _SMALL
+from ctrd._protowire import micros
+from ctrd._protowire import uvarint as _uvarint
 from ctrd.api.containerd.services.content import v1 as api
 
 __all__ = [
@@ -181,17 +184,6 @@ class RawReply:
         return self.payload
 
 
-def _uvarint(v: int) -> bytes:
-    if v < 0x80:
-        return _SMALL[v]
-    out = bytearray()
-    while v > 0x7F:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
 def encode_read_response(offset: int, data: bytes) -> RawReply:
     """``ReadContentResponse{offset=1, data=2}`` (zero offset omitted, as containerd does)."""
     head = b"\x08" + _uvarint(offset) if offset else b""
@@ -200,19 +192,12 @@ def encode_read_response(offset: int, data: bytes) -> RawReply:
     return RawReply(head + b"\x12" + _uvarint(len(data)) + data)
 
 
-_SMALL: Final = tuple(bytes((i,)) for i in range(0x80))
 _MASK64: Final = (1 << 64) - 1
-_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 def _timestamp(t: _dt.datetime) -> bytes:
     """``google.protobuf.Timestamp{seconds=1, nanos=2}`` of an aware datetime (betterproto2's arithmetic)."""
-    offset = t - _EPOCH
-    seconds, us = divmod((offset.days * 86400 + offset.seconds) * 1_000_000 + offset.microseconds, 1_000_000)
-    out = b"\x08" + _uvarint(seconds & _MASK64) if seconds else b""
-    if us:
-        out += b"\x10" + _uvarint(us * 1000)
-    return out
+    return _us_timestamp(micros(t))
 
 
 def encode_write_response(msg: api.WriteContentResponse) -> RawReply:

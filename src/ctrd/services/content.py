@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ import grpclib.const
 
 from ctrd import errdefs, identifiers, labels, namespaces
 from ctrd._aio import shield_eager
+from ctrd._protowire import micros
 from ctrd.api.containerd.events import ContentDelete
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
@@ -64,7 +64,6 @@ TOPIC_CREATE: Final = "/content/create"
 """Event topic of ``ContentCreate`` after a commit (published through the store's ``on_commit`` hook)."""
 
 _SERVICE: Final = "/containerd.services.content.v1.Content/"
-_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 _STAT: Final = api.WriteAction.STAT
 _WRITE: Final = api.WriteAction.WRITE
@@ -131,7 +130,11 @@ async def _records(store: Store, filter_strings: Sequence[str]) -> AsyncGenerato
         async for info in infos:
             pending.append(
                 InfoRecord(
-                    info.digest, info.size, _us(info.created_at), _us(info.updated_at), dict(info.labels)
+                    info.digest,
+                    info.size,
+                    micros(info.created_at),
+                    micros(info.updated_at),
+                    dict(info.labels),
                 )
             )
             if len(pending) >= LIST_BATCH:
@@ -139,14 +142,6 @@ async def _records(store: Store, filter_strings: Sequence[str]) -> AsyncGenerato
                 pending = []
     if pending:
         yield pending
-
-
-def _us(t: _dt.datetime) -> int:
-    """Microseconds since the epoch of a datetime (naive = UTC)."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=_dt.UTC)
-    d = t - _EPOCH
-    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 async def _settle(pending: asyncio.Future[int], ref: str) -> None:
@@ -379,14 +374,20 @@ class ContentService(api.ContentBase):
         early = self.early_write_ack
         pending: asyncio.Future[int] | None = None
         pending_len = 0
+
+        async def settle() -> None:
+            """Wait for the acknowledged chunk; its failure is this stream's."""
+            nonlocal pending
+            if pending is not None:
+                done, pending = pending, None
+                n = await done
+                if n != pending_len:
+                    raise errdefs.DataLoss(f"wrote {n} of {pending_len} bytes")
+
         try:
             while True:
                 assert wr is not None
-                if pending is not None:
-                    done, pending = pending, None
-                    n = await done
-                    if n != pending_len:
-                        raise errdefs.DataLoss(f"wrote {n} of {pending_len} bytes")
+                await settle()
                 action = req.action
                 msg.action = action
                 ws = await wr.status()
@@ -449,11 +450,7 @@ class ContentService(api.ContentBase):
                 req = await anext(messages, None)
                 if req is None:
                     break
-            if pending is not None:  # the client half-closed after an acknowledged chunk
-                done, pending = pending, None
-                n = await done
-                if n != pending_len:
-                    raise errdefs.DataLoss(f"wrote {n} of {pending_len} bytes")
+            await settle()  # the client may half-close right after an acknowledged chunk
         finally:
             if pending is not None:
                 await asyncio.shield(_settle(pending, ref))

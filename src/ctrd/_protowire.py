@@ -1,0 +1,37 @@
+"""Protobuf wire-format pieces shared by the hand-written codecs of the server and the SDK.
+
+See ``ctrd.services._wire`` (hot Content replies) and ``ctrd.client._content``
+(WRITE requests); both are tested byte for byte against betterproto2.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Final
+
+__all__ = ["SMALL", "micros", "uvarint"]
+
+SMALL: Final = tuple(bytes((i,)) for i in range(0x80))
+"""The one-byte varints, ``SMALL[n]`` for ``n < 128``."""
+
+_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+def uvarint(v: int) -> bytes:
+    """The base-128 varint of a non-negative integer."""
+    if v < 0x80:
+        return SMALL[v]
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def micros(t: _dt.datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (a naive datetime is taken as UTC)."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.UTC)
+    d = t - _EPOCH
+    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
