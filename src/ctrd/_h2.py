@@ -20,19 +20,116 @@ from typing import Any, Final
 from grpclib.client import Channel
 from grpclib.protocol import H2Protocol
 from h2.settings import SettingCodes
+from hpack import Decoder, Encoder
+from hpack.table import HeaderTable
 
-__all__ = ["MAX_FRAME_SIZE", "LargeFrameChannel", "LargeFrameProtocol", "large_frames"]
+__all__ = ["MAX_FRAME_SIZE", "LargeFrameChannel", "LargeFrameProtocol", "large_frames", "memoize_hpack"]
 
 MAX_FRAME_SIZE: Final = 2 << 20
 """The largest HTTP/2 frame we accept: a 1 MiB message fits in one frame (limit: 16 MiB - 1)."""
 
 
+_MEMO_ENTRIES: Final = 64
+_MEMO_MAX_BLOCK: Final = 1024
+
+
+class _VersionedTable(HeaderTable):
+    """hpack's dynamic table, counting its changes (every ``add`` and resize)."""
+
+    version = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.version += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.version += 1
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+
+
+class _MemoDecoder(Decoder):
+    """hpack's decoder, remembering blocks whose decoding left the dynamic table as it was.
+
+    Such a block (indexed fields, literals without indexing) decodes to the same
+    headers as long as the table has not changed since; a gRPC client repeating
+    a call sends the same block each time. Any change to the table (an insertion
+    or a resize) invalidates every remembered block.
+    """
+
+    _memo: dict[tuple[bytes, bool], tuple[int, tuple[Any, ...]]]
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        table: _VersionedTable = self.header_table  # type: ignore[assignment]
+        version = table.version
+        key = (data, raw)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == version:
+            return list(hit[1])
+        headers = super().decode(data, raw)
+        if table.version == version and len(data) <= _MEMO_MAX_BLOCK:
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = (version, tuple(headers))
+        return headers
+
+
+class _MemoEncoder(Encoder):
+    """hpack's encoder, remembering header lists whose encoding left the dynamic table as it was.
+
+    Only lists of plain ``(name, value)`` tuples are remembered (never-indexed
+    :class:`hpack.NeverIndexedHeaderTuple` fields compare equal to plain tuples),
+    and only when no table-size update was pending.
+    """
+
+    _memo: dict[tuple[Any, bool], tuple[int, bytes]]
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        table: _VersionedTable = self.header_table  # type: ignore[assignment]
+        if not isinstance(headers, list) or table.resized or self.table_size_changes:
+            return super().encode(headers, huffman)
+        if not all(type(h) is tuple and len(h) == 2 for h in headers):
+            return super().encode(headers, huffman)
+        key = (tuple(headers), huffman)
+        version = table.version
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        block = super().encode(headers, huffman)
+        if table.version == version and len(block) <= _MEMO_MAX_BLOCK:
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = (version, block)
+        return block
+
+
+def memoize_hpack(h2_connection: Any) -> None:
+    """Give an h2 connection's hpack encoder and decoder a memo of unchanged-table blocks.
+
+    Must run before the connection has exchanged any header block (their tables
+    are swapped for versioned ones in place, keeping their size).
+    """
+    for coder, cls in ((h2_connection.encoder, _MemoEncoder), (h2_connection.decoder, _MemoDecoder)):
+        coder.__class__ = cls
+        coder._memo = {}
+        coder.header_table.__class__ = _VersionedTable
+
+
 class LargeFrameProtocol(H2Protocol):
-    """grpclib's protocol, advertising :data:`MAX_FRAME_SIZE` once the connection is made."""
+    """grpclib's protocol, advertising :data:`MAX_FRAME_SIZE` once the connection is made.
+
+    Its hpack coders also remember repeated header blocks (:func:`memoize_hpack`).
+    """
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self.connection._connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
+        h2_connection = self.connection._connection
+        memoize_hpack(h2_connection)
+        h2_connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
         self.connection.flush()
 
 

@@ -26,7 +26,6 @@ import socket
 import ssl
 import struct
 import time
-import types
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,7 +41,7 @@ from ctrd._h2 import large_frames
 if TYPE_CHECKING:
     from ctrd.server.metrics import GrpcMetrics
 
-__all__ = ["GrpcListener", "ServerStream", "prepare_unix_socket"]
+__all__ = ["ON_RECV", "ON_SEND", "CallStream", "GrpcListener", "ServerStream", "prepare_unix_socket"]
 
 log = logging.getLogger("ctrd.grpc")
 
@@ -88,22 +87,41 @@ _patch_frame_repr()
 
 
 ON_RECV: Final = "ctrd_on_recv"
-"""Attribute of a server stream holding a callable the size-limited ``recv_message`` runs once per
-received message (set by :class:`~ctrd.server.metrics.GrpcMetrics` to count messages)."""
+"""Attribute of a server stream holding a callable run once per received message
+(set by :class:`~ctrd.server.metrics.GrpcMetrics` to count messages)."""
+
+ON_SEND: Final = "ctrd_on_send"
+"""Attribute of a server stream holding a callable run once per sent message (see :data:`ON_RECV`)."""
+
+_PREFIX: Final = struct.Struct(">BI")
+_OK_TRAILERS: Final = (("grpc-status", "0"),)
+_SEND_EVENTS: Final = ("send_initial_metadata", "send_message", "send_trailing_metadata")
 
 
-def _limited_recv(limit: int) -> Callable[[Any], Awaitable[Any]]:
-    async def recv_message(self: Any) -> Any:
+class CallStream(_gs.Stream):  # type: ignore[type-arg]
+    """grpclib's server stream as ctrd's handlers get it.
+
+    * :meth:`recv_message` enforces :attr:`recv_limit` from the 5-byte length
+      prefix, before the body is buffered (grpclib would buffer up to 4 GiB);
+    * :data:`ON_RECV`/:data:`ON_SEND` hooks count messages without grpclib's
+      per-message events;
+    * :meth:`send_last` sends a call's final message together with its headers
+      and OK trailers through one pass of h2 and one transport write.
+    """
+
+    recv_limit: int = 4 << 20
+
+    async def recv_message(self) -> Any:
         meta = await self._stream.recv_data(5)
         if not meta:
             return None
         if meta[0]:
             raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
         (length,) = struct.unpack(">I", meta[1:])
-        if length > limit:
+        if length > self.recv_limit:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
-                f"grpc: received message larger than max ({length} vs. {limit})",
+                f"grpc: received message larger than max ({length} vs. {self.recv_limit})",
             )
         data = await self._stream.recv_data(length)
         if len(data) != length:
@@ -119,7 +137,63 @@ def _limited_recv(limit: int) -> Callable[[Any], Awaitable[Any]]:
         conn.last_message_received = time.monotonic()
         return msg
 
-    return recv_message
+    async def send_message(self, message: Any) -> None:
+        await super().send_message(message)
+        on_send = getattr(self, ON_SEND, None)
+        if on_send is not None:
+            on_send()
+
+    async def send_last(self, message: Any) -> None:
+        """Send *message* as the call's last one and end the call with status OK.
+
+        When nothing was sent yet, no listener watches sends and the flow-control
+        window takes the whole message, the headers, the message and the trailers
+        leave in one write; otherwise this is :meth:`send_message` and the
+        trailers follow when the handler returns. The handler must not send or
+        fail after this.
+        """
+        if not self._send_now(message):
+            await self.send_message(message)
+
+    def _send_now(self, message: Any) -> bool:
+        if self._send_initial_metadata_done or self._send_trailing_metadata_done or self._cancel_done:
+            return False
+        handlers = self._dispatch.__dict__
+        if any(name not in handlers for name in _SEND_EVENTS):
+            return False  # somebody listens to grpclib's send events: take grpclib's path
+        h2s = self._stream
+        conn = h2s.connection
+        h2c = h2s._h2_connection
+        sid = h2s.id
+        transport = h2s._transport
+        if not conn.write_ready.is_set() or transport.is_closing() or sid not in h2c.streams:
+            return False
+        payload = self._codec.encode(message, self._send_type)
+        framed = _PREFIX.pack(0, len(payload)) + payload
+        size = len(framed)
+        if h2c.local_flow_control_window(sid) < size:
+            return False
+        h2c.send_headers(sid, [(":status", "200"), ("content-type", self._content_type)])
+        step = h2c.max_outbound_frame_size
+        if size <= step:
+            h2c.send_data(sid, framed)
+        else:
+            for pos in range(0, size, step):
+                h2c.send_data(sid, framed[pos : pos + step])
+        h2c.send_headers(sid, _OK_TRAILERS, end_stream=True)
+        transport.write(h2c.data_to_send())
+        self._send_initial_metadata_done = self._send_message_done = True
+        self._send_trailing_metadata_done = True
+        h2s.data_sent += size
+        conn.data_sent += size
+        conn.data_send_process()
+        self._messages_sent += 1
+        conn.messages_sent += 1
+        conn.last_message_sent = time.monotonic()
+        on_send = getattr(self, ON_SEND, None)
+        if on_send is not None:
+            on_send()
+        return True
 
 
 class _Tracker:
@@ -170,7 +244,7 @@ class GrpcListener:
         self._servables = list(servables)
         self._max_recv = max_recv
         self._max_send = max_send
-        self._recv_message = _limited_recv(max_recv)
+        self._stream_class = type("CallStream", (CallStream,), {"recv_limit": max_recv})
         self._tracker = _Tracker()
         self._servers: list[_gs.Server] = []
         self._unix_paths: list[str] = []
@@ -197,7 +271,7 @@ class GrpcListener:
         lease = md.get(namespaces.LEASE_HEADER)
         inner = event.method_func
         tracker = self._tracker
-        recv_message = self._recv_message
+        stream_class = self._stream_class
         on_request = self._on_request
         name = event.method_name
 
@@ -207,7 +281,7 @@ class GrpcListener:
             namespaces.set_for_request(
                 ns if isinstance(ns, str) else None, lease if isinstance(lease, str) else None
             )
-            stream.recv_message = types.MethodType(recv_message, stream)
+            stream.__class__ = stream_class
             task = asyncio.current_task()
             assert task is not None
             tracker.add(task)

@@ -46,7 +46,7 @@ from prometheus_client.registry import Collector
 
 from ctrd.errgrpc import CODE_NAMES
 from ctrd.plugin import PluginSet, types
-from ctrd.server.grpc import ON_RECV
+from ctrd.server.grpc import ON_RECV, ON_SEND
 
 __all__ = [
     "CONTENT_TYPE",
@@ -166,10 +166,9 @@ class GrpcMetrics:
 
         Only ``RecvRequest`` is listened to: a grpclib event per message costs
         an event object and two coroutines, a noticeable share of a 32 KiB
-        ``Read`` RPC. Messages are counted by the call's own stream instead:
-        sends by wrapping ``send_message``, receives through the
-        :data:`ctrd.server.grpc.ON_RECV` hook that ctrd's size-limited ``recv_message``
-        (:mod:`ctrd.server.grpc`) calls for each message.
+        ``Read`` RPC. Messages are counted by the call's own stream instead, through
+        the :data:`~ctrd.server.grpc.ON_RECV` and :data:`~ctrd.server.grpc.ON_SEND`
+        hooks of :class:`ctrd.server.grpc.CallStream`.
         """
         listen(server, RecvRequest, self._on_request)
 
@@ -183,14 +182,7 @@ class GrpcMetrics:
 
         async def observed(stream: Any) -> None:
             code = Status.UNKNOWN
-            send = stream.send_message
-            sent = m.sent.inc
-
-            async def send_message(message: Any, **kw: Any) -> None:
-                await send(message, **kw)
-                sent()
-
-            stream.send_message = send_message
+            setattr(stream, ON_SEND, m.sent.inc)
             setattr(stream, ON_RECV, m.received.inc)
             try:
                 await inner(stream)
