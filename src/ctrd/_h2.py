@@ -19,11 +19,21 @@ from typing import Any, Final
 
 from grpclib.client import Channel
 from grpclib.protocol import H2Protocol
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hpack import Decoder, Encoder
 from hpack.table import HeaderTable
+from hyperframe.frame import DataFrame
 
-__all__ = ["MAX_FRAME_SIZE", "LargeFrameChannel", "LargeFrameProtocol", "large_frames", "memoize_hpack"]
+__all__ = [
+    "DIRECT_BODY_MIN",
+    "MAX_FRAME_SIZE",
+    "DirectFrameBuffer",
+    "LargeFrameChannel",
+    "LargeFrameProtocol",
+    "large_frames",
+    "memoize_hpack",
+]
 
 MAX_FRAME_SIZE: Final = 2 << 20
 """The largest HTTP/2 frame we accept: a 1 MiB message fits in one frame (limit: 16 MiB - 1)."""
@@ -107,6 +117,64 @@ class _MemoEncoder(Encoder):
         return block
 
 
+DIRECT_BODY_MIN: Final = 64 << 10
+"""DATA frames at least this large are gathered into a buffer of their own (:class:`DirectFrameBuffer`)."""
+
+
+class DirectFrameBuffer(FrameBuffer):
+    """h2's inbound frame buffer; a large DATA frame's body is copied once.
+
+    h2 appends every read to one buffer, then slices a frame's body out of it and
+    copies that slice again: three copies of every received byte. Here an unpadded
+    DATA frame of at least :data:`DIRECT_BODY_MIN` bytes whose body has not fully
+    arrived gets a buffer of its own, which the following reads fill; the frame
+    carries that buffer as its data. Frames come out in the order they arrived,
+    and every other frame goes through h2's own parsing.
+    """
+
+    _frame: DataFrame | None = None
+    _body: bytearray
+    _filled = 0
+
+    def add_data(self, data: Any) -> None:
+        if self._frame is None:
+            super().add_data(data)
+            return
+        view = memoryview(data)
+        take = min(len(self._body) - self._filled, len(view))
+        self._body[self._filled : self._filled + take] = view[:take]
+        self._filled += take
+        if take < len(view):
+            super().add_data(view[take:])
+
+    def __next__(self) -> Any:
+        frame = self._frame
+        if frame is not None:
+            if self._filled < len(self._body):
+                raise StopIteration
+            frame.data = self._body
+            frame.body_len = len(self._body)
+            self._frame = None
+            self._body = bytearray()
+            return frame
+        data = self._data
+        if len(data) > 9 and data[3] == DataFrame.type and not data[4] & 0x08 and not self._headers_buffer:
+            length = int.from_bytes(data[:3], "big")
+            stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+            if length >= DIRECT_BODY_MIN and len(data) < 9 + length and stream_id:
+                self._validate_frame_length(length)
+                frame = DataFrame(stream_id)
+                frame.parse_flags(data[4])
+                body = bytearray(length)
+                with memoryview(data) as view:
+                    body[: len(data) - 9] = view[9:]
+                self._filled = len(data) - 9
+                del data[:]
+                self._frame, self._body = frame, body
+                raise StopIteration
+        return super().__next__()
+
+
 def memoize_hpack(h2_connection: Any) -> None:
     """Give an h2 connection's hpack encoder and decoder a memo of unchanged-table blocks.
 
@@ -122,13 +190,15 @@ def memoize_hpack(h2_connection: Any) -> None:
 class LargeFrameProtocol(H2Protocol):
     """grpclib's protocol, advertising :data:`MAX_FRAME_SIZE` once the connection is made.
 
-    Its hpack coders also remember repeated header blocks (:func:`memoize_hpack`).
+    Its hpack coders also remember repeated header blocks (:func:`memoize_hpack`),
+    and large DATA frames are received with one copy (:class:`DirectFrameBuffer`).
     """
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         h2_connection = self.connection._connection
         memoize_hpack(h2_connection)
+        h2_connection.incoming_buffer = DirectFrameBuffer(server=not h2_connection.config.client_side)
         h2_connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
         self.connection.flush()
 

@@ -33,10 +33,11 @@ import grpclib.server as _gs
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.protocol import AckedData as _AckedData
 from grpclib.protocol import H2Protocol
 
 from ctrd import errdefs, errgrpc, namespaces
-from ctrd._h2 import large_frames
+from ctrd._h2 import DIRECT_BODY_MIN, large_frames
 
 if TYPE_CHECKING:
     from ctrd.server.metrics import GrpcMetrics
@@ -98,6 +99,34 @@ _OK_TRAILERS: Final = (("grpc-status", "0"),)
 _SEND_EVENTS: Final = ("send_initial_metadata", "send_message", "send_trailing_metadata")
 
 
+async def _read_view(buffer: Any, size: int) -> bytes | memoryview:
+    """*size* bytes from a grpclib stream buffer, as a view when one received frame holds them.
+
+    grpclib's ``Buffer.read`` joins what it returns into new bytes even when a
+    single frame holds all of it; a large message (a 1 MiB ``WRITE``) would be
+    copied once more for nothing. This is the same read (the same flow-control
+    acknowledgements), without the join in that case.
+    """
+    if not buffer._eof or not buffer._unacked.empty():
+        while buffer._acked_size < size:
+            data, data_size, ack_size = await buffer._unacked.get()
+            if not ack_size:
+                break
+            buffer._acked.append(_AckedData(memoryview(data), data_size))
+            buffer._acked_size += data_size
+            buffer._ack_callback(ack_size)
+    acked = buffer._acked
+    if buffer._acked_size >= size and acked and acked[0].data_size >= size:
+        first = acked[0]
+        if first.data_size == size:
+            acked.popleft()
+        else:
+            acked[0] = _AckedData(first.data[size:], first.data_size - size)
+        buffer._acked_size -= size
+        return first.data[:size]  # type: ignore[no-any-return]
+    return await buffer.read(size)  # type: ignore[no-any-return]
+
+
 class CallStream(_gs.Stream):  # type: ignore[type-arg]
     """grpclib's server stream as ctrd's handlers get it.
 
@@ -123,7 +152,10 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
                 Status.RESOURCE_EXHAUSTED,
                 f"grpc: received message larger than max ({length} vs. {self.recv_limit})",
             )
-        data = await self._stream.recv_data(length)
+        if length >= DIRECT_BODY_MIN and getattr(self._recv_type, "DECODES_VIEWS", False):
+            data: bytes | memoryview = await _read_view(self._stream.buffer, length)
+        else:
+            data = await self._stream.recv_data(length)
         if len(data) != length:
             raise GRPCError(Status.INTERNAL, "incomplete message")
         msg = self._codec.decode(data, self._recv_type)

@@ -126,6 +126,9 @@ class RawWriteRequest:
 
     __slots__ = ("action", "data", "expected", "labels", "offset", "ref", "total")
 
+    DECODES_VIEWS: Final = True
+    """:meth:`FromString` takes a view of the received bytes (the server passes large messages so)."""
+
     def __init__(self) -> None:
         self.action: api.WriteAction = api.WriteAction.STAT
         self.ref = ""
