@@ -152,7 +152,7 @@ class DirectFrameBuffer(FrameBuffer):
         if frame is not None:
             if self._filled < len(self._body):
                 raise StopIteration
-            frame.data = self._body
+            frame.data = self._body  # type: ignore[assignment]  # h2 and grpclib take any buffer
             frame.body_len = len(self._body)
             self._frame = None
             self._body = bytearray()

@@ -158,7 +158,7 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
             data = await self._stream.recv_data(length)
         if len(data) != length:
             raise GRPCError(Status.INTERNAL, "incomplete message")
-        msg = self._codec.decode(data, self._recv_type)
+        msg = self._codec.decode(data, self._recv_type)  # type: ignore[arg-type]  # views: DECODES_VIEWS types
         (msg,) = await self._dispatch.recv_message(msg)
         on_recv = getattr(self, ON_RECV, None)
         if on_recv is not None:
