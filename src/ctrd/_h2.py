@@ -15,10 +15,12 @@ memory a connection may hold.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Final
 
 from grpclib.client import Channel
 from grpclib.protocol import H2Protocol
+from h2.connection import H2Connection
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hpack import Decoder, Encoder
@@ -29,6 +31,7 @@ __all__ = [
     "DIRECT_BODY_MIN",
     "MAX_FRAME_SIZE",
     "DirectFrameBuffer",
+    "DirectSendConnection",
     "LargeFrameChannel",
     "LargeFrameProtocol",
     "large_frames",
@@ -175,6 +178,41 @@ class DirectFrameBuffer(FrameBuffer):
         return super().__next__()
 
 
+_FRAME_HEADER: Final = struct.Struct(">HBBBL")
+
+
+class DirectSendConnection(H2Connection):
+    """h2's connection; a large DATA frame's payload goes to the transport as it is.
+
+    h2 serialises a frame into new bytes, appends them to its output buffer and
+    copies that buffer out again when asked for it: three copies of every byte
+    sent. For an unpadded DATA frame of at least :data:`DIRECT_BODY_MIN` bytes,
+    this writes what h2 had queued so far plus the 9-byte frame header, then the
+    payload object itself, to :attr:`transport` (one ``writelines``), keeping the
+    order of everything sent. Stream state and flow-control windows are h2's own.
+    """
+
+    transport: Any = None
+
+    def _prepare_for_sending(self, frames: Any) -> None:
+        transport = self.transport
+        if transport is not None and len(frames) == 1 and type(frames[0]) is DataFrame:
+            frame = frames[0]
+            data = frame.data
+            size = len(data)
+            if size >= DIRECT_BODY_MIN and not frame.pad_length:
+                frame.body_len = size
+                flags = 0x1 if "END_STREAM" in frame.flags else 0
+                header = _FRAME_HEADER.pack(size >> 8, size & 0xFF, DataFrame.type, flags, frame.stream_id)
+                queued = self._data_to_send
+                if queued:
+                    header = bytes(queued) + header
+                    self._data_to_send = bytearray()
+                transport.writelines((header, data))
+                return
+        super()._prepare_for_sending(frames)
+
+
 def memoize_hpack(h2_connection: Any) -> None:
     """Give an h2 connection's hpack encoder and decoder a memo of unchanged-table blocks.
 
@@ -191,14 +229,17 @@ class LargeFrameProtocol(H2Protocol):
     """grpclib's protocol, advertising :data:`MAX_FRAME_SIZE` once the connection is made.
 
     Its hpack coders also remember repeated header blocks (:func:`memoize_hpack`),
-    and large DATA frames are received with one copy (:class:`DirectFrameBuffer`).
+    large DATA frames are received with one copy (:class:`DirectFrameBuffer`) and
+    sent without any (:class:`DirectSendConnection`).
     """
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        h2_connection = self.connection._connection
+        h2_connection: Any = self.connection._connection
         memoize_hpack(h2_connection)
         h2_connection.incoming_buffer = DirectFrameBuffer(server=not h2_connection.config.client_side)
+        h2_connection.__class__ = DirectSendConnection
+        h2_connection.transport = transport
         h2_connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
         self.connection.flush()
 
