@@ -44,6 +44,7 @@ MAX_FRAME_SIZE: Final = 2 << 20
 
 _MEMO_ENTRIES: Final = 64
 _MEMO_MAX_BLOCK: Final = 1024
+_TEXT: Final = (str, bytes)
 
 
 class _VersionedTable(HeaderTable):
@@ -74,12 +75,14 @@ class _MemoDecoder(Decoder):
     or a resize) invalidates every remembered block.
     """
 
-    _memo: dict[tuple[bytes, bool], tuple[int, tuple[Any, ...]]]
+    _memo: dict[tuple[bytes, bool, int | None, int], tuple[int, tuple[Any, ...]]]
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         table: _VersionedTable = self.header_table  # type: ignore[assignment]
+        # The limits the block was checked against are part of the key: a block
+        # remembered under larger limits is decoded (and checked) again.
+        key = (data, raw, self.max_header_list_size, self.max_allowed_table_size)
         version = table.version
-        key = (data, raw)
         hit = self._memo.get(key)
         if hit is not None and hit[0] == version:
             return list(hit[1])
@@ -94,18 +97,19 @@ class _MemoDecoder(Decoder):
 class _MemoEncoder(Encoder):
     """hpack's encoder, remembering header lists whose encoding left the dynamic table as it was.
 
-    Only lists of plain ``(name, value)`` tuples are remembered (never-indexed
-    :class:`hpack.NeverIndexedHeaderTuple` fields compare equal to plain tuples),
-    and only when no table-size update was pending.
+    Only lists (or tuples) of plain ``(name, value)`` tuples with ``str``/``bytes``
+    values are remembered (a never-indexed :class:`hpack.NeverIndexedHeaderTuple`
+    compares equal to a plain tuple, ``1 == True == 1.0`` but they encode
+    differently), and only when no table-size update was pending.
     """
 
     _memo: dict[tuple[Any, bool], tuple[int, bytes]]
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         table: _VersionedTable = self.header_table  # type: ignore[assignment]
-        if not isinstance(headers, list) or table.resized or self.table_size_changes:
+        if type(headers) not in (list, tuple) or table.resized or self.table_size_changes:
             return super().encode(headers, huffman)
-        if not all(type(h) is tuple and len(h) == 2 for h in headers):
+        if not all(type(h) is tuple and len(h) == 2 and type(h[1]) in _TEXT for h in headers):
             return super().encode(headers, huffman)
         key = (tuple(headers), huffman)
         version = table.version
