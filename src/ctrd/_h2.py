@@ -19,9 +19,10 @@ import struct
 from typing import Any, Final
 
 from grpclib.client import Channel
-from grpclib.protocol import H2Protocol
+from grpclib.client import Handler as ClientHandler
+from grpclib.protocol import Connection, EventsProcessor, H2Protocol, _set_nodelay
 from h2.connection import H2Connection
-from h2.frame_buffer import FrameBuffer
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from hpack import Decoder, Encoder
 from hpack.table import HeaderTable
@@ -30,11 +31,9 @@ from hyperframe.frame import DataFrame
 __all__ = [
     "DIRECT_BODY_MIN",
     "MAX_FRAME_SIZE",
-    "DirectFrameBuffer",
-    "DirectSendConnection",
+    "CtrdConnection",
     "LargeFrameChannel",
     "LargeFrameProtocol",
-    "large_frames",
     "memoize_hpack",
 ]
 
@@ -77,6 +76,11 @@ class _MemoDecoder(Decoder):
 
     _memo: dict[tuple[bytes, bool, int | None, int], tuple[int, tuple[Any, ...]]]
 
+    def __init__(self, max_header_list_size: int = 1 << 16) -> None:
+        super().__init__(max_header_list_size)
+        self.header_table = _VersionedTable()
+        self._memo = {}
+
     def decode(self, data: bytes, raw: bool = False) -> Any:
         table: _VersionedTable = self.header_table  # type: ignore[assignment]
         # The limits the block was checked against are part of the key: a block
@@ -105,6 +109,11 @@ class _MemoEncoder(Encoder):
 
     _memo: dict[tuple[Any, bool], tuple[int, bytes]]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _VersionedTable()
+        self._memo = {}
+
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         table: _VersionedTable = self.header_table  # type: ignore[assignment]
         if type(headers) not in (list, tuple) or table.resized or self.table_size_changes:
@@ -125,76 +134,97 @@ class _MemoEncoder(Encoder):
 
 
 DIRECT_BODY_MIN: Final = 64 << 10
-"""DATA frames at least this large are gathered into a buffer of their own (:class:`DirectFrameBuffer`)."""
-
-
-class DirectFrameBuffer(FrameBuffer):
-    """h2's inbound frame buffer; a large DATA frame's body is copied once.
-
-    h2 appends every read to one buffer, then slices a frame's body out of it and
-    copies that slice again: three copies of every received byte. Here an unpadded
-    DATA frame of at least :data:`DIRECT_BODY_MIN` bytes whose body has not fully
-    arrived gets a buffer of its own, which the following reads fill; the frame
-    carries that buffer as its data. Frames come out in the order they arrived,
-    and every other frame goes through h2's own parsing.
-    """
-
-    _frame: DataFrame | None = None
-    _body: bytearray
-    _filled = 0
-
-    def add_data(self, data: Any) -> None:
-        if self._frame is None:
-            super().add_data(data)
-            return
-        view = memoryview(data)
-        take = min(len(self._body) - self._filled, len(view))
-        self._body[self._filled : self._filled + take] = view[:take]
-        self._filled += take
-        if take < len(view):
-            super().add_data(view[take:])
-
-    def __next__(self) -> Any:
-        frame = self._frame
-        if frame is not None:
-            if self._filled < len(self._body):
-                raise StopIteration
-            frame.data = self._body  # type: ignore[assignment]  # h2 and grpclib take any buffer
-            frame.body_len = len(self._body)
-            self._frame = None
-            self._body = bytearray()
-            return frame
-        data = self._data
-        if len(data) > 9 and data[3] == DataFrame.type and not data[4] & 0x08 and not self._headers_buffer:
-            length = int.from_bytes(data[:3], "big")
-            stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-            if length >= DIRECT_BODY_MIN and len(data) < 9 + length and stream_id:
-                self._validate_frame_length(length)
-                frame = DataFrame(stream_id)
-                frame.parse_flags(data[4])
-                body = bytearray(length)
-                with memoryview(data) as view:
-                    body[: len(data) - 9] = view[9:]
-                self._filled = len(data) - 9
-                del data[:]
-                self._frame, self._body = frame, body
-                raise StopIteration
-        return super().__next__()
+"""DATA frames at least this large are received into and sent from their own buffer."""
 
 
 _FRAME_HEADER: Final = struct.Struct(">HBBBL")
 
 
-class DirectSendConnection(H2Connection):
-    """h2's connection; a large DATA frame's payload goes to the transport as it is.
+class CtrdConnection(H2Connection):
+    """h2's connection as ctrd's server and SDK use it.
 
-    h2 serialises a frame into new bytes, appends them to its output buffer and
-    copies that buffer out again when asked for it: three copies of every byte
-    sent. For an unpadded DATA frame of at least :data:`DIRECT_BODY_MIN` bytes,
-    this writes what h2 had queued so far plus the 9-byte frame header, then the
-    payload object itself, to :attr:`transport` (one ``writelines``), keeping the
-    order of everything sent. Stream state and flow-control windows are h2's own.
+    * hpack coders that remember repeated header blocks (:func:`memoize_hpack`);
+    * large DATA frames received with one copy (:meth:`receive_data`);
+    * a large DATA frame's payload sent as it is: h2 serialises a frame into new
+      bytes, appends them to its output buffer and copies that buffer out again
+      (three copies of every byte sent). For an unpadded DATA frame of at least
+      :data:`DIRECT_BODY_MIN` bytes, this writes what h2 had queued so far plus the
+      9-byte frame header, then the payload object itself, to :attr:`transport`
+      (one ``writelines``), keeping the order of everything sent. Stream state
+      and flow-control windows stay h2's own.
+
+    Built as this class rather than given it afterwards: CPython specialises
+    attribute access per class, and an object whose class was swapped loses that
+    on h2's hot paths.
     """
+
+    _frame: DataFrame | None = None  # a large DATA frame whose body is arriving
+    _body: bytearray
+    _filled = 0
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        memoize_hpack(self)
+
+    def receive_data(self, data: Any) -> list[Any]:
+        """h2's ``receive_data``; the body of a large DATA frame is gathered with one copy.
+
+        h2 appends every read to one buffer, then slices a frame's body out of it
+        and copies that slice again: three copies of every received byte. When
+        what h2 leaves buffered after a read is the start of an unpadded DATA frame
+        of at least :data:`DIRECT_BODY_MIN` bytes, its body gets a buffer of its own,
+        which the following reads fill; the frame then goes through h2's own
+        processing with that buffer as its data. Nothing changes for small frames.
+        """
+        if self._frame is not None:
+            return self._fill(data)
+        events: list[Any] = super().receive_data(data)
+        pending = self.incoming_buffer._data
+        if len(pending) > 9 and pending[3] == DataFrame.type and not pending[4] & 0x08:
+            self._start(pending)
+        return events
+
+    def _start(self, pending: bytearray) -> None:
+        length = int.from_bytes(pending[:3], "big")
+        stream_id = int.from_bytes(pending[5:9], "big") & 0x7FFFFFFF
+        if (
+            length < DIRECT_BODY_MIN
+            or length > self.max_inbound_frame_size
+            or len(pending) >= 9 + length
+            or not stream_id
+            or self.incoming_buffer._headers_buffer
+        ):
+            return  # h2 deals with it (including the errors)
+        frame = DataFrame(stream_id)
+        frame.parse_flags(pending[4])
+        body = bytearray(length)
+        with memoryview(pending) as view:
+            body[: len(pending) - 9] = view[9:]
+        self._filled = len(pending) - 9
+        del pending[:]
+        self._frame, self._body = frame, body
+
+    def _fill(self, data: Any) -> list[Any]:
+        view = memoryview(data)
+        body = self._body
+        take = min(len(body) - self._filled, len(view))
+        body[self._filled : self._filled + take] = view[:take]
+        self._filled += take
+        if self._filled < len(body):
+            return []
+        frame = self._frame
+        assert frame is not None
+        frame.data = body  # type: ignore[assignment]  # h2 and grpclib take any buffer
+        frame.body_len = len(body)
+        self._frame, self._body = None, bytearray()
+        try:
+            events = list(self._receive_frame(frame))
+        except ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+        if take < len(view):
+            events.extend(self.receive_data(view[take:]))
+        return events
 
     transport: Any = None
 
@@ -218,44 +248,51 @@ class DirectSendConnection(H2Connection):
 
 
 def memoize_hpack(h2_connection: Any) -> None:
-    """Give an h2 connection's hpack encoder and decoder a memo of unchanged-table blocks.
+    """Give an h2 connection memoizing hpack coders with the settings of its current ones.
 
-    Must run before the connection has exchanged any header block (their tables
-    are swapped for versioned ones in place, keeping their size).
+    Must run before the connection has coded any header block.
     """
-    for coder, cls in ((h2_connection.encoder, _MemoEncoder), (h2_connection.decoder, _MemoDecoder)):
-        coder.__class__ = cls
-        coder._memo = {}
-        coder.header_table.__class__ = _VersionedTable
+    encoder, decoder = h2_connection.encoder, h2_connection.decoder
+    if encoder.header_table.dynamic_entries or decoder.header_table.dynamic_entries:
+        raise ValueError("the connection has already coded header blocks")
+    memo_encoder = _MemoEncoder()
+    memo_encoder.header_table.maxsize = encoder.header_table.maxsize
+    memo_encoder.header_table.resized = encoder.header_table.resized
+    memo_encoder.table_size_changes = list(encoder.table_size_changes)
+    memo_decoder = _MemoDecoder(max_header_list_size=decoder.max_header_list_size)
+    memo_decoder.max_allowed_table_size = decoder.max_allowed_table_size
+    memo_decoder.header_table.maxsize = decoder.header_table.maxsize
+    memo_decoder.header_table.resized = decoder.header_table.resized
+    h2_connection.encoder, h2_connection.decoder = memo_encoder, memo_decoder
 
 
 class LargeFrameProtocol(H2Protocol):
-    """grpclib's protocol, advertising :data:`MAX_FRAME_SIZE` once the connection is made.
-
-    Its hpack coders also remember repeated header blocks (:func:`memoize_hpack`),
-    large DATA frames are received with one copy (:class:`DirectFrameBuffer`) and
-    sent without any (:class:`DirectSendConnection`).
-    """
+    """grpclib's protocol over a :class:`CtrdConnection`, advertising :data:`MAX_FRAME_SIZE`."""
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        h2_connection: Any = self.connection._connection
-        memoize_hpack(h2_connection)
-        h2_connection.incoming_buffer = DirectFrameBuffer(server=not h2_connection.config.client_side)
-        h2_connection.__class__ = DirectSendConnection
-        h2_connection.transport = transport
-        h2_connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
+        # grpclib's connection_made, building a CtrdConnection instead of an H2Connection.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            _set_nodelay(sock)
+        conn = CtrdConnection(config=self.h2_config)
+        conn.transport = transport
+        conn.initiate_connection()
+        initial = conn.local_settings.initial_window_size
+        conn_delta = self.config.http2_connection_window_size - initial
+        if conn_delta:
+            conn.increment_flow_control_window(conn_delta)
+        settings: dict[SettingCodes | int, int] = {SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE}
+        if self.config.http2_stream_window_size != initial:
+            settings[SettingCodes.INITIAL_WINDOW_SIZE] = self.config.http2_stream_window_size
+        conn.update_settings(settings)
+        self.connection = Connection(conn, transport, config=self.config)
         self.connection.flush()
-
-
-def large_frames(protocol: H2Protocol) -> H2Protocol:
-    """Make a protocol grpclib just built a :class:`LargeFrameProtocol` (same state, one setting more)."""
-    protocol.__class__ = LargeFrameProtocol
-    return protocol
+        self.connection.initialize()
+        self.processor = EventsProcessor(self.handler, self.connection)
 
 
 class LargeFrameChannel(Channel):
-    """A grpclib :class:`~grpclib.client.Channel` whose connections advertise :data:`MAX_FRAME_SIZE`."""
+    """A grpclib :class:`~grpclib.client.Channel` over :class:`LargeFrameProtocol` connections."""
 
     def _protocol_factory(self) -> H2Protocol:
-        return large_frames(super()._protocol_factory())
+        return LargeFrameProtocol(ClientHandler(), self._config, self._h2_config)

@@ -37,7 +37,7 @@ from grpclib.protocol import AckedData as _AckedData
 from grpclib.protocol import H2Protocol
 
 from ctrd import errdefs, errgrpc, namespaces
-from ctrd._h2 import DIRECT_BODY_MIN, large_frames
+from ctrd._h2 import DIRECT_BODY_MIN, LargeFrameProtocol
 
 if TYPE_CHECKING:
     from ctrd.server.metrics import GrpcMetrics
@@ -258,7 +258,11 @@ class _Server(_gs.Server):
     """grpclib's server; its connections accept large HTTP/2 frames (:mod:`ctrd._h2`)."""
 
     def _protocol_factory(self) -> H2Protocol:
-        return large_frames(super()._protocol_factory())
+        # grpclib's factory, building ctrd's protocol class instead of H2Protocol.
+        self.__gc_step__()
+        handler = _gs.Handler(self._mapping, self._codec, self._status_details_codec, self.__dispatch__)
+        self._handlers.add(handler)
+        return LargeFrameProtocol(handler, self._config, self._h2_config)
 
 
 class GrpcListener:
