@@ -25,6 +25,7 @@ from hpack import HeaderTuple, NeverIndexedHeaderTuple
 from ctrd._h2 import (
     _MEMO_ENTRIES,
     _MEMO_MAX_BLOCK,
+    CtrdConnection,
     _MemoDecoder,
     _MemoEncoder,
     _VersionedTable,
@@ -209,22 +210,38 @@ def test_decoder_results_match_hpack(seed: int, raw: bool | str, misses: Calls) 
 # -- deterministic behaviour -----------------------------------------------------------------
 
 
-def test_memoize_hpack_swaps_classes_in_place() -> None:
+def test_memoize_hpack_replaces_the_coders_keeping_their_settings() -> None:
     conn = h2.connection.H2Connection()
     encoder, decoder = conn.encoder, conn.decoder
-    encoder.header_table_size = 1234  # a pending size change survives the swap
+    encoder.header_table_size = 1234  # a pending size change survives the replacement
+    decoder.max_allowed_table_size = 8192
     memoize_hpack(conn)
-    assert conn.encoder is encoder and conn.decoder is decoder
+    assert conn.encoder is not encoder and conn.decoder is not decoder
+    encoder, decoder = conn.encoder, conn.decoder
     assert type(encoder) is _MemoEncoder and type(decoder) is _MemoDecoder
     assert isinstance(encoder, hpack.Encoder) and isinstance(decoder, hpack.Decoder)
     assert type(encoder.header_table) is _VersionedTable and type(decoder.header_table) is _VersionedTable
     assert encoder.header_table.maxsize == 1234 and encoder.table_size_changes == [1234]
-    assert decoder.header_table.maxsize == 4096
+    assert decoder.header_table.maxsize == 4096 and decoder.max_allowed_table_size == 8192
+    assert decoder.max_header_list_size == h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE
     assert encoder._memo == {} and decoder._memo == {}
     plain = hpack.Encoder()
     plain.header_table_size = 1234
     fields = [(":method", "POST"), ("x-a", "1")]
     assert encoder.encode(fields) == plain.encode(fields)  # the size update is emitted
+
+
+def test_memoize_hpack_refuses_a_connection_that_coded_headers() -> None:
+    conn = h2.connection.H2Connection()
+    conn.encoder.encode([("x-a", "1")])  # inserted into the dynamic table
+    with pytest.raises(ValueError, match="already coded"):
+        memoize_hpack(conn)
+
+
+def test_ctrd_connections_are_built_with_memoizing_coders() -> None:
+    conn = CtrdConnection()
+    assert type(conn) is CtrdConnection
+    assert type(conn.encoder) is _MemoEncoder and type(conn.decoder) is _MemoDecoder
 
 
 def test_versioned_table_counts_adds_and_resizes() -> None:

@@ -1,10 +1,10 @@
-"""In-memory gRPC serving for servicer tests, with ctrd's real request interceptor.
+"""In-memory gRPC serving for servicer tests, with ctrd's real call handling.
 
-:func:`serve` wraps :class:`grpclib.testing.ChannelFor` and registers
-:meth:`ctrd.server.grpc.GrpcListener._intercept` on the in-memory server, so the
-handlers see the ``containerd-namespace``/``containerd-lease`` headers as
-context variables and their :mod:`ctrd.errdefs` errors become gRPC statuses,
-exactly as over a real socket.
+:func:`serve` is :class:`grpclib.testing.ChannelFor` over the server a
+:class:`ctrd.server.grpc.GrpcListener` builds, so the handlers see the
+``containerd-namespace``/``containerd-lease`` headers as context variables and
+their :mod:`ctrd.errdefs` errors become gRPC statuses, exactly as over a real
+socket.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from grpclib.client import Channel
-from grpclib.events import RecvRequest, listen
-from grpclib.testing import ChannelFor
+from grpclib.testing import ChannelFor, _InMemoryTransport
+from grpclib.testing import _Server as _NoServer
 
 from ctrd.server.grpc import GrpcListener
 
@@ -25,12 +25,29 @@ __all__ = ["Serve", "serve"]
 Serve = Callable[..., contextlib.AbstractAsyncContextManager[Channel]]
 
 
+class _ChannelForListener(ChannelFor):
+    """grpclib's in-memory channel, to the server *listener* builds instead of a plain one."""
+
+    def __init__(self, listener: GrpcListener) -> None:
+        super().__init__(())
+        self._listener = listener
+
+    async def __aenter__(self) -> Channel:
+        self._server = self._listener._new_server()
+        self._server._server = _NoServer()
+        self._server._server_closed_fut = self._server._loop.create_future()
+        self._server_protocol = self._server._protocol_factory()
+        self._channel = Channel()
+        self._channel._protocol = self._channel._protocol_factory()
+        self._channel._protocol.connection_made(_InMemoryTransport(self._server_protocol))
+        self._server_protocol.connection_made(_InMemoryTransport(self._channel._protocol))
+        return self._channel
+
+
 @contextlib.asynccontextmanager
 async def _serve(*services: Any) -> AsyncIterator[Channel]:
     listener = GrpcListener(services, max_recv=16 << 20, max_send=16 << 20)
-    for_ = ChannelFor(services)
-    async with for_ as channel:
-        listen(for_._server, RecvRequest, listener._intercept)
+    async with _ChannelForListener(listener) as channel:
         yield channel
 
 

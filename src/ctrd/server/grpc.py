@@ -2,8 +2,9 @@
 
 grpclib gaps closed here (see docs/architecture.md):
 
-* request metadata reaches handlers through a ``RecvRequest`` listener that
-  sets the namespace/lease context variables and wraps the handler;
+* each call is served by :meth:`GrpcListener._serve` (grpclib's request handler,
+  same checks and answers) which sets the namespace/lease context variables from
+  the request metadata and hands the handler a :class:`CallStream`;
 * ``max_recv_message_size`` is enforced from the 5-byte length prefix, before
   a message body is buffered (grpclib would buffer up to 4 GiB);
 * domain errors are translated in one place; unexpected exceptions become
@@ -11,8 +12,8 @@ grpclib gaps closed here (see docs/architecture.md):
 * unknown methods are answered with ``content-type`` so grpc-go reports
   UNIMPLEMENTED;
 * graceful drain: new calls get UNAVAILABLE while in-flight calls finish;
-* with a :class:`~ctrd.server.metrics.GrpcMetrics`, its listeners count every
-  call (registered after the interceptor, so they see the translated status).
+* with a :class:`~ctrd.server.metrics.GrpcMetrics`, its ``RecvRequest`` listener
+  wraps the translated handler, so it counts every call with the status sent.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import grpclib.server as _gs
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.metadata import Deadline, decode_metadata
 from grpclib.protocol import AckedData as _AckedData
 from grpclib.protocol import H2Protocol
+from grpclib.utils import DeadlineWrapper, Wrapper
 
 from ctrd import errdefs, errgrpc, namespaces
 from ctrd._h2 import DIRECT_BODY_MIN, LargeFrameProtocol
@@ -49,6 +52,7 @@ log = logging.getLogger("ctrd.grpc")
 ServerStream = _gs.Stream
 
 _METHOD_NOT_FOUND: Final = "Method not found"
+_GRPC_CONTENT_TYPE: Final = "application/grpc"
 
 
 async def _abort_with_content_type(
@@ -64,9 +68,6 @@ async def _abort_with_content_type(
     await h2_stream.send_headers(headers, end_stream=True)
     if h2_stream.closable:
         h2_stream.reset_nowait()
-
-
-_gs._abort = _abort_with_content_type
 
 
 def _patch_frame_repr() -> None:
@@ -254,13 +255,33 @@ class _Tracker:
             self.idle.set()
 
 
+class _Handler(_gs.Handler):
+    """grpclib's per-connection handler, serving each call with :meth:`GrpcListener._serve`."""
+
+    def __init__(self, listener: GrpcListener, *args: Any) -> None:
+        super().__init__(*args)
+        self._listener = listener
+
+    def accept(self, stream: Any, headers: Any, release_stream: Callable[[], Any]) -> None:
+        self.__gc_step__()
+        task = self.loop.create_task(self._listener._serve(self, stream, headers, release_stream))
+        self._tasks[stream] = task
+        self._listener._tracker.add(task)
+
+
 class _Server(_gs.Server):
-    """grpclib's server; its connections accept large HTTP/2 frames (:mod:`ctrd._h2`)."""
+    """grpclib's server over ctrd's protocol (:mod:`ctrd._h2`) and call handling."""
+
+    def __init__(self, servables: list[Any], listener: GrpcListener) -> None:
+        super().__init__(servables)
+        self._listener = listener
 
     def _protocol_factory(self) -> H2Protocol:
-        # grpclib's factory, building ctrd's protocol class instead of H2Protocol.
+        # grpclib's factory, with ctrd's handler and protocol classes.
         self.__gc_step__()
-        handler = _gs.Handler(self._mapping, self._codec, self._status_details_codec, self.__dispatch__)
+        handler = _Handler(
+            self._listener, self._mapping, self._codec, self._status_details_codec, self.__dispatch__
+        )
         self._handlers.add(handler)
         return LargeFrameProtocol(handler, self._config, self._h2_config)
 
@@ -274,7 +295,7 @@ class GrpcListener:
         *,
         max_recv: int,
         max_send: int,
-        on_request: Callable[[RecvRequest], Awaitable[None]] | None = None,
+        on_request: Callable[[RecvRequest], Coroutine[Any, Any, None]] | None = None,
         metrics: GrpcMetrics | None = None,
     ) -> None:
         self._servables = list(servables)
@@ -295,47 +316,149 @@ class GrpcListener:
         return len(self._tracker.inflight)
 
     def _new_server(self) -> _gs.Server:
-        srv = _Server(self._servables)
-        listen(srv, RecvRequest, self._intercept)
+        srv = _Server(self._servables, self)
+        if self._on_request is not None:
+            listen(srv, RecvRequest, self._on_request)
         if self._metrics is not None:
             self._metrics.attach(srv)
         return srv
 
-    async def _intercept(self, event: RecvRequest) -> None:
-        md = event.metadata
-        ns = md.get(namespaces.GRPC_HEADER)
-        lease = md.get(namespaces.LEASE_HEADER)
-        inner = event.method_func
-        tracker = self._tracker
-        stream_class = self._stream_class
-        on_request = self._on_request
-        name = event.method_name
+    async def _serve(
+        self, handler: _Handler, h2_stream: Any, headers: Any, release_stream: Callable[[], Any]
+    ) -> None:
+        """One call: grpclib's ``request_handler`` with ctrd's stream class and interception.
 
-        async def wrapped(stream: Any) -> None:
-            if tracker.draining:
-                raise GRPCError(Status.UNAVAILABLE, "server is shutting down")
-            namespaces.set_for_request(
-                ns if isinstance(ns, str) else None, lease if isinstance(lease, str) else None
-            )
-            stream.__class__ = stream_class
-            task = asyncio.current_task()
-            assert task is not None
-            tracker.add(task)
-            try:
-                await inner(stream)
-            except errdefs.Error as exc:
-                raise errgrpc.to_grpc(exc) from exc
-            except (GRPCError, StreamTerminatedError, asyncio.CancelledError):
-                raise
-            except NotImplementedError as exc:
-                raise GRPCError(Status.UNIMPLEMENTED, f"{name}: not implemented") from exc
-            except Exception as exc:
-                log.exception("unexpected error in %s", name)
-                raise GRPCError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}") from exc
+        The same checks and answers as grpclib's (method, content type, ``te``,
+        unknown method, ``grpc-timeout``), the same deadline and cancellation
+        handling; then the namespace and lease of the call are set and domain
+        errors translated (:meth:`_call`). grpclib's ``RecvRequest`` event is only
+        dispatched when something listens to it (metrics, ``on_request``).
+        """
+        try:
+            headers_map = dict(headers)
+            if headers_map[":method"] != "POST":
+                await _abort_with_content_type(h2_stream, 405)
+                return
+            content_type = headers_map.get("content-type")
+            if content_type is None:
+                await _abort_with_content_type(h2_stream, 415, Status.UNKNOWN, "Missing content-type header")
+                return
+            base_type, _, sub_type = content_type.partition("+")
+            if base_type != _GRPC_CONTENT_TYPE or (sub_type or "proto") != handler.codec.__content_subtype__:
+                await _abort_with_content_type(
+                    h2_stream, 415, Status.UNKNOWN, "Unacceptable content-type header"
+                )
+                return
+            if headers_map.get("te") != "trailers":
+                await _abort_with_content_type(
+                    h2_stream, 400, Status.UNKNOWN, 'Required "te: trailers" header is missing'
+                )
+                return
+            method_name = headers_map[":path"]
+            method = handler.mapping.get(method_name)
+            if method is None:
+                await _abort_with_content_type(h2_stream, 200, Status.UNIMPLEMENTED, _METHOD_NOT_FOUND)
+                return
+            deadline = None
+            if "grpc-timeout" in headers_map:
+                try:
+                    deadline = Deadline.from_headers(headers)
+                except ValueError:
+                    await _abort_with_content_type(
+                        h2_stream, 200, Status.UNKNOWN, "Invalid grpc-timeout header"
+                    )
+                    return
+            metadata = decode_metadata(headers)
+            user_agent = headers_map.get("user-agent")
+            dispatch = handler.dispatch
+            async with self._stream_class(
+                h2_stream,
+                method_name,
+                method.cardinality,
+                method.request_type,
+                method.reply_type,
+                codec=handler.codec,
+                status_details_codec=handler.status_details_codec,
+                dispatch=dispatch,
+                deadline=deadline,
+                user_agent=user_agent,
+            ) as stream:
+                wrapper: Wrapper
+                deadline_wrapper: contextlib.AbstractContextManager[Any]
+                if deadline is None:
+                    wrapper = h2_stream.wrapper = Wrapper()
+                    deadline_wrapper = contextlib.nullcontext()
+                else:
+                    wrapper = h2_stream.wrapper = DeadlineWrapper()
+                    deadline_wrapper = wrapper.start(deadline)
+                try:
+                    with deadline_wrapper, wrapper:
+                        stream.metadata = metadata
+                        ns = metadata.get(namespaces.GRPC_HEADER)
+                        lease = metadata.get(namespaces.LEASE_HEADER)
+                        namespaces.set_for_request(
+                            ns if isinstance(ns, str) else None, lease if isinstance(lease, str) else None
+                        )
+                        if "recv_request" in dispatch.__dict__:  # nobody listens to RecvRequest
+                            await self._call(method.func, method_name, stream)
+                        else:
+                            inner = method.func
 
-        event.method_func = wrapped
-        if on_request is not None:
-            await on_request(event)
+                            async def intercepted(stream: Any) -> None:
+                                await self._call(inner, method_name, stream)
+
+                            stream.metadata, method_func = await dispatch.recv_request(
+                                metadata,
+                                intercepted,
+                                method_name=method_name,
+                                deadline=deadline,
+                                content_type=content_type,
+                                user_agent=user_agent,
+                                peer=stream.peer,
+                            )
+                            await method_func(stream)
+                except GRPCError:
+                    raise
+                except TimeoutError:
+                    if wrapper.cancel_failed:
+                        log.exception("Failed to handle cancellation")
+                        raise GRPCError(Status.DEADLINE_EXCEEDED) from None
+                    if wrapper.cancelled:
+                        log.info("Deadline exceeded")
+                        raise GRPCError(Status.DEADLINE_EXCEEDED) from None
+                    log.exception("Timeout occurred")
+                    raise
+                except StreamTerminatedError as err:
+                    if wrapper.cancel_failed:
+                        log.exception("Failed to handle cancellation")
+                    else:
+                        log.info("Request was cancelled: %s", err)
+                    raise
+                except Exception:
+                    log.exception("Application error")
+                    raise
+        except ProtocolError:
+            log.exception("Application error")
+        except Exception:
+            log.exception("Server error")
+        finally:
+            release_stream()
+
+    async def _call(self, func: Callable[[Any], Awaitable[None]], name: str, stream: Any) -> None:
+        """Run a handler: refused while draining; domain errors become gRPC statuses."""
+        if self._tracker.draining:
+            raise GRPCError(Status.UNAVAILABLE, "server is shutting down")
+        try:
+            await func(stream)
+        except errdefs.Error as exc:
+            raise errgrpc.to_grpc(exc) from exc
+        except (GRPCError, StreamTerminatedError, asyncio.CancelledError):
+            raise
+        except NotImplementedError as exc:
+            raise GRPCError(Status.UNIMPLEMENTED, f"{name}: not implemented") from exc
+        except Exception as exc:
+            log.exception("unexpected error in %s", name)
+            raise GRPCError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}") from exc
 
     async def start_unix(self, path: str, *, uid: int = 0, gid: int = 0) -> None:
         """Listen on the unix socket *path* (mode 0660; chown when configured)."""
