@@ -15,6 +15,8 @@ memory a connection may hold.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
 from typing import Any, Final
 
@@ -40,6 +42,8 @@ __all__ = [
 MAX_FRAME_SIZE: Final = 2 << 20
 """The largest HTTP/2 frame we accept: a 1 MiB message fits in one frame (limit: 16 MiB - 1)."""
 
+
+log = logging.getLogger("ctrd.h2")
 
 _MEMO_ENTRIES: Final = 64
 _MEMO_MAX_BLOCK: Final = 1024
@@ -227,6 +231,12 @@ class CtrdConnection(H2Connection):
         return events
 
     transport: Any = None
+    _joins_lines = False  # the transport's writelines is asyncio's b"".join + write
+
+    def use_transport(self, transport: Any) -> None:
+        """Send large DATA payloads straight to *transport*."""
+        self.transport = transport
+        self._joins_lines = type(transport).writelines is asyncio.WriteTransport.writelines
 
     def _prepare_for_sending(self, frames: Any) -> None:
         transport = self.transport
@@ -234,7 +244,7 @@ class CtrdConnection(H2Connection):
             frame = frames[0]
             data = frame.data
             size = len(data)
-            if size >= DIRECT_BODY_MIN and not frame.pad_length:
+            if size >= DIRECT_BODY_MIN and "PADDED" not in frame.flags:
                 frame.body_len = size
                 flags = 0x1 if "END_STREAM" in frame.flags else 0
                 header = _FRAME_HEADER.pack(size >> 8, size & 0xFF, DataFrame.type, flags, frame.stream_id)
@@ -242,7 +252,13 @@ class CtrdConnection(H2Connection):
                 if queued:
                     header = bytes(queued) + header
                     self._data_to_send = bytearray()
-                transport.writelines((header, data))
+                if self._joins_lines:
+                    # asyncio's writelines joins its arguments (a copy); two writes do not, and
+                    # a view lets the transport keep what the socket did not take without a copy.
+                    transport.write(header)
+                    transport.write(memoryview(data))
+                else:
+                    transport.writelines((header, data))
                 return
         super()._prepare_for_sending(frames)
 
@@ -275,7 +291,7 @@ class LargeFrameProtocol(H2Protocol):
         if sock is not None:
             _set_nodelay(sock)
         conn = CtrdConnection(config=self.h2_config)
-        conn.transport = transport
+        conn.use_transport(transport)
         conn.initiate_connection()
         initial = conn.local_settings.initial_window_size
         conn_delta = self.config.http2_connection_window_size - initial
@@ -289,6 +305,35 @@ class LargeFrameProtocol(H2Protocol):
         self.connection.flush()
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
+        self._loop = asyncio.get_running_loop()
+        self._flush_pending = False
+
+    def data_received(self, data: bytes) -> None:
+        """grpclib's ``data_received``, sending what h2 answers on its own a little later.
+
+        grpclib writes h2's automatic output (PING and SETTINGS acknowledgements,
+        window updates) right away, before and after handing the events on. Here
+        it goes out from a callback queued behind the call tasks the events just
+        started: a call that answers without waiting takes it along in its own
+        write, one system call less on the way to its reply.
+        """
+        try:
+            events = self.connection.feed(data)
+        except ProtocolError:
+            log.debug("Protocol error", exc_info=True)
+            self.processor.close("Protocol error")
+        else:
+            for event in events:
+                self.processor.process(event)
+            if not self._flush_pending:
+                self._flush_pending = True
+                self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        transport = getattr(self.connection, "_transport", None)  # grpclib drops it on close
+        if transport is not None and not transport.is_closing():
+            self.connection.flush()
 
 
 class LargeFrameChannel(Channel):

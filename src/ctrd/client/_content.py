@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import struct
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -200,14 +202,23 @@ class RemoteReaderAt:
 
 
 class _EncodedRequest:
-    """An already-encoded ``WriteContentRequest`` (grpclib's codec sends it as it is)."""
+    """An already-encoded ``WriteContentRequest`` (grpclib's codec sends it as it is).
 
-    __slots__ = ("payload",)
+    *framed* is the whole gRPC message (5-byte prefix included) when the encoder
+    built it so: :meth:`RemoteWriter._send` then hands it to the HTTP/2 stream
+    directly instead of letting grpclib copy the payload behind a prefix.
+    """
 
-    def __init__(self, payload: bytes) -> None:
+    __slots__ = ("framed", "payload")
+
+    def __init__(self, payload: bytes | None, framed: bytes | None = None) -> None:
         self.payload = payload
+        self.framed = framed
 
     def SerializeToString(self) -> bytes:
+        if self.payload is None:
+            assert self.framed is not None
+            self.payload = self.framed[5:]
         return self.payload
 
 
@@ -222,7 +233,36 @@ def _encode_write(offset: int, data: memoryview) -> _EncodedRequest:
         head += b"\x28" + uvarint(offset)
     if not len(data):
         return _EncodedRequest(head)
-    return _EncodedRequest(b"".join((head, b"\x32", uvarint(len(data)), data)))
+    head += b"\x32" + uvarint(len(data))
+    prefix = _GRPC_PREFIX.pack(0, len(head) + len(data))
+    return _EncodedRequest(None, b"".join((prefix, head, data)))
+
+
+_GRPC_PREFIX: Final = struct.Struct(">BI")
+
+
+def _sends_framed(stream: Any) -> bool:
+    """Whether grpclib's client *stream* can take a framed message past ``send_message``:
+    request headers sent, a client-streaming call not ended, nobody listening to sends."""
+    return bool(
+        stream._send_request_done
+        and not stream._end_done
+        and stream._cardinality.client_streaming
+        and "send_message" in stream._dispatch.__dict__
+    )
+
+
+async def _send_framed(stream: Any, framed: bytes, end: bool) -> None:
+    """grpclib's ``Stream.send_message`` for a message already framed (prefix included)."""
+    with stream._wrapper:
+        await stream._stream.send_data(framed, end_stream=end)
+        stream._send_message_done = True
+        stream._messages_sent += 1
+        conn = stream._stream.connection
+        conn.messages_sent += 1
+        conn.last_message_sent = time.monotonic()
+        if end:
+            stream._end_done = True
 
 
 PIPELINE: Final = 4
@@ -379,7 +419,10 @@ class RemoteWriter:
         self._opened = None
         msg = req if isinstance(req, _EncodedRequest) else _EncodedRequest(bytes(req))
         async with self._guarded():
-            await self._stream.send_message(msg, end=end)
+            if msg.framed is not None and _sends_framed(self._stream):
+                await _send_framed(self._stream, msg.framed, end)
+            else:
+                await self._stream.send_message(msg, end=end)
 
     async def _receive(self) -> api.WriteContentResponse:
         async with self._guarded():

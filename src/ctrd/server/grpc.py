@@ -135,8 +135,8 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
       prefix, before the body is buffered (grpclib would buffer up to 4 GiB);
     * :data:`ON_RECV`/:data:`ON_SEND` hooks count messages without grpclib's
       per-message events;
-    * :meth:`send_last` sends a call's final message together with its headers
-      and OK trailers through one pass of h2 and one transport write.
+    * :meth:`send_last` sends a call's final message with its headers in one
+      transport write and the OK trailers right after.
     """
 
     recv_limit: int = 4 << 20
@@ -180,10 +180,10 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         """Send *message* as the call's last one and end the call with status OK.
 
         When nothing was sent yet, no listener watches sends and the flow-control
-        window takes the whole message, the headers, the message and the trailers
-        leave in one write; otherwise this is :meth:`send_message` and the
-        trailers follow when the handler returns. The handler must not send or
-        fail after this.
+        window takes the whole message, the headers and the message leave in one
+        write and the OK trailers right after it, through one pass of h2 each;
+        otherwise this is :meth:`send_message` and the trailers follow when the
+        handler returns. The handler must not send or fail after this.
         """
         if not self._send_now(message):
             await self.send_message(message)
@@ -213,6 +213,10 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         else:
             for pos in range(0, size, step):
                 h2c.send_data(sid, framed[pos : pos + step])
+        # The message leaves before the trailers are built: a client reading the
+        # reply goes on while they are encoded (grpc-go returns the message from
+        # Recv before the trailers arrive).
+        transport.write(h2c.data_to_send())
         h2c.send_headers(sid, _OK_TRAILERS, end_stream=True)
         transport.write(h2c.data_to_send())
         self._send_initial_metadata_done = self._send_message_done = True
