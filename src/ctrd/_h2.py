@@ -16,7 +16,6 @@ memory a connection may hold.
 from __future__ import annotations
 
 import asyncio
-import logging
 import struct
 from typing import Any, Final
 
@@ -42,8 +41,6 @@ __all__ = [
 MAX_FRAME_SIZE: Final = 2 << 20
 """The largest HTTP/2 frame we accept: a 1 MiB message fits in one frame (limit: 16 MiB - 1)."""
 
-
-log = logging.getLogger("ctrd.h2")
 
 _MEMO_ENTRIES: Final = 64
 _MEMO_MAX_BLOCK: Final = 1024
@@ -305,35 +302,6 @@ class LargeFrameProtocol(H2Protocol):
         self.connection.flush()
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
-        self._loop = asyncio.get_running_loop()
-        self._flush_pending = False
-
-    def data_received(self, data: bytes) -> None:
-        """grpclib's ``data_received``, sending what h2 answers on its own a little later.
-
-        grpclib writes h2's automatic output (PING and SETTINGS acknowledgements,
-        window updates) right away, before and after handing the events on. Here
-        it goes out from a callback queued behind the call tasks the events just
-        started: a call that answers without waiting takes it along in its own
-        write, one system call less on the way to its reply.
-        """
-        try:
-            events = self.connection.feed(data)
-        except ProtocolError:
-            log.debug("Protocol error", exc_info=True)
-            self.processor.close("Protocol error")
-        else:
-            for event in events:
-                self.processor.process(event)
-            if not self._flush_pending:
-                self._flush_pending = True
-                self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_pending = False
-        transport = getattr(self.connection, "_transport", None)  # grpclib drops it on close
-        if transport is not None and not transport.is_closing():
-            self.connection.flush()
 
 
 class LargeFrameChannel(Channel):

@@ -259,6 +259,29 @@ class _Tracker:
             self.idle.set()
 
 
+class _TaskWrapper(Wrapper):
+    """grpclib's :class:`~grpclib.utils.Wrapper` for a call whose task is known.
+
+    grpclib's looks the current task up when entered and again when left (in
+    Python, on 3.11); the call's task is known from the start here.
+    """
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        super().__init__()
+        self._task = task
+
+    def __enter__(self) -> None:
+        if self._error is not None:
+            raise self._error
+        self._tasks.add(self._task)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        self._tasks.discard(self._task)
+        if self._error is not None:
+            self.cancel_failed = exc_type is not asyncio.CancelledError
+            raise self._error
+
+
 class _Handler(_gs.Handler):
     """grpclib's per-connection handler, serving each call with :meth:`GrpcListener._serve`."""
 
@@ -390,7 +413,8 @@ class GrpcListener:
                 wrapper: Wrapper
                 deadline_wrapper: contextlib.AbstractContextManager[Any]
                 if deadline is None:
-                    wrapper = h2_stream.wrapper = Wrapper()
+                    task = handler._tasks.get(h2_stream)
+                    wrapper = h2_stream.wrapper = Wrapper() if task is None else _TaskWrapper(task)
                     deadline_wrapper = contextlib.nullcontext()
                 else:
                     wrapper = h2_stream.wrapper = DeadlineWrapper()
