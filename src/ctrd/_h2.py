@@ -1,16 +1,17 @@
-"""HTTP/2 settings ctrd advertises on its gRPC connections (server and SDK client).
+"""ctrd's HTTP/2 connections (server and SDK client) on grpclib and h2.
 
-HTTP/2 starts every connection with 16 KiB frames (``SETTINGS_MAX_FRAME_SIZE``),
-and grpclib sends a message as one frame at a time through h2's pure-Python
-state machine. A 1 MiB ``WRITE`` is then 64 frames, each costing a round of
-h2 bookkeeping on both sides. Advertising larger frames lets a peer that honours
-the setting (grpclib/h2, hence the ctrd SDK) send such a message in one frame.
-Peers that keep to 16 KiB frames (grpc-go, hence ``ctr``) are unaffected:
-the setting only raises what this side *accepts*.
-
-The flow-control windows (grpclib's 4 MiB defaults) still bound how much a
-peer may send before we read it, so a larger frame does not change how much
-memory a connection may hold.
+* **Large frames.** HTTP/2 starts every connection with 16 KiB frames
+  (``SETTINGS_MAX_FRAME_SIZE``), and grpclib sends a message a frame at a time
+  through h2's pure-Python state machine: a 1 MiB ``WRITE`` is 64 frames, each a
+  round of h2 bookkeeping on both sides. ctrd advertises 2 MiB frames, so a peer
+  that honours the setting (grpclib/h2, hence the ctrd SDK) sends such a message
+  in one frame. Peers that keep to 16 KiB frames (grpc-go, hence ``ctr``) are
+  unaffected: the setting only raises what this side *accepts*. The flow-control
+  windows (grpclib's 4 MiB defaults) still bound how much a peer may send before
+  we read it, so a connection holds no more memory than before.
+* **Fewer copies** of large DATA frames, received and sent (:class:`CtrdConnection`).
+* **Repeated header blocks** are coded once per state of the hpack tables
+  (:func:`memoize_hpack`).
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ class CtrdConnection(H2Connection):
     on h2's hot paths.
     """
 
+    transport: Any = None  # where large DATA payloads go (:meth:`use_transport`)
+    _joins_lines = False  # the transport's writelines is asyncio's b"".join + write
     _frame: DataFrame | None = None  # a large DATA frame whose body is arriving
     _body: bytearray
     _filled = 0
@@ -226,9 +229,6 @@ class CtrdConnection(H2Connection):
         if take < len(view):
             events.extend(self.receive_data(view[take:]))
         return events
-
-    transport: Any = None
-    _joins_lines = False  # the transport's writelines is asyncio's b"".join + write
 
     def use_transport(self, transport: Any) -> None:
         """Send large DATA payloads straight to *transport*."""
