@@ -42,6 +42,8 @@ from h2.settings import SettingCodes
 
 from ctrd._h2 import DIRECT_BODY_MIN, MAX_FRAME_SIZE, CtrdConnection
 
+from ._h2config import grpclib_h2_config
+
 KiB = 1 << 10
 MiB = 1 << 20
 BIG = DIRECT_BODY_MIN  # the smallest DATA frame taking the direct paths
@@ -66,14 +68,7 @@ TRAILERS = [("grpc-status", "0")]
 
 def server_config() -> H2Configuration:
     """The h2 configuration of grpclib's server (``grpclib.server.Server``)."""
-    return H2Configuration(
-        client_side=False,
-        header_encoding="ascii",
-        validate_inbound_headers=False,
-        validate_outbound_headers=False,
-        normalize_inbound_headers=False,
-        normalize_outbound_headers=False,
-    )
+    return grpclib_h2_config(client_side=False)
 
 
 def payload(n: int, seed: int) -> bytes:
@@ -232,10 +227,10 @@ CUTS = [
 # -- the receiving servers ---------------------------------------------------------------------
 
 
-def receive_handshake(
+def receive_servers(
     max_frame_size: int = MAX_FRAME_SIZE, window: int = WINDOW
 ) -> tuple[H2Connection, CtrdConnection, H2Connection]:
-    """A client and two servers (Ctrd, plain) past the SETTINGS exchange, as ``LargeFrameProtocol``."""
+    """A client and two servers (Ctrd, plain); the client has read the servers' SETTINGS."""
     client = H2Connection(config=H2Configuration(client_side=True))
     client.initiate_connection()
     ctrd, plain = CtrdConnection(config=server_config()), H2Connection(config=server_config())
@@ -249,6 +244,14 @@ def receive_handshake(
     settings = ctrd.data_to_send()
     assert settings == plain.data_to_send()
     client.receive_data(settings)
+    return client, ctrd, plain
+
+
+def receive_handshake(
+    max_frame_size: int = MAX_FRAME_SIZE, window: int = WINDOW
+) -> tuple[H2Connection, CtrdConnection, H2Connection]:
+    """A client and two servers (Ctrd, plain) past the SETTINGS exchange, as ``LargeFrameProtocol``."""
+    client, ctrd, plain = receive_servers(max_frame_size, window)
     fed = feed(ctrd, plain, client.data_to_send(), [])  # preamble, SETTINGS and the ACK of the servers'
     assert fed.error is None
     assert ctrd.max_inbound_frame_size == plain.max_inbound_frame_size == max_frame_size
@@ -453,18 +456,7 @@ def test_receive_settings_ack_with_large_frame() -> None:
     """
     outcomes = set()
     for kind in ["whole", "after-header", "after-header+1", "header-bytes", "every-65536", "random-5"]:
-        client = H2Connection(config=H2Configuration(client_side=True))
-        client.initiate_connection()
-        ctrd, plain = CtrdConnection(config=server_config()), H2Connection(config=server_config())
-        for server in (ctrd, plain):
-            server.initiate_connection()
-            server.increment_flow_control_window(WINDOW - DEFAULT_WINDOW)
-            server.update_settings(
-                {SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE, SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}
-            )
-        settings = ctrd.data_to_send()
-        assert settings == plain.data_to_send()
-        client.receive_data(settings)
+        client, ctrd, plain = receive_servers()
         client.send_headers(1, REQUEST)
         client.send_data(1, payload(BIG + 1, 1))
         client.send_data(1, payload(MiB, 2), end_stream=True)

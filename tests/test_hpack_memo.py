@@ -15,7 +15,6 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import h2.config
 import h2.connection
 import h2.events
 import hpack
@@ -31,6 +30,8 @@ from ctrd._h2 import (
     _VersionedTable,
     memoize_hpack,
 )
+
+from ._h2config import grpclib_h2_config
 
 GET = (":method", "GET")  # static table entry 2: one byte (0x82), leaves the dynamic table alone
 GET_BLOCK = b"\x82"
@@ -451,18 +452,8 @@ def test_large_never_indexed_block_is_not_remembered(misses: Calls) -> None:
 def test_h2_connections_agree_over_repeated_requests(misses: Calls) -> None:
     """Two memoizing h2 connections configured as grpclib's (headers reach hpack as lists)."""
 
-    def config(client: bool) -> h2.config.H2Configuration:
-        return h2.config.H2Configuration(
-            client_side=client,
-            header_encoding="ascii",
-            validate_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_inbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-
-    client = h2.connection.H2Connection(config(True))
-    server = h2.connection.H2Connection(config(False))
+    client = h2.connection.H2Connection(grpclib_h2_config(client_side=True))
+    server = h2.connection.H2Connection(grpclib_h2_config(client_side=False))
     memoize_hpack(client)
     memoize_hpack(server)
     client.initiate_connection()

@@ -1,4 +1,4 @@
-"""Protobuf wire-format pieces shared by the hand-written codecs of the server and the SDK.
+"""Protobuf and gRPC wire-format pieces shared by the hand-written codecs of the server and the SDK.
 
 See ``ctrd.services._wire`` (hot Content replies) and ``ctrd.client._content``
 (WRITE requests); both are tested byte for byte against betterproto2.
@@ -7,9 +7,13 @@ See ``ctrd.services._wire`` (hot Content replies) and ``ctrd.client._content``
 from __future__ import annotations
 
 import datetime as _dt
+import struct
 from typing import Final
 
-__all__ = ["SMALL", "micros", "uvarint"]
+__all__ = ["GRPC_PREFIX", "SMALL", "micros", "uvarint"]
+
+GRPC_PREFIX: Final = struct.Struct(">BI")
+"""gRPC's 5-byte message prefix: compressed flag, then the message length (big-endian)."""
 
 SMALL: Final = tuple(bytes((i,)) for i in range(0x80))
 """The one-byte varints, ``SMALL[n]`` for ``n < 128``."""

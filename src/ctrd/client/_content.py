@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, Final
@@ -24,7 +23,7 @@ from grpclib.const import Status as _GStatus
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ctrd import errdefs
-from ctrd._protowire import uvarint
+from ctrd._protowire import GRPC_PREFIX, uvarint
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.api.google.protobuf import FieldMask
@@ -234,11 +233,8 @@ def _encode_write(offset: int, data: memoryview) -> _EncodedRequest:
     if not len(data):
         return _EncodedRequest(head)
     head += b"\x32" + uvarint(len(data))
-    prefix = _GRPC_PREFIX.pack(0, len(head) + len(data))
+    prefix = GRPC_PREFIX.pack(0, len(head) + len(data))
     return _EncodedRequest(None, b"".join((prefix, head, data)))
-
-
-_GRPC_PREFIX: Final = struct.Struct(">BI")
 
 
 def _sends_framed(stream: Any) -> bool:

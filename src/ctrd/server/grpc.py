@@ -25,13 +25,13 @@ import logging
 import os
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import grpclib.server as _gs
 from grpclib.const import Status
+from grpclib.encoding.base import GRPC_CONTENT_TYPE
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import Deadline, decode_metadata
@@ -41,6 +41,7 @@ from grpclib.utils import DeadlineWrapper, Wrapper
 
 from ctrd import errdefs, errgrpc, namespaces
 from ctrd._h2 import DIRECT_BODY_MIN, LargeFrameProtocol
+from ctrd._protowire import GRPC_PREFIX
 
 if TYPE_CHECKING:
     from ctrd.server.metrics import GrpcMetrics
@@ -52,7 +53,6 @@ log = logging.getLogger("ctrd.grpc")
 ServerStream = _gs.Stream
 
 _METHOD_NOT_FOUND: Final = "Method not found"
-_GRPC_CONTENT_TYPE: Final = "application/grpc"
 
 
 async def _abort_with_content_type(
@@ -95,7 +95,6 @@ ON_RECV: Final = "ctrd_on_recv"
 ON_SEND: Final = "ctrd_on_send"
 """Attribute of a server stream holding a callable run once per sent message (see :data:`ON_RECV`)."""
 
-_PREFIX: Final = struct.Struct(">BI")
 _OK_TRAILERS: Final = (("grpc-status", "0"),)
 _SEND_EVENTS: Final = ("send_initial_metadata", "send_message", "send_trailing_metadata")
 
@@ -145,9 +144,9 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         meta = await self._stream.recv_data(5)
         if not meta:
             return None
-        if meta[0]:
+        compressed, length = GRPC_PREFIX.unpack(meta)
+        if compressed:
             raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
-        (length,) = struct.unpack(">I", meta[1:])
         if length > self.recv_limit:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
@@ -202,7 +201,7 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         if not conn.write_ready.is_set() or transport.is_closing() or sid not in h2c.streams:
             return False
         payload = self._codec.encode(message, self._send_type)
-        framed = _PREFIX.pack(0, len(payload)) + payload
+        framed = GRPC_PREFIX.pack(0, len(payload)) + payload
         size = len(framed)
         if h2c.local_flow_control_window(sid) < size:
             return False
@@ -371,7 +370,7 @@ class GrpcListener:
                 await _abort_with_content_type(h2_stream, 415, Status.UNKNOWN, "Missing content-type header")
                 return
             base_type, _, sub_type = content_type.partition("+")
-            if base_type != _GRPC_CONTENT_TYPE or (sub_type or "proto") != handler.codec.__content_subtype__:
+            if base_type != GRPC_CONTENT_TYPE or (sub_type or "proto") != handler.codec.__content_subtype__:
                 await _abort_with_content_type(
                     h2_stream, 415, Status.UNKNOWN, "Unacceptable content-type header"
                 )

@@ -227,9 +227,8 @@ class ContentService(api.ContentBase):
                     await send(pending)
                 pending = _wire.encode_read_response(rel, data)
         if pending is not None:
-            # The last chunk leaves with the trailers (one write for a one-chunk read, as ctr's are).
-            send_last = getattr(stream, "send_last", send)
-            await send_last(pending)
+            # The last chunk leaves with its headers, the trailers right after (ctr's reads are one chunk).
+            await stream.send_last(pending)
 
     async def _read_chunks(
         self, dgst: str, offset: int, size: int
