@@ -12,20 +12,25 @@
 * **Fewer copies** of large DATA frames, received and sent (:class:`CtrdConnection`).
 * **Repeated header blocks** are coded once per state of the hpack tables
   (:func:`memoize_hpack`).
+* **Per-call frames by hand**: a unary reply's frames, and the flow-control and
+  ping frames a peer sends, without h2's frame objects (:class:`CtrdConnection`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Sequence
 from typing import Any, Final
 
 from grpclib.client import Channel
 from grpclib.client import Handler as ClientHandler
 from grpclib.protocol import Connection, EventsProcessor, H2Protocol, _set_nodelay
-from h2.connection import H2Connection
-from h2.exceptions import ProtocolError
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection
+from h2.events import PingAckReceived, PingReceived, WindowUpdated
+from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from h2.stream import StreamInputs, StreamState
 from hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.frame import DataFrame
@@ -140,6 +145,15 @@ DIRECT_BODY_MIN: Final = 64 << 10
 
 
 _FRAME_HEADER: Final = struct.Struct(">HBBBL")
+_HEADERS: Final = 0x1
+_END_STREAM: Final = 0x1
+_END_HEADERS: Final = 0x4
+_MIN_FRAME_SIZE: Final = 1 << 14  # no peer may advertise less (RFC 9113, 6.5.2)
+_PING: Final = 0x6
+_WINDOW_UPDATE: Final = 0x8
+_ACK: Final = 0x1
+_MAX_WINDOW: Final = (1 << 31) - 1
+_OPEN_STATES: Final = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
 
 
 class CtrdConnection(H2Connection):
@@ -153,7 +167,12 @@ class CtrdConnection(H2Connection):
       :data:`DIRECT_BODY_MIN` bytes, this writes what h2 had queued so far plus the
       9-byte frame header, then the payload object itself, to :attr:`transport`
       (one ``writelines``), keeping the order of everything sent. Stream state
-      and flow-control windows stay h2's own.
+      and flow-control windows stay h2's own;
+    * a whole unary reply (headers, message, trailers) framed by hand and written
+      at once (:meth:`send_reply`), h2's state moved as its own calls would;
+    * WINDOW_UPDATE and PING frames, most of what a gRPC peer sends besides
+      requests (``ctr`` sends four and one per ``Read``), taken without h2's frame
+      objects (:meth:`_control`); errors and unusual cases stay h2's.
 
     Built as this class rather than given it afterwards: CPython specialises
     attribute access per class, and an object whose class was swapped loses that
@@ -182,11 +201,88 @@ class CtrdConnection(H2Connection):
         """
         if self._frame is not None:
             return self._fill(data)
+        buf = self.incoming_buffer
+        if buf._data or buf._preamble_len:
+            return self._receive_h2(data)
+        # Complete WINDOW_UPDATE and PING frames are taken here (_control), the
+        # frames between them go to h2 in runs, all in their order.
+        events: list[Any] = []
+        size = len(data)
+        start = pos = 0
+        while size - pos >= 9:
+            length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
+            end = pos + 9 + length
+            if end > size:
+                break
+            kind = data[pos + 3]
+            if (kind == _WINDOW_UPDATE and length == 4) or (kind == _PING and length == 8):
+                if start < pos:
+                    events.extend(self._receive_h2(memoryview(data)[start:pos]))
+                    start = pos
+                if self._control(data, pos, kind, events):
+                    start = end
+            pos = end
+        if start < size:
+            events.extend(self._receive_h2(memoryview(data)[start:] if start else data))
+        return events
+
+    def _receive_h2(self, data: Any) -> list[Any]:
         events: list[Any] = super().receive_data(data)
         pending = self.incoming_buffer._data
         if len(pending) > 9 and pending[3] == DataFrame.type and not pending[4] & 0x08:
             self._start(pending)
         return events
+
+    def _control(self, data: Any, pos: int, kind: int, events: list[Any]) -> bool:
+        """Take the WINDOW_UPDATE or PING frame at *pos* as h2 would; ``False``: leave it to h2.
+
+        Only the cases h2 answers without an error are taken: an open connection
+        with no header block in progress; a PING on stream 0; a WINDOW_UPDATE
+        with a non-zero increment that keeps the connection's window in range, or
+        for a stream h2 knows (its own stream code applies it) or has closed
+        (ignored, as h2 does). Everything else (errors included) goes to h2.
+        """
+        if self.state_machine.state not in _OPEN_STATES or self.incoming_buffer._headers_buffer:
+            return False
+        stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+        if kind == _PING:
+            if stream_id:
+                return False
+            events.extend(self.state_machine.process_input(ConnectionInputs.RECV_PING))
+            opaque = bytes(data[pos + 9 : pos + 17])
+            if data[pos + 4] & _ACK:
+                events.append(PingAckReceived(ping_data=opaque))
+            else:
+                events.append(PingReceived(ping_data=opaque))
+                self._data_to_send += _FRAME_HEADER.pack(0, 8, _PING, _ACK, 0) + opaque
+            return True
+        increment = int.from_bytes(data[pos + 9 : pos + 13], "big") & 0x7FFFFFFF
+        if not increment:
+            return False
+        if not stream_id:
+            window = self.outbound_flow_control_window + increment
+            if window > _MAX_WINDOW:
+                return False
+            events.extend(self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE))
+            self.outbound_flow_control_window = window
+            events.append(WindowUpdated(stream_id=0, delta=increment))
+            return True
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            outbound = self._stream_id_is_outbound(stream_id)
+            highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+            if stream_id > highest:
+                return False  # an idle stream: h2's error
+            events.extend(self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE))
+            return True  # a stream h2 has forgotten: ignored
+        events.extend(self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE))
+        try:
+            frames, stream_events = stream.receive_window_update(increment)
+        except StreamClosedError:
+            return True
+        self._prepare_for_sending(frames)
+        events.extend(stream_events)
+        return True
 
     def _start(self, pending: bytearray) -> None:
         length = int.from_bytes(pending[:3], "big")
@@ -234,6 +330,85 @@ class CtrdConnection(H2Connection):
         """Send large DATA payloads straight to *transport*."""
         self.transport = transport
         self._joins_lines = type(transport).writelines is asyncio.WriteTransport.writelines
+
+    def send_reply(
+        self,
+        stream_id: int,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        trailers: Sequence[tuple[str, str]],
+    ) -> bool:
+        """Answer a fully received request in one write: *headers*, *body* as DATA, *trailers*.
+
+        The whole reply of a unary-response call, built here instead of through
+        h2's frame objects: the header blocks come from the (memoizing) hpack
+        encoder in the order h2 would code them, the frames are packed by hand,
+        and h2's bookkeeping moves exactly as its ``send_headers``/``send_data``/
+        ``send_headers(end_stream=True)`` would move it: the connection's and the
+        stream's state machines take the same inputs (the stream ends closed by
+        us) and both outbound flow-control windows shrink by ``len(body)``.
+        Whatever h2 had queued is written first. The header lists must be valid
+        response headers and trailers; they are not validated again.
+
+        Returns ``False``, having changed nothing, unless this is an open server connection,
+        a transport is attached, the stream's request is complete and nothing was
+        sent on it yet, and the flow-control windows take *body*.
+        """
+        transport = self.transport
+        stream = self.streams.get(stream_id)
+        if transport is None or stream is None or self.state_machine.state is not ConnectionState.SERVER_OPEN:
+            return False
+        machine = stream.state_machine
+        if machine.state is not StreamState.HALF_CLOSED_REMOTE or machine.headers_sent:
+            return False
+        size = len(body)
+        if size > self.outbound_flow_control_window or size > stream.outbound_flow_control_window:
+            return False
+        # a literal field costs its name, its value and at most 10 more octets: both blocks fit one frame
+        if any(sum(len(n) + len(v) + 10 for n, v in hs) > _MIN_FRAME_SIZE for hs in (headers, trailers)):
+            return False
+        conn_input = self.state_machine.process_input
+        conn_input(ConnectionInputs.SEND_HEADERS)
+        machine.process_input(StreamInputs.SEND_HEADERS)
+        encoder = self.encoder
+        block = encoder.encode(headers)
+        pack = _FRAME_HEADER.pack
+        parts: list[Any] = []
+        queued = self._data_to_send
+        if queued:
+            parts.append(bytes(queued))
+            self._data_to_send = bytearray()
+        head = pack(len(block) >> 8, len(block) & 0xFF, _HEADERS, _END_HEADERS, stream_id) + block
+        if size:
+            conn_input(ConnectionInputs.SEND_DATA)
+            machine.process_input(StreamInputs.SEND_DATA)
+            step = self.max_outbound_frame_size
+            if size <= step:
+                parts.append(head + pack(size >> 8, size & 0xFF, DataFrame.type, 0, stream_id))
+                parts.append(body)
+            else:
+                view = memoryview(body)
+                for pos in range(0, size, step):
+                    n = min(step, size - pos)
+                    parts.append(head + pack(n >> 8, n & 0xFF, DataFrame.type, 0, stream_id))
+                    parts.append(view[pos : pos + n])
+                    head = b""
+            self.outbound_flow_control_window -= size
+            stream.outbound_flow_control_window -= size
+        else:
+            parts.append(head)
+        conn_input(ConnectionInputs.SEND_HEADERS)
+        machine.process_input(StreamInputs.SEND_HEADERS)
+        machine.process_input(StreamInputs.SEND_END_STREAM)
+        block = encoder.encode(trailers)
+        flags = _END_HEADERS | _END_STREAM
+        parts.append(pack(len(block) >> 8, len(block) & 0xFF, _HEADERS, flags, stream_id))
+        parts.append(block)
+        if self._joins_lines:
+            transport.write(b"".join(parts))
+        else:
+            transport.writelines(parts)
+        return True
 
     def _prepare_for_sending(self, frames: Any) -> None:
         transport = self.transport

@@ -1,8 +1,8 @@
-"""``CallStream.send_last``: a Read's last chunk leaves with its headers, then the OK trailers, in two writes.
+"""``CallStream.send_last``: a Read's last chunk leaves with its headers and the OK trailers in one write.
 
 In-process daemons (:func:`tests.server.test_metrics.running`: real unix socket,
 real metrics endpoint, the test's event loop) serve Content.Read to grpclib
-clients. ``CallStream._send_now`` (the two-write path) is spied on, and the
+clients. ``CallStream._send_now`` (the one-write path) is spied on, and the
 server's transport writes are counted, to tell which path a reply took; the
 client checks the bytes, the offsets and the status of every reply either way,
 and the ``grpc_server_msg_sent_total`` series counts every message.
@@ -146,10 +146,10 @@ def sent(d: dict[Any, float]) -> float:
     return d.get(grpc("grpc_server_msg_sent_total", "Read", "server_stream"), 0.0)
 
 
-# -- the fast path: message, then trailers ---------------------------------------------------
+# -- the fast path: headers, message and trailers in one write ----------------------------------
 
 
-async def test_one_chunk_read_is_two_writes(spy: Spy) -> None:
+async def test_one_chunk_read_is_one_write(spy: Spy) -> None:
     data = blob(3000)
     async with running() as r:
         dgst = await put(r, data)
@@ -165,8 +165,8 @@ async def test_one_chunk_read_is_two_writes(spy: Spy) -> None:
             assert chunks(replies) == [(0, 1)] and replies[0].data == data[2999:]
         d = delta(before, await r.scrape())
     assert spy.results == [True, True, True]
-    # headers + DATA in one transport write, the trailers in a second, nothing after them on that call
-    assert spy.writes_since_send_last() == [2, 2, 2]
+    # headers, DATA and trailers in one transport write, nothing after them on that call
+    assert spy.writes_since_send_last() == [1, 1, 1]
     # grpclib knows the call is over: no second (failing, swallowed) attempt at trailers on exit
     assert all(s._send_trailing_metadata_done and s._send_message_done for s in spy.streams)
     assert [s._messages_sent for s in spy.streams] == [1, 1, 1]
@@ -279,7 +279,7 @@ async def test_send_message_listener_takes_grpclibs_path(spy: Spy) -> None:
 
 
 async def test_message_over_the_clients_frame_size(spy: Spy) -> None:
-    """One 100 KiB message to a client with 16 KiB frames: split into frames, one write, then the trailers."""
+    """One 100 KiB message to a client with 16 KiB frames: split into frames, one write with the trailers."""
     size = 100 * KiB
     data = blob(size, seed=2)
     async with running() as r:
@@ -302,7 +302,7 @@ async def test_message_over_the_clients_frame_size(spy: Spy) -> None:
             again = await read(ch, dgst, offset=1, size=size - 2)
             assert chunks(again) == [(0, size - 2)] and again[0].data == data[1:-1]
     assert spy.results == [True, True]
-    assert spy.writes_since_send_last() == [2, 2]
+    assert spy.writes_since_send_last() == [1, 1]
     # grpc prefix (5) + protobuf tag and length (1 + 3) + data, in frames of at most 16 KiB
     assert frames == split(5 + 4 + size) + split(5 + 4 + size - 2)
 
@@ -317,7 +317,7 @@ async def test_small_client_window_takes_grpclibs_path(spy: Spy, size: int) -> N
         before = await r.scrape()
         async with channel(path=r.sock, config=config) as ch:
             replies = await read(ch, dgst)
-            # a small message still fits the window: the fast path (message, then trailers)
+            # a small message still fits the window: the fast path (one write)
             small = await read(ch, dgst, offset=5, size=30 * KiB)
         d = delta(before, await r.scrape())
     assert b"".join(m.data for m in replies) == data
@@ -325,7 +325,7 @@ async def test_small_client_window_takes_grpclibs_path(spy: Spy, size: int) -> N
     assert chunks(replies) == [(i * READ_CHUNK, min(READ_CHUNK, size - i * READ_CHUNK)) for i in range(n)]
     assert chunks(small) == [(0, 30 * KiB)] and small[0].data == data[5 : 5 + 30 * KiB]
     assert spy.results == [False, True]
-    assert spy.writes_since_send_last()[1] == 2
+    assert spy.writes_since_send_last()[1] == 1
     assert sent(d) == n + 1
     assert d[handled("Read", "OK", "server_stream")] == 2.0
 

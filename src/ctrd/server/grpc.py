@@ -40,7 +40,7 @@ from grpclib.protocol import H2Protocol
 from grpclib.utils import DeadlineWrapper, Wrapper
 
 from ctrd import errdefs, errgrpc, namespaces
-from ctrd._h2 import DIRECT_BODY_MIN, LargeFrameProtocol
+from ctrd._h2 import DIRECT_BODY_MIN, CtrdConnection, LargeFrameProtocol
 from ctrd._protowire import GRPC_PREFIX
 
 if TYPE_CHECKING:
@@ -178,11 +178,12 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
     async def send_last(self, message: Any) -> None:
         """Send *message* as the call's last one and end the call with status OK.
 
-        When nothing was sent yet, no listener watches sends and the flow-control
-        window takes the whole message, the headers and the message leave in one
-        write and the OK trailers right after it, through one pass of h2 each;
-        otherwise this is :meth:`send_message` and the trailers follow when the
-        handler returns. The handler must not send or fail after this.
+        When nothing was sent yet, the request is complete, no listener watches
+        sends and the flow-control windows take the whole message, the headers,
+        the message and the OK trailers leave in one write, framed by
+        :meth:`ctrd._h2.CtrdConnection.send_reply`; otherwise this is
+        :meth:`send_message` and the trailers follow when the handler returns.
+        The handler must not send or fail after this.
         """
         if not self._send_now(message):
             await self.send_message(message)
@@ -200,24 +201,14 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         transport = h2s._transport
         if not conn.write_ready.is_set() or transport.is_closing() or sid not in h2c.streams:
             return False
+        if not isinstance(h2c, CtrdConnection):
+            return False
         payload = self._codec.encode(message, self._send_type)
         framed = GRPC_PREFIX.pack(0, len(payload)) + payload
         size = len(framed)
-        if h2c.local_flow_control_window(sid) < size:
+        headers = ((":status", "200"), ("content-type", self._content_type))
+        if not h2c.send_reply(sid, headers, framed, _OK_TRAILERS):
             return False
-        h2c.send_headers(sid, [(":status", "200"), ("content-type", self._content_type)])
-        step = h2c.max_outbound_frame_size
-        if size <= step:
-            h2c.send_data(sid, framed)
-        else:
-            for pos in range(0, size, step):
-                h2c.send_data(sid, framed[pos : pos + step])
-        # The message leaves before the trailers are built: a client reading the
-        # reply goes on while they are encoded (grpc-go returns the message from
-        # Recv before the trailers arrive).
-        transport.write(h2c.data_to_send())
-        h2c.send_headers(sid, _OK_TRAILERS, end_stream=True)
-        transport.write(h2c.data_to_send())
         self._send_initial_metadata_done = self._send_message_done = True
         self._send_trailing_metadata_done = True
         h2s.data_sent += size
