@@ -26,11 +26,11 @@ from typing import Any, Final
 from grpclib.client import Channel
 from grpclib.client import Handler as ClientHandler
 from grpclib.protocol import Connection, EventsProcessor, H2Protocol, _set_nodelay
-from h2.connection import ConnectionInputs, ConnectionState, H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.events import PingAckReceived, PingReceived, WindowUpdated
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
-from h2.stream import StreamInputs, StreamState
+from h2.stream import StreamClosedBy, StreamState
 from hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 from hyperframe.frame import DataFrame
@@ -237,6 +237,7 @@ class CtrdConnection(H2Connection):
         """Take the WINDOW_UPDATE or PING frame at *pos* as h2 would; ``False``: leave it to h2.
 
         Only the cases h2 answers without an error are taken: an open connection
+        (whose state machine maps both inputs to the same state, with no events)
         with no header block in progress; a PING on stream 0; a WINDOW_UPDATE
         with a non-zero increment that keeps the connection's window in range, or
         for a stream h2 knows (its own stream code applies it) or has closed
@@ -248,7 +249,6 @@ class CtrdConnection(H2Connection):
         if kind == _PING:
             if stream_id:
                 return False
-            events.extend(self.state_machine.process_input(ConnectionInputs.RECV_PING))
             opaque = bytes(data[pos + 9 : pos + 17])
             if data[pos + 4] & _ACK:
                 events.append(PingAckReceived(ping_data=opaque))
@@ -263,7 +263,6 @@ class CtrdConnection(H2Connection):
             window = self.outbound_flow_control_window + increment
             if window > _MAX_WINDOW:
                 return False
-            events.extend(self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE))
             self.outbound_flow_control_window = window
             events.append(WindowUpdated(stream_id=0, delta=increment))
             return True
@@ -271,16 +270,14 @@ class CtrdConnection(H2Connection):
         if stream is None:
             outbound = self._stream_id_is_outbound(stream_id)
             highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
-            if stream_id > highest:
-                return False  # an idle stream: h2's error
-            events.extend(self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE))
-            return True  # a stream h2 has forgotten: ignored
-        events.extend(self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE))
+            # a stream h2 has forgotten is ignored; an idle one is h2's error
+            return stream_id <= highest
         try:
             frames, stream_events = stream.receive_window_update(increment)
         except StreamClosedError:
             return True
-        self._prepare_for_sending(frames)
+        if frames:
+            self._prepare_for_sending(frames)
         events.extend(stream_events)
         return True
 
@@ -359,7 +356,11 @@ class CtrdConnection(H2Connection):
         if transport is None or stream is None or self.state_machine.state is not ConnectionState.SERVER_OPEN:
             return False
         machine = stream.state_machine
-        if machine.state is not StreamState.HALF_CLOSED_REMOTE or machine.headers_sent:
+        if (
+            machine.state is not StreamState.HALF_CLOSED_REMOTE
+            or machine.headers_sent
+            or machine.client is not False
+        ):
             return False
         size = len(body)
         if size > self.outbound_flow_control_window or size > stream.outbound_flow_control_window:
@@ -367,9 +368,9 @@ class CtrdConnection(H2Connection):
         # a literal field costs its name, its value and at most 10 more octets: both blocks fit one frame
         if any(sum(len(n) + len(v) + 10 for n, v in hs) > _MIN_FRAME_SIZE for hs in (headers, trailers)):
             return False
-        conn_input = self.state_machine.process_input
-        conn_input(ConnectionInputs.SEND_HEADERS)
-        machine.process_input(StreamInputs.SEND_HEADERS)
+        # h2's connection state machine maps SEND_HEADERS and SEND_DATA in SERVER_OPEN
+        # to SERVER_OPEN with no events; the stream's goes HALF_CLOSED_REMOTE ->
+        # (response headers sent, data, trailers sent) -> CLOSED by our END_STREAM.
         encoder = self.encoder
         block = encoder.encode(headers)
         pack = _FRAME_HEADER.pack
@@ -380,8 +381,6 @@ class CtrdConnection(H2Connection):
             self._data_to_send = bytearray()
         head = pack(len(block) >> 8, len(block) & 0xFF, _HEADERS, _END_HEADERS, stream_id) + block
         if size:
-            conn_input(ConnectionInputs.SEND_DATA)
-            machine.process_input(StreamInputs.SEND_DATA)
             step = self.max_outbound_frame_size
             if size <= step:
                 parts.append(head + pack(size >> 8, size & 0xFF, DataFrame.type, 0, stream_id))
@@ -397,9 +396,9 @@ class CtrdConnection(H2Connection):
             stream.outbound_flow_control_window -= size
         else:
             parts.append(head)
-        conn_input(ConnectionInputs.SEND_HEADERS)
-        machine.process_input(StreamInputs.SEND_HEADERS)
-        machine.process_input(StreamInputs.SEND_END_STREAM)
+        machine.headers_sent = machine.trailers_sent = True
+        machine.state = StreamState.CLOSED
+        machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
         block = encoder.encode(trailers)
         flags = _END_HEADERS | _END_STREAM
         parts.append(pack(len(block) >> 8, len(block) & 0xFF, _HEADERS, flags, stream_id))
