@@ -148,7 +148,7 @@ _FRAME_HEADER: Final = struct.Struct(">HBBBL")
 _HEADERS: Final = 0x1
 _END_STREAM: Final = 0x1
 _END_HEADERS: Final = 0x4
-_MIN_FRAME_SIZE: Final = 1 << 14  # no peer may advertise less (RFC 9113, 6.5.2)
+_CONTINUATION: Final = 0x9
 _PING: Final = 0x6
 _WINDOW_UPDATE: Final = 0x8
 _ACK: Final = 0x1
@@ -344,8 +344,10 @@ class CtrdConnection(H2Connection):
         ``send_headers(end_stream=True)`` would move it: the connection's and the
         stream's state machines take the same inputs (the stream ends closed by
         us) and both outbound flow-control windows shrink by ``len(body)``.
-        Whatever h2 had queued is written first. The header lists must be valid
-        response headers and trailers; they are not validated again.
+        A header block larger than a frame continues in CONTINUATION frames, as
+        h2 splits it. Whatever h2 had queued is written first. The header lists
+        must be valid response headers and trailers; they are not validated again
+        (grpclib's h2 configuration does not validate or normalise them either).
 
         Returns ``False``, having changed nothing, unless this is an open server connection,
         a transport is attached, the stream's request is complete and nothing was
@@ -365,9 +367,6 @@ class CtrdConnection(H2Connection):
         size = len(body)
         if size > self.outbound_flow_control_window or size > stream.outbound_flow_control_window:
             return False
-        # a literal field costs its name, its value and at most 10 more octets: both blocks fit one frame
-        if any(sum(len(n) + len(v) + 10 for n, v in hs) > _MIN_FRAME_SIZE for hs in (headers, trailers)):
-            return False
         # h2's connection state machine maps SEND_HEADERS and SEND_DATA in SERVER_OPEN
         # to SERVER_OPEN with no events; the stream's goes HALF_CLOSED_REMOTE ->
         # (response headers sent, data, trailers sent) -> CLOSED by our END_STREAM.
@@ -379,7 +378,8 @@ class CtrdConnection(H2Connection):
         if queued:
             parts.append(bytes(queued))
             self._data_to_send = bytearray()
-        head = pack(len(block) >> 8, len(block) & 0xFF, _HEADERS, _END_HEADERS, stream_id) + block
+        block_step = stream.max_outbound_frame_size or self.max_outbound_frame_size  # h2 splits blocks by it
+        head = _header_frames(block, 0, stream_id, block_step)
         if size:
             step = self.max_outbound_frame_size
             if size <= step:
@@ -400,9 +400,7 @@ class CtrdConnection(H2Connection):
         machine.state = StreamState.CLOSED
         machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
         block = encoder.encode(trailers)
-        flags = _END_HEADERS | _END_STREAM
-        parts.append(pack(len(block) >> 8, len(block) & 0xFF, _HEADERS, flags, stream_id))
-        parts.append(block)
+        parts.append(_header_frames(block, _END_STREAM, stream_id, block_step))
         if self._joins_lines:
             transport.write(b"".join(parts))
         else:
@@ -432,6 +430,23 @@ class CtrdConnection(H2Connection):
                     transport.writelines((header, data))
                 return
         super()._prepare_for_sending(frames)
+
+
+def _header_frames(block: bytes, flags: int, stream_id: int, step: int) -> bytes:
+    """A header block as h2 frames it: HEADERS (with *flags*), CONTINUATIONs, END_HEADERS on the last."""
+    size = len(block)
+    if size <= step:
+        return _FRAME_HEADER.pack(size >> 8, size & 0xFF, _HEADERS, flags | _END_HEADERS, stream_id) + block
+    out = bytearray()
+    kind = _HEADERS
+    for pos in range(0, size, step):
+        piece = block[pos : pos + step]
+        n = len(piece)
+        last = _END_HEADERS if pos + step >= size else 0
+        out += _FRAME_HEADER.pack(n >> 8, n & 0xFF, kind, flags | last, stream_id)
+        out += piece
+        kind, flags = _CONTINUATION, 0
+    return bytes(out)
 
 
 def memoize_hpack(h2_connection: Any) -> None:
