@@ -149,6 +149,7 @@ _HEADERS: Final = 0x1
 _END_STREAM: Final = 0x1
 _END_HEADERS: Final = 0x4
 _CONTINUATION: Final = 0x9
+_SETTINGS: Final = 0x4
 _PING: Final = 0x6
 _WINDOW_UPDATE: Final = 0x8
 _ACK: Final = 0x1
@@ -205,25 +206,45 @@ class CtrdConnection(H2Connection):
         if buf._data or buf._preamble_len:
             return self._receive_h2(data)
         # Complete WINDOW_UPDATE and PING frames are taken here (_control), the
-        # frames between them go to h2 in runs, all in their order.
-        events: list[Any] = []
+        # frames between them go to h2 in runs, all in their order. h2 reads a
+        # frame-size limit once per read, which a SETTINGS frame (its ACK) may
+        # change: a read holding one goes to h2 whole.
         size = len(data)
-        start = pos = 0
+        controls: list[tuple[int, int, int]] = []  # (start, end, type) of each frame to take
+        pos = 0
         while size - pos >= 9:
-            length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
-            end = pos + 9 + length
+            end = pos + 9 + ((data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2])
             if end > size:
                 break
             kind = data[pos + 3]
-            if (kind == _WINDOW_UPDATE and length == 4) or (kind == _PING and length == 8):
+            if kind == _SETTINGS:
+                return self._receive_h2(data)
+            if (kind == _WINDOW_UPDATE and end - pos == 13) or (kind == _PING and end - pos == 17):
+                controls.append((pos, end, kind))
+            pos = end
+        if not controls:
+            return self._receive_h2(data)
+        events: list[Any] = []
+        start = 0
+        rest = size  # where what h2 has not been given starts
+        try:
+            for pos, end, kind in controls:
                 if start < pos:
+                    rest = pos
                     events.extend(self._receive_h2(memoryview(data)[start:pos]))
                     start = pos
+                rest = end
                 if self._control(data, pos, kind, events):
                     start = end
-            pos = end
-        if start < size:
-            events.extend(self._receive_h2(memoryview(data)[start:] if start else data))
+                else:
+                    rest = pos
+            rest = size
+            if start < size:
+                events.extend(self._receive_h2(memoryview(data)[start:]))
+        except ProtocolError:
+            # h2 would keep what follows the failing frame buffered (the connection is over)
+            self.incoming_buffer._data += memoryview(data)[rest:]
+            raise
         return events
 
     def _receive_h2(self, data: Any) -> list[Any]:
@@ -256,8 +277,8 @@ class CtrdConnection(H2Connection):
                 events.append(PingReceived(ping_data=opaque))
                 self._data_to_send += _FRAME_HEADER.pack(0, 8, _PING, _ACK, 0) + opaque
             return True
-        increment = int.from_bytes(data[pos + 9 : pos + 13], "big") & 0x7FFFFFFF
-        if not increment:
+        increment = int.from_bytes(data[pos + 9 : pos + 13], "big")  # hyperframe: 1 .. 2**31 - 1
+        if not 0 < increment <= _MAX_WINDOW:
             return False
         if not stream_id:
             window = self.outbound_flow_control_window + increment
@@ -276,6 +297,9 @@ class CtrdConnection(H2Connection):
             frames, stream_events = stream.receive_window_update(increment)
         except StreamClosedError:
             return True
+        except ProtocolError as exc:  # a stream in a state h2 refuses it in: h2's answer
+            self._terminate_connection(exc.error_code)
+            raise
         if frames:
             self._prepare_for_sending(frames)
         events.extend(stream_events)
