@@ -355,47 +355,54 @@ class CtrdConnection(H2Connection):
     def send_reply(
         self,
         stream_id: int,
-        headers: Sequence[tuple[str, str]],
+        headers: Sequence[tuple[str, str]] | None,
         body: bytes,
-        trailers: Sequence[tuple[str, str]],
+        trailers: Sequence[tuple[str, str]] | None,
     ) -> bool:
-        """Answer a fully received request in one write: *headers*, *body* as DATA, *trailers*.
+        """Send on a server stream in one write: *headers* (if any), *body* as DATA, *trailers* (if any).
 
-        The whole reply of a unary-response call, built here instead of through
-        h2's frame objects: the header blocks come from the (memoizing) hpack
-        encoder in the order h2 would code them, the frames are packed by hand,
-        and h2's bookkeeping moves exactly as its ``send_headers``/``send_data``/
-        ``send_headers(end_stream=True)`` would move it: the connection's and the
-        stream's state machines take the same inputs (the stream ends closed by
-        us) and both outbound flow-control windows shrink by ``len(body)``.
-        A header block larger than a frame continues in CONTINUATION frames, as
-        h2 splits it. Whatever h2 had queued is written first. The header lists
-        must be valid response headers and trailers; they are not validated again
-        (grpclib's h2 configuration does not validate or normalise them either).
+        Built here instead of through h2's frame objects: the header blocks come
+        from the (memoizing) hpack encoder in the order h2 would code them, the
+        frames are packed by hand, and h2's bookkeeping moves exactly as its
+        ``send_headers``, ``send_data`` (a frame of at most
+        ``max_outbound_frame_size`` at a time) and ``send_headers(end_stream=True)``
+        would move it: the stream notes its response headers and trailers sent,
+        the trailers close it (closed by us), and both outbound flow-control
+        windows shrink by ``len(body)``. A header block larger than a frame
+        continues in CONTINUATION frames, as h2 splits it. Whatever h2 had queued
+        is written first. The header lists must be valid response headers and
+        trailers; they are not validated again (grpclib's h2 configuration does not
+        validate or normalise them either).
 
-        Returns ``False``, having changed nothing, unless this is an open server connection,
-        a transport is attached, the stream's request is complete and nothing was
-        sent on it yet, and the flow-control windows take *body*.
+        Returns ``False``, having changed nothing, unless: this is an open server
+        connection with a transport attached; the stream is open or half closed by
+        the peer (and with *trailers*, half closed by the peer: its request is
+        complete); *headers* are given exactly when no response headers were sent
+        yet, and nothing follows trailers; and the flow-control windows take *body*.
         """
         transport = self.transport
         stream = self.streams.get(stream_id)
         if transport is None or stream is None or self.state_machine.state is not ConnectionState.SERVER_OPEN:
             return False
         machine = stream.state_machine
+        state = machine.state
         if (
-            machine.state is not StreamState.HALF_CLOSED_REMOTE
-            or machine.headers_sent
-            or machine.client is not False
+            machine.client is not False
+            or machine.trailers_sent
+            or (headers is None) is not bool(machine.headers_sent)
+            or not (
+                state is StreamState.HALF_CLOSED_REMOTE or (state is StreamState.OPEN and trailers is None)
+            )
         ):
             return False
         size = len(body)
         if size > self.outbound_flow_control_window or size > stream.outbound_flow_control_window:
             return False
         # h2's connection state machine maps SEND_HEADERS and SEND_DATA in SERVER_OPEN
-        # to SERVER_OPEN with no events; the stream's goes HALF_CLOSED_REMOTE ->
-        # (response headers sent, data, trailers sent) -> CLOSED by our END_STREAM.
+        # to SERVER_OPEN with no events; the stream's maps SEND_HEADERS to "response
+        # headers sent" (then "trailers sent"), SEND_DATA to the same state, and
+        # END_STREAM in HALF_CLOSED_REMOTE to CLOSED, closed by us.
         encoder = self.encoder
-        block = encoder.encode(headers)
         pack = _FRAME_HEADER.pack
         parts: list[Any] = []
         queued = self._data_to_send
@@ -403,7 +410,10 @@ class CtrdConnection(H2Connection):
             parts.append(bytes(queued))
             self._data_to_send = bytearray()
         block_step = stream.max_outbound_frame_size or self.max_outbound_frame_size  # h2 splits blocks by it
-        head = _header_frames(block, 0, stream_id, block_step)
+        head = b""
+        if headers is not None:
+            head = _header_frames(encoder.encode(headers), 0, stream_id, block_step)
+            machine.headers_sent = True
         if size:
             step = self.max_outbound_frame_size
             if size <= step:
@@ -418,13 +428,15 @@ class CtrdConnection(H2Connection):
                     head = b""
             self.outbound_flow_control_window -= size
             stream.outbound_flow_control_window -= size
-        else:
+        elif head:
             parts.append(head)
-        machine.headers_sent = machine.trailers_sent = True
-        machine.state = StreamState.CLOSED
-        machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
-        block = encoder.encode(trailers)
-        parts.append(_header_frames(block, _END_STREAM, stream_id, block_step))
+        if trailers is not None:
+            machine.trailers_sent = True
+            machine.state = StreamState.CLOSED
+            machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+            parts.append(_header_frames(encoder.encode(trailers), _END_STREAM, stream_id, block_step))
+        if not parts:
+            return True
         if self._joins_lines:
             transport.write(b"".join(parts))
         else:

@@ -134,8 +134,12 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
       prefix, before the body is buffered (grpclib would buffer up to 4 GiB);
     * :data:`ON_RECV`/:data:`ON_SEND` hooks count messages without grpclib's
       per-message events;
-    * :meth:`send_last` sends a call's final message with its headers in one
-      transport write and the OK trailers right after.
+    * messages, and OK trailers after a response, go out through
+      :meth:`ctrd._h2.CtrdConnection.send_reply` when nobody listens to grpclib's
+      send events and grpclib would not have to wait (connection writable,
+      flow-control windows open): the first message with the headers in one write;
+    * :meth:`send_last` sends a call's final message with the OK trailers (and
+      the headers if not sent yet) in one write.
     """
 
     recv_limit: int = 4 << 20
@@ -170,6 +174,9 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         return msg
 
     async def send_message(self, message: Any) -> None:
+        """grpclib's ``send_message``; one direct write (with the headers the first time) if it can."""
+        if self._send_direct(message, last=False):
+            return
         await super().send_message(message)
         on_send = getattr(self, ON_SEND, None)
         if on_send is not None:
@@ -178,39 +185,82 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
     async def send_last(self, message: Any) -> None:
         """Send *message* as the call's last one and end the call with status OK.
 
-        When nothing was sent yet, the request is complete, no listener watches
-        sends and the flow-control windows take the whole message, the headers,
-        the message and the OK trailers leave in one write, framed by
+        When the request is complete, no listener watches sends and the
+        flow-control windows take the whole message, the headers (unless sent
+        already), the message and the OK trailers leave in one write, framed by
         :meth:`ctrd._h2.CtrdConnection.send_reply`; otherwise this is
         :meth:`send_message` and the trailers follow when the handler returns.
         The handler must not send or fail after this.
         """
-        if not self._send_now(message):
+        if not self._send_direct(message, last=True):
             await self.send_message(message)
 
-    def _send_now(self, message: Any) -> bool:
-        if self._send_initial_metadata_done or self._send_trailing_metadata_done or self._cancel_done:
-            return False
+    async def send_trailing_metadata(
+        self,
+        *,
+        status: Status = Status.OK,
+        status_message: str | None = None,
+        status_details: Any = None,
+        metadata: Any = None,
+    ) -> None:
+        """grpclib's ``send_trailing_metadata``; plain OK trailers after a response go directly."""
+        if (
+            status is Status.OK
+            and status_message is None
+            and status_details is None
+            and not metadata
+            and self._trailers_direct()
+        ):
+            return
+        await super().send_trailing_metadata(
+            status=status, status_message=status_message, status_details=status_details, metadata=metadata
+        )
+
+    def _direct(self) -> tuple[CtrdConnection, int] | None:
+        """The call's h2 connection and stream id if a direct send may go now, else ``None``.
+
+        A direct send skips grpclib's send events, so it is only taken when nobody
+        listens to them, and only when grpclib would not wait: the connection is
+        writable and the stream still known to h2.
+        """
         handlers = self._dispatch.__dict__
         if any(name not in handlers for name in _SEND_EVENTS):
-            return False  # somebody listens to grpclib's send events: take grpclib's path
+            return None  # somebody listens to grpclib's send events: take grpclib's path
         h2s = self._stream
-        conn = h2s.connection
         h2c = h2s._h2_connection
         sid = h2s.id
-        transport = h2s._transport
-        if not conn.write_ready.is_set() or transport.is_closing() or sid not in h2c.streams:
+        if (
+            sid is None
+            or not h2s.connection.write_ready.is_set()
+            or h2s._transport.is_closing()
+            or sid not in h2c.streams
+            or not isinstance(h2c, CtrdConnection)
+        ):
+            return None
+        return h2c, sid
+
+    def _send_direct(self, message: Any, last: bool) -> bool:
+        if self._send_trailing_metadata_done or self._cancel_done:
             return False
-        if not isinstance(h2c, CtrdConnection):
+        if self._send_message_done and not self._cardinality.server_streaming:
+            return False  # grpclib's error
+        direct = self._direct()
+        if direct is None:
             return False
+        h2c, sid = direct
         payload = self._codec.encode(message, self._send_type)
         framed = GRPC_PREFIX.pack(0, len(payload)) + payload
         size = len(framed)
-        headers = ((":status", "200"), ("content-type", self._content_type))
-        if not h2c.send_reply(sid, headers, framed, _OK_TRAILERS):
+        headers = None
+        if not self._send_initial_metadata_done:
+            headers = ((":status", "200"), ("content-type", self._content_type))
+        if not h2c.send_reply(sid, headers, framed, _OK_TRAILERS if last else None):
             return False
         self._send_initial_metadata_done = self._send_message_done = True
-        self._send_trailing_metadata_done = True
+        if last:
+            self._send_trailing_metadata_done = True
+        h2s = self._stream
+        conn = h2s.connection
         h2s.data_sent += size
         conn.data_sent += size
         conn.data_send_process()
@@ -220,6 +270,17 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         on_send = getattr(self, ON_SEND, None)
         if on_send is not None:
             on_send()
+        return True
+
+    def _trailers_direct(self) -> bool:
+        if self._send_trailing_metadata_done or self._cancel_done or not self._send_initial_metadata_done:
+            return False  # a trailers-only reply (or grpclib's error) takes grpclib's path
+        if not self._send_message_done and not self._cardinality.server_streaming:
+            return False  # grpclib's error
+        direct = self._direct()
+        if direct is None or not direct[0].send_reply(direct[1], None, b"", _OK_TRAILERS):
+            return False
+        self._send_trailing_metadata_done = True
         return True
 
 
