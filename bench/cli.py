@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import json
 import os
@@ -148,6 +149,24 @@ def _params(args: argparse.Namespace) -> Params:
     if p.list_match > p.list_count:
         raise BenchError("--list-match must not exceed --list-count")
     return p
+
+
+def _compile_ctrd() -> dict[str, Any]:
+    """Byte-compile ctrd's modules into ``__pycache__``, as installing its wheel does.
+
+    A daemon then starts from ``.pyc`` files as an installed one would. Without
+    this, an editable install under ``PYTHONDONTWRITEBYTECODE`` compiles every ctrd
+    module from source at every start (about 90 ms of the cold start here).
+    """
+    import ctrd
+
+    package = Path(ctrd.__file__).parent
+    ok = compileall.compile_dir(str(package), quiet=1)
+    return {
+        "package": str(package),
+        "compiled_ok": bool(ok),
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE", ""),
+    }
 
 
 def _check_disk(work: Path, params: Params, scenarios: Sequence[Scenario]) -> dict[str, Any]:
@@ -314,6 +333,7 @@ def _bench(args: argparse.Namespace) -> int:
             flush=True,
         )
         large = LargeBlob(work / "large.bin", params.large_size)
+        machine["bytecode"] = _compile_ctrd()
         for d in daemons:
             d.start()
             print(f"bench: {d.name} pid {d.pid} on {d.socket}", flush=True)
