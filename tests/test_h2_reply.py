@@ -4,31 +4,48 @@ Pairs of servers past the handshake with a client (a :class:`CtrdConnection` who
 transport records ``write``/``writelines``, and a plain
 :class:`~h2.connection.H2Connection`) hold streams whose requests are complete
 (HEADERS with END_STREAM, or HEADERS then DATA with END_STREAM: the streams are
-HALF_CLOSED_REMOTE) and streams whose requests are still open. The Ctrd server
-answers with ``send_reply(sid, headers, body, trailers)``; the plain server with
+HALF_CLOSED_REMOTE) and streams whose requests are still open (OPEN; the client may end
+them later with a DATA frame carrying END_STREAM). The Ctrd server answers with
+``send_reply(sid, headers, body, trailers)``; the plain server with
 ``send_headers(sid, headers)``, ``send_data`` for every chunk of the body of at most
 ``max_outbound_frame_size`` bytes, and ``send_headers(sid, trailers, end_stream=True)``.
 
-Compared after every step:
+*headers* and *trailers* may each be ``None`` (the partial forms), and the plain server
+then leaves out that ``send_headers``. So a response goes out in several calls: headers
+(with or without a first message) while the request is still open or once it is
+complete, more messages with ``headers=None``, and the trailers alone (``headers=None``,
+an empty body) or with a last message once the request is complete; or headers alone
+and the data later. h2's own calls on the same streams mix with them. A call with
+nothing to send (no headers, an empty body, no trailers) returns ``True`` and writes
+nothing (unless h2 had bytes queued: those go out as before any reply).
+
+Compared after every call:
 
 * the bytes: everything the Ctrd transport got, in order (with what h2 had queued
   before the reply written first), is the plain server's ``data_to_send()``;
 * the state: ``conn_state``, every attribute of every stream (its state machine's
   state, ``stream_closed_by``, ``headers_sent``, ``trailers_sent`` ..., windows, frame
   sizes), the closed streams h2 remembers, both hpack tables (entries, size,
-  pending size changes);
-* what a client fed either side sees: the same (normalised) events, the body as the
-  data received in frames of the expected lengths, the trailers with END_STREAM;
+  pending size changes); without trailers the stream keeps its state (OPEN or
+  HALF_CLOSED_REMOTE) with its response headers sent, with them it is closed by us;
+* what a client fed either side sees: the same (normalised) events; for each call its
+  own on the stream -- ResponseReceived (with the headers) if headers went, a
+  DataReceived per DATA frame of the expected lengths, TrailersReceived (with the
+  trailers) and StreamEnded if trailers went -- and the body as the data received;
 * header blocks over a frame: HEADERS then CONTINUATION frames, as h2 splits them;
 * the transport calls: one ``writelines`` (or one ``write`` through asyncio's joining
-  ``writelines``) per reply, the body's bytes passed as the body object itself or as
-  views of it, and left as they were.
+  ``writelines``) per call with something to send, none otherwise, the body's bytes
+  passed as the body object itself or as views of it, and left as they were.
 
-When ``send_reply`` declines (no transport, unknown stream, connection not open,
-request not complete or response already started, body over a flow-control window)
-it must return ``False`` having written nothing and changed
-nothing (state, queued bytes, hpack encoder, its memo), and h2's own path must still
-work on that connection.
+When ``send_reply`` declines (no transport, unknown stream, connection not open; headers
+left out before the response's headers were sent, or given after; anything after the
+trailers or after h2 ended the stream; trailers while the request is still open; a body
+over a flow-control window, at the start or in the middle of a response) it must return
+``False`` having written nothing and changed nothing (state, queued bytes, hpack
+encoder, its memo), and h2's own path must still work on that connection.
+
+Random sequences mix replies (full and partial, some to be declined) with h2's own calls,
+pings, window updates, settings, new requests and requests ending.
 """
 
 from __future__ import annotations
@@ -95,17 +112,29 @@ Headers = Any  # header lists: str or bytes names and values
 # -- the pairs -----------------------------------------------------------------------------------
 
 
-def request(side: Side, sid: int, kind: str) -> None:
-    """The client sends a request on *sid*; the server reads it and acknowledges its data as grpclib does."""
+def to_server(side: Side) -> None:
+    """The server reads what the client sent and acknowledges its data as grpclib does."""
     client, server = side.client, side.server
-    client.send_headers(sid, REQUEST, end_stream=kind == "ended")
-    if kind == "data":
-        client.send_data(sid, payload(100 + sid, sid), end_stream=True)
     events = server.receive_data(client.data_to_send())
     for event in events:
         if isinstance(event, DataReceived) and event.flow_controlled_length:
             server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
     side.events.append(("server", tuple(type(e).__name__ for e in events)))
+
+
+def request(side: Side, sid: int, kind: str) -> None:
+    """The client sends a request on *sid*; the server reads it."""
+    client = side.client
+    client.send_headers(sid, REQUEST, end_stream=kind == "ended")
+    if kind == "data":
+        client.send_data(sid, payload(100 + sid, sid), end_stream=True)
+    to_server(side)
+
+
+def end_request(side: Side, sid: int, size: int = 0) -> None:
+    """The client ends its request on *sid* (a last DATA frame of *size* bytes with END_STREAM)."""
+    side.client.send_data(sid, payload(size, sid + 1), end_stream=True)
+    to_server(side)
 
 
 def reply_side(
@@ -261,12 +290,14 @@ def snapshot(side: Side) -> tuple[Any, ...]:
 
 
 def reply_plain(server: H2Connection, sid: int, headers: Headers, body: Any, trailers: Headers) -> None:
-    """What ``send_reply`` stands for, through h2."""
-    server.send_headers(sid, headers)
+    """What ``send_reply`` stands for, through h2 (*headers*, *trailers*: ``None`` for none)."""
+    if headers is not None:
+        server.send_headers(sid, headers)
     step = server.max_outbound_frame_size
     for pos in range(0, len(body), step):
         server.send_data(sid, body[pos : pos + step])
-    server.send_headers(sid, trailers, end_stream=True)
+    if trailers is not None:
+        server.send_headers(sid, trailers, end_stream=True)
 
 
 def plain_reply_on(
@@ -289,6 +320,32 @@ def client_events(side: Side) -> list[tuple[str, dict[str, Any]]]:
     return [(name, dict(attrs)) for name, attrs in side.events[-2]]
 
 
+def as_bytes(headers: Headers) -> tuple[tuple[bytes, bytes], ...]:
+    """A header list as the client (``header_encoding=None``) reports it."""
+    return tuple(
+        (n.encode() if isinstance(n, str) else bytes(n), v.encode() if isinstance(v, str) else bytes(v))
+        for n, v in headers
+    )
+
+
+def reply_frames(headers: Headers, sizes: list[int], trailers: Headers) -> list[tuple[int, int, int]]:
+    """The frames of a reply (type, flags, length; a header block's length left out as 0)."""
+    out = [(HEADERS, END_HEADERS, 0)] if headers is not None else []
+    out += [(DATA, 0, n) for n in sizes]
+    if trailers is not None:
+        out.append((HEADERS, END_HEADERS | END_STREAM, 0))
+    return out
+
+
+def reply_events(headers: Headers, sizes: list[int], trailers: Headers) -> list[str]:
+    """What a client sees of a reply on its stream."""
+    names = ["ResponseReceived"] if headers is not None else []
+    names += ["DataReceived"] * len(sizes)
+    if trailers is not None:
+        names += ["TrailersReceived", "StreamEnded"]
+    return names
+
+
 def reply(
     ctrd: Side,
     plain: Side,
@@ -299,17 +356,27 @@ def reply(
     where: str = "",
     deliver: bool = True,
 ) -> None:
-    """``send_reply`` on the Ctrd side, h2's calls on the plain side; everything compared."""
+    """``send_reply`` on the Ctrd side, h2's calls on the plain side; everything compared.
+
+    *headers* and *trailers* may be ``None`` (the partial forms): then h2's side leaves out
+    the ``send_headers`` call for them.
+    """
     server = ctrd.server
     assert isinstance(server, CtrdConnection)
     transport = ctrd.transport
     assert transport is not None
-    where = where or f"reply on {sid} ({len(body)} bytes)"
+    form = "".join(c for c, x in (("H", headers), ("T", trailers)) if x is not None)
+    where = where or f"reply on {sid} ({form or '-'}, {len(body)} bytes)"
     original = bytes(body)
-    calls, start = len(transport.calls), len(ctrd.out)
+    calls, start, fed = len(transport.calls), len(ctrd.out), ctrd.fed
     queued = bytes(server._data_to_send)
     step = server.max_outbound_frame_size
     assert step == plain.server.max_outbound_frame_size
+    before = machine(server, sid)
+    assert before == machine(plain.server, sid), where
+    received = ctrd.received.get(sid, b"")
+    sizes = chunk_sizes(len(body), step)
+    nothing = headers is None and not sizes and trailers is None
 
     assert server.send_reply(sid, headers, body, trailers) is True, where
     reply_plain(plain.server, sid, headers, body, trailers)
@@ -322,29 +389,34 @@ def reply(
     assert ctrd.out == plain.out, where
     assert server._data_to_send == b"", where
     assert bytes(body) == original, f"{where}: the body changed"
+    assert expected[: len(queued)] == queued, where
 
-    # the calls: one per reply
+    # the calls: one per reply, none when there is nothing to send (not even h2's queued bytes)
     new = transport.calls[calls:]
-    assert len(new) == 1, f"{where}: {[name for name, _ in new]}"
-    name, args = new[0]
-    sizes = chunk_sizes(len(body), step)
-    if isinstance(transport, AsyncioTransport):
-        assert name == "write" and len(args) == 1
-        assert bytes(args[0]) == expected
+    if nothing and not queued:
+        assert new == [] and written == b"", f"{where}: nothing to send, yet {[name for name, _ in new]}"
     else:
-        assert name == "writelines"
-        parts = list(args)
-        assert b"".join(bytes(p) for p in parts) == expected
-        if queued:
-            assert bytes(parts[0]) == queued, f"{where}: h2's queued bytes first"
-        # the body goes as itself (one frame) or as views of itself (several): never copied
-        body_parts = [p for p in parts if p is body or (isinstance(p, memoryview) and p.obj is body)]
-        assert [len(p) for p in body_parts] == sizes, where
-        assert b"".join(bytes(p) for p in body_parts) == original
-        if len(sizes) == 1:
-            assert body_parts[0] is body
-        # queued bytes, (frame headers + body piece) per DATA frame or the lone header frames, the trailers
-        assert len(parts) == bool(queued) + 2 * len(sizes) + (0 if sizes else 1) + 1
+        assert len(new) == 1, f"{where}: {[name for name, _ in new]}"
+        name, args = new[0]
+        if isinstance(transport, AsyncioTransport):
+            assert name == "write" and len(args) == 1
+            assert bytes(args[0]) == expected
+        else:
+            assert name == "writelines"
+            parts = list(args)
+            assert b"".join(bytes(p) for p in parts) == expected
+            if queued:
+                assert bytes(parts[0]) == queued, f"{where}: h2's queued bytes first"
+            # the body goes as itself (one frame) or as views of itself (several): never copied
+            body_parts = [p for p in parts if p is body or (isinstance(p, memoryview) and p.obj is body)]
+            assert [len(p) for p in body_parts] == sizes, where
+            assert b"".join(bytes(p) for p in body_parts) == original
+            if len(sizes) == 1:
+                assert body_parts[0] is body
+            # queued bytes, (frame headers + body piece) per DATA frame or the lone header frames,
+            # the trailers
+            lone = headers is not None and not sizes
+            assert len(parts) == bool(queued) + 2 * len(sizes) + lone + (trailers is not None), where
 
     # the frames: HEADERS, DATA at most max_outbound_frame_size each, trailers with END_STREAM;
     # a header block over a frame continues in CONTINUATION frames of at most that size
@@ -358,29 +430,46 @@ def reply(
         assert head.length == step and not head.flags & END_HEADERS, where
         assert f.length <= step and not f.flags & ~END_HEADERS, where
         frames[-1] = Wire(head.offset, head.length, HEADERS, head.flags | f.flags, sid, False)
-    assert [(f.type, f.stream_id) for f in frames] == [(HEADERS, sid)] + [(DATA, sid)] * len(sizes) + [
-        (HEADERS, sid)
-    ], where
-    assert frames[0].flags == END_HEADERS and frames[-1].flags == END_HEADERS | END_STREAM
-    assert [f.length for f in frames[1:-1]] == sizes and all(f.flags == 0 for f in frames[1:-1])
-    assert frames_of(expected[len(queued) :])[-1].end == len(expected) - len(queued)
+    assert all(f.stream_id == sid for f in frames), where
+    got = [(f.type, f.flags, 0 if f.type == HEADERS else f.length) for f in frames]
+    assert got == reply_frames(headers, sizes, trailers), where
+    if frames:
+        assert frames_of(expected[len(queued) :])[-1].end == len(expected) - len(queued), where
 
+    # the stream: trailers close it (closed by us); otherwise its state stays, its headers sent
     state = machine(server, sid)
-    assert state == (StreamState.CLOSED, machine(plain.server, sid)[1], True, True), where
+    if trailers is not None:
+        assert state == (StreamState.CLOSED, machine(plain.server, sid)[1], True, True), where
+    else:
+        assert state[:3] == (before[0], before[1], True) and not state[3], where
+        assert state[0] in (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE), where
     check(ctrd, plain, where)
     if not deliver:
         return
 
-    # the client
+    # the client: its events on the stream end with this reply's (after any frames of the stream
+    # it had not read yet: an earlier undelivered reply's, or h2's queued ones)
+    pending = [f for f in frames_of(bytes(ctrd.out[fed:start]) + queued) if f.stream_id == sid]
     for side in (ctrd, plain):
         side.deliver()
     check(ctrd, plain, f"{where}: delivered")
-    reply_events = ("ResponseReceived", "DataReceived", "TrailersReceived", "StreamEnded")
-    events = [(n, e) for n, e in client_events(ctrd) if e.get("stream_id") == sid and n in reply_events]
-    names = [n for n, _ in events]
-    assert names == ["ResponseReceived"] + ["DataReceived"] * len(sizes) + ["TrailersReceived", "StreamEnded"]
-    assert [e["flow_controlled_length"] for n, e in events if n == "DataReceived"] == sizes
-    assert ctrd.received.get(sid, b"") == plain.received.get(sid, b"") == original
+    kinds = ("ResponseReceived", "DataReceived", "TrailersReceived", "StreamEnded")
+    events = [(n, e) for n, e in client_events(ctrd) if e.get("stream_id") == sid and n in kinds]
+    want = reply_events(headers, sizes, trailers)
+    if not pending:
+        assert [n for n, _ in events] == want, where
+    mine = events[len(events) - len(want) :] if want else []
+    assert [n for n, _ in mine] == want, where
+    assert [e["flow_controlled_length"] for n, e in mine if n == "DataReceived"] == sizes, where
+    if headers is not None:
+        assert mine[0][1]["headers"] == as_bytes(headers), where
+    if trailers is not None:
+        assert mine[-2][1]["headers"] == as_bytes(trailers), where
+    now = ctrd.received.get(sid, b"")
+    assert now == plain.received.get(sid, b""), where
+    assert now.endswith(original) and now.startswith(received), where
+    if not pending:
+        assert now == received + original, where
 
 
 def declined(ctrd: Side, plain: Side, sid: int, headers: Headers, body: Any, trailers: Headers) -> None:
@@ -724,11 +813,283 @@ def test_reply_large_header_lists_match_h2(name: str, frames: str) -> None:
     reply(ctrd, plain, 5)
 
 
+# -- the partial forms: headers, bodies and trailers in separate calls -------------------------------
+
+STYLES = ["writelines", "asyncio"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("frames", list(FRAME_SIZES))
+def test_partial_replies_on_complete_requests(frames: str, style: str) -> None:
+    """Requests complete (HALF_CLOSED_REMOTE): a response in several calls, several messages each.
+
+    Headers + body, then bodies alone, then the trailers alone or with a last body; headers
+    alone then the data later; two streams' replies interleaved.
+    """
+    ctrd, plain = reply_pair(
+        frame_size=FRAME_SIZES[frames],
+        window=64 * MiB,
+        conn_window=64 * MiB,
+        asyncio_style=style == "asyncio",
+    )
+    frame = ctrd.server.max_outbound_frame_size
+    # 1: headers + a message, more messages, nothing, trailers alone
+    reply(ctrd, plain, 1, RESPONSE, payload(1000, 1), None)
+    assert machine(ctrd.server, 1)[0] is StreamState.HALF_CLOSED_REMOTE
+    reply(ctrd, plain, 1, None, payload(frame + 1, 2), None)
+    reply(ctrd, plain, 1, None, b"", None)  # nothing to send
+    reply(ctrd, plain, 1, None, payload(5, 3), None)
+    reply(ctrd, plain, 1, None, b"", TRAILERS)
+    assert ctrd.received[1] == payload(1000, 1) + payload(frame + 1, 2) + payload(5, 3)
+    # 3: headers alone, then the data, then a last message with the trailers
+    reply(ctrd, plain, 3, RESPONSE, b"", None)
+    reply(ctrd, plain, 3, None, payload(3 * frame + 7, 4), None)
+    reply(ctrd, plain, 3, None, payload(10, 5), MESSAGE_TRAILERS)
+    # 5 and 7 interleaved, some not read by the client at once
+    reply(ctrd, plain, 5, RESPONSE, payload(100, 6), None, deliver=False)
+    reply(ctrd, plain, 7, GRPC_PROTO, payload(frame, 7), None)
+    reply(ctrd, plain, 5, None, payload(200, 8), None)
+    reply(ctrd, plain, 7, None, payload(300, 9), None, deliver=False)
+    reply(ctrd, plain, 5, None, b"", [("grpc-status", "5"), ("grpc-message", "not found")])
+    reply(ctrd, plain, 7, None, payload(1, 10), TRAILERS)
+    assert ctrd.received[5] == payload(100, 6) + payload(200, 8)
+    assert ctrd.received[7] == payload(frame, 7) + payload(300, 9) + payload(1, 10)
+    for sid in (1, 3, 5, 7):
+        assert machine(ctrd.server, sid)[0] is StreamState.CLOSED
+        declined(ctrd, plain, sid, None, b"late", None)  # nothing after the trailers
+    # the full form on the next stream, as before
+    reply(ctrd, plain, 9, body=payload(2000, 11))
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("frames", list(FRAME_SIZES))
+def test_partial_replies_on_open_requests(frames: str, style: str) -> None:
+    """Requests still open: headers and messages while OPEN; the request ends; then the trailers."""
+    ctrd, plain = reply_pair(
+        frame_size=FRAME_SIZES[frames],
+        window=64 * MiB,
+        conn_window=64 * MiB,
+        asyncio_style=style == "asyncio",
+    )
+    frame = ctrd.server.max_outbound_frame_size
+    # 13: headers + a message while the request goes on
+    reply(ctrd, plain, 13, RESPONSE, payload(1000, 13), None)
+    assert machine(ctrd.server, 13)[0] is StreamState.OPEN
+    reply(ctrd, plain, 13, None, payload(frame + 1, 14), None)
+    reply(ctrd, plain, 13, None, b"", None)  # nothing to send
+    declined(ctrd, plain, 13, None, b"", TRAILERS)  # the request is not complete
+    declined(ctrd, plain, 13, None, b"x", TRAILERS)
+    both(ctrd, plain, lambda s: end_request(s, 13, 50))  # the client ends its request
+    assert machine(ctrd.server, 13)[0] is StreamState.HALF_CLOSED_REMOTE
+    reply(ctrd, plain, 13, None, payload(20, 15), None)
+    reply(ctrd, plain, 13, None, b"", TRAILERS)
+    assert ctrd.received[13] == payload(1000, 13) + payload(frame + 1, 14) + payload(20, 15)
+    assert ctrd.server.streams[13].state_machine.stream_closed_by is not None
+    # 15: headers alone while open, the request ends (no data), then a message with the trailers
+    reply(ctrd, plain, 15, RESPONSE, b"", None)
+    both(ctrd, plain, lambda s: end_request(s, 15))
+    reply(ctrd, plain, 15, None, payload(3 * frame + 7, 16), MESSAGE_TRAILERS)
+    for sid in (13, 15):
+        assert machine(ctrd.server, sid)[0] is StreamState.CLOSED
+    # a request opened now (h2 forgets the closed streams): messages both ways
+    both(ctrd, plain, lambda s: request(s, 17, "open"))
+    reply(ctrd, plain, 17, GRPC_PROTO, payload(5, 17), None)
+    both(ctrd, plain, lambda s: end_request(s, 17, 3000))
+    reply(ctrd, plain, 17, None, payload(5, 18), TRAILERS)
+    assert machine(ctrd.server, 17)[0] is StreamState.CLOSED
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_partial_replies_mixed_with_h2(style: str) -> None:
+    """``send_reply``'s partial forms and h2's own calls on the same streams, either first."""
+    ctrd, plain = reply_pair(frame_size=None, asyncio_style=style == "asyncio")
+    # h2 sends the headers and a message; send_reply the next message, h2 the trailers
+    both(ctrd, plain, lambda s: s.server.send_headers(1, RESPONSE))
+    both(ctrd, plain, lambda s: s.server.send_data(1, payload(300, 1)))
+    reply(ctrd, plain, 1, None, payload(40000, 2), None)
+    both(ctrd, plain, lambda s: s.server.send_data(1, payload(7, 3)))
+    reply(ctrd, plain, 1, None, payload(9, 4), TRAILERS)
+    # send_reply the headers, h2 a message, send_reply the trailers; h2's frames queued go first
+    reply(ctrd, plain, 3, RESPONSE, payload(10, 5), None)
+    both(ctrd, plain, lambda s: s.server.send_data(3, payload(20, 6)))
+    assert ctrd.server._data_to_send
+    reply(ctrd, plain, 3, None, b"", TRAILERS)
+    # on an open request: h2's headers, send_reply's messages, the request ends, h2's trailers
+    both(ctrd, plain, lambda s: s.server.send_headers(13, RESPONSE))
+    reply(ctrd, plain, 13, None, payload(100, 13), None)
+    both(ctrd, plain, queue_before("ping"))
+    reply(ctrd, plain, 13, None, payload(DEFAULT_FRAME + 1, 14), None)
+    both(ctrd, plain, lambda s: end_request(s, 13, 10))
+    both(ctrd, plain, lambda s: s.server.send_headers(13, TRAILERS, end_stream=True))
+    both(ctrd, plain, flush)
+    # send_reply's headers on an open request, h2's trailers while it is open (HALF_CLOSED_LOCAL)
+    reply(ctrd, plain, 15, RESPONSE, payload(10, 15), None)
+    both(ctrd, plain, lambda s: s.server.send_headers(15, TRAILERS, end_stream=True))
+    assert machine(ctrd.server, 15)[0] is StreamState.HALF_CLOSED_LOCAL
+    declined(ctrd, plain, 15, None, b"", None)
+    both(ctrd, plain, lambda s: end_request(s, 15))
+    both(ctrd, plain, flush)
+    assert ctrd.received == plain.received
+
+
+def test_partial_reply_nothing_to_send() -> None:
+    """Headers sent, no body, no trailers: True, and nothing written or changed."""
+    for style in STYLES:
+        ctrd, plain = reply_pair(frame_size=None, asyncio_style=style == "asyncio")
+        reply(ctrd, plain, 1, RESPONSE, b"abc", None)
+        reply(ctrd, plain, 13, RESPONSE, b"", None)
+        server = ctrd.server
+        assert isinstance(server, CtrdConnection)
+        for sid in (1, 13):
+            before = snapshot(ctrd)
+            for body in (b"", bytearray(), memoryview(b"")):
+                assert server.send_reply(sid, None, body, None) is True
+                assert snapshot(ctrd) == before, (style, sid, type(body))
+            check(ctrd, plain, f"nothing on {sid}")
+        # and the streams go on
+        reply(ctrd, plain, 1, None, b"def", TRAILERS)
+        both(ctrd, plain, lambda s: end_request(s, 13))
+        reply(ctrd, plain, 13, None, b"", TRAILERS)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_partial_reply_nothing_to_send_after_queued_frames(style: str) -> None:
+    """Nothing to send, but h2 had frames queued: they go out in the one write (as before a reply).
+
+    The bytes and state are h2's either way (h2 only queues; grpclib flushes); this pins
+    that ``send_reply`` writes what h2 queued whenever it returns True.
+    """
+    ctrd, plain = reply_pair(frame_size=None, asyncio_style=style == "asyncio")
+    reply(ctrd, plain, 1, RESPONSE, b"abc", None)
+    both(ctrd, plain, queue_before("all"))
+    assert ctrd.server._data_to_send
+    reply(ctrd, plain, 1, None, b"", None)  # (reply() checks the single write of the queued bytes)
+    assert ctrd.transport is not None
+    assert ctrd.server._data_to_send == b""
+    reply(ctrd, plain, 1, None, b"", TRAILERS)
+
+
+def test_partial_replies_at_the_windows() -> None:
+    """Messages filling the stream's window and then the connection's exactly; trailers at window 0."""
+    ctrd, plain = reply_pair(frame_size=None, window=1000, conn_window=WINDOW)
+    reply(ctrd, plain, 1, RESPONSE, payload(600, 1), None, deliver=False)
+    declined(ctrd, plain, 1, None, payload(401, 2), None)
+    reply(ctrd, plain, 1, None, payload(400, 3), None, deliver=False)
+    assert ctrd.server.streams[1].outbound_flow_control_window == 0
+    declined(ctrd, plain, 1, None, b"x", None)
+    declined(ctrd, plain, 1, None, b"x", TRAILERS)
+    reply(ctrd, plain, 1, None, b"", None)  # nothing: still True
+    reply(ctrd, plain, 1, None, b"", TRAILERS)  # the trailers take no window
+    ctrd, plain = reply_pair(frame_size=None, window=WINDOW, conn_window=DEFAULT_WINDOW)
+    reply(ctrd, plain, 13, RESPONSE, payload(DEFAULT_WINDOW - 10, 13), None, deliver=False)
+    declined(ctrd, plain, 13, None, payload(11, 14), None)  # over the connection's window
+    declined(ctrd, plain, 1, RESPONSE, payload(11, 14), None)  # ... on another stream too
+    reply(ctrd, plain, 1, RESPONSE, b"", None, deliver=False)  # headers alone go
+    reply(ctrd, plain, 13, None, payload(10, 15), None, deliver=False)
+    assert ctrd.server.outbound_flow_control_window == 0
+    both(ctrd, plain, flush)  # the client acknowledges: the window is back
+    reply(ctrd, plain, 1, None, payload(DEFAULT_WINDOW // 2, 16), TRAILERS)
+    both(ctrd, plain, lambda s: end_request(s, 13))
+    reply(ctrd, plain, 13, None, payload(100, 17), TRAILERS)
+
+
+@pytest.mark.parametrize("frames", list(FRAME_SIZES))
+@pytest.mark.parametrize("name", list(LARGE) + list(EXPANDING))
+def test_partial_replies_large_header_lists(name: str, frames: str) -> None:
+    """Header blocks over a frame sent alone: HEADERS + CONTINUATION frames, as h2 sends them."""
+    headers, trailers = LARGE[name] if name in LARGE else (EXPANDING[name], TRAILERS)
+    ctrd, plain = reply_pair(frame_size=FRAME_SIZES[frames])
+    reply(ctrd, plain, 1, headers, b"", None)
+    reply(ctrd, plain, 1, None, payload(1000, 1), None)
+    reply(ctrd, plain, 1, None, b"", trailers)
+    reply(ctrd, plain, 13, headers, payload(3 * DEFAULT_FRAME + 1, 13), None)
+    both(ctrd, plain, lambda s: end_request(s, 13))
+    reply(ctrd, plain, 13, None, payload(10, 14), trailers)
+    reply(ctrd, plain, 3, headers, payload(10, 3), None)
+    reply(ctrd, plain, 3, None, b"", trailers)
+
+
+def test_partial_replies_memo_and_table(misses: list[Any]) -> None:
+    """Header lists coded once per form and table: the memo serves headers and trailers sent alone."""
+    requests = [(sid, "ended" if sid % 4 == 1 else "open") for sid in range(1, 30, 2)]
+    ctrd, plain = reply_pair(frame_size=None, requests=requests)
+    for sid in range(1, 30, 2):
+        headers = GRPC_PROTO if sid % 8 == 1 else RESPONSE
+        reply(ctrd, plain, sid, headers, payload(50, sid), None)
+    for sid in range(1, 30, 2):
+        if sid % 4 != 1:
+            both(ctrd, plain, lambda s: end_request(s, sid))  # noqa: B023 (called at once)
+        reply(ctrd, plain, sid, None, b"", MESSAGE_TRAILERS if sid % 3 else TRAILERS)
+    assert len(misses) < 15  # 30 header blocks
+
+
+def client_settings(changes: dict[SettingCodes | int, int]) -> Callable[[Side], None]:
+    """The client changes its settings; the server reads them, the client its ACK."""
+
+    def run(s: Side) -> None:
+        s.client.update_settings(changes)
+        events = s.server.receive_data(s.client.data_to_send())
+        s.events.append(("server", tuple(type(e).__name__ for e in events)))
+        # the server's ACK reaches the client at once: h2's client takes a new frame size
+        # limit only at the start of a read, so no frame sized to the new settings may
+        # follow the ACK in the read that brings it
+        flush(s)
+
+    return run
+
+
+def test_partial_replies_across_settings_changes() -> None:
+    """The client's frame size and header table size change between the calls of one response."""
+    ctrd, plain = reply_pair(frame_size=None)
+    big = filled(RESPONSE, "x-big", "\\", LIMIT + 2000)
+    assert len(hpack.Encoder().encode(big)) > 2 * DEFAULT_FRAME  # HEADERS + CONTINUATIONs at 16 KiB
+    reply(ctrd, plain, 13, big, payload(3 * DEFAULT_FRAME, 13), None)
+    both(ctrd, plain, client_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE}))
+    reply(ctrd, plain, 13, None, payload(3 * DEFAULT_FRAME, 14), None)  # one frame now
+    both(ctrd, plain, client_settings({SettingCodes.HEADER_TABLE_SIZE: 0}))
+    both(ctrd, plain, lambda s: end_request(s, 13))
+    reply(ctrd, plain, 13, None, b"", [("grpc-status", "0"), ("x-t", "\\" * 12000)])
+    both(
+        ctrd,
+        plain,
+        client_settings({SettingCodes.MAX_FRAME_SIZE: 20000, SettingCodes.HEADER_TABLE_SIZE: 200}),
+    )
+    reply(ctrd, plain, 1, big, b"", None)
+    both(ctrd, plain, client_settings({SettingCodes.MAX_FRAME_SIZE: DEFAULT_FRAME}))
+    reply(ctrd, plain, 1, None, payload(50000, 1), MESSAGE_TRAILERS)
+
+
+def test_partial_informational_headers_decline() -> None:
+    """Headers that are a 1xx (informational) response: ``send_reply`` declines, h2 sends them.
+
+    h2 sends an informational response without marking the response's headers sent (its
+    state machine's SEND_INFORMATIONAL_HEADERS), so the final response headers follow;
+    ``send_reply`` leaves that to h2, and takes the final response after it.
+    """
+    ctrd, plain = reply_pair(frame_size=None)
+    server = ctrd.server
+    assert isinstance(server, CtrdConnection)
+    for informational in ([(":status", "100")], [(b":status", b"103"), (b"link", b"</a>")]):
+        declined(ctrd, plain, 1, informational, b"", None)
+        for side in (ctrd, plain):
+            side.server.send_headers(1, informational)
+            side.flush()
+        assert bytes(ctrd.out) == bytes(plain.out)
+        assert machine(server, 1) == machine(plain.server, 1)
+        check(ctrd, plain, "1xx through h2")
+    reply(ctrd, plain, 1, RESPONSE, b"abc", TRAILERS)
+
+
 # -- declining -----------------------------------------------------------------------------------
 
 
 def prepare(kind: str) -> tuple[tuple[Side, Side], int, Headers, Any, Headers]:
-    """A pair where ``send_reply`` must decline: the pair, and the call's arguments."""
+    """A pair where ``send_reply`` must decline: the pair, and the call's arguments.
+
+    The kinds before :data:`PARTIAL_DECLINE` decline the full form; those in it decline the
+    partial forms (headers or trailers left out) and send their first parts through
+    ``send_reply`` itself, compared with h2 as any reply.
+    """
     body: Any = payload(1000, 0)
     headers, trailers, sid = RESPONSE, TRAILERS, 1
     if kind == "no-transport":
@@ -739,6 +1100,10 @@ def prepare(kind: str) -> tuple[tuple[Side, Side], int, Headers, Any, Headers]:
     elif kind == "stream-window":
         pair = reply_pair(frame_size=None, window=1000)
         body = payload(1001, 0)
+    elif kind == "conn-window-mid":
+        pair = reply_pair(frame_size=None, conn_window=DEFAULT_WINDOW)
+    elif kind in ("stream-window-mid", "stream-window-mid-open"):
+        pair = reply_pair(frame_size=None, window=1000)
     else:
         pair = reply_pair(frame_size=None)
     ctrd, plain = pair
@@ -773,11 +1138,124 @@ def prepare(kind: str) -> tuple[tuple[Side, Side], int, Headers, Any, Headers]:
         for side in (ctrd, plain):
             side.client.reset_stream(1, ErrorCodes.CANCEL)
         run(lambda s: s.server.receive_data(s.client.data_to_send()))
+    # -- the partial forms
+    elif kind.startswith("no-headers"):  # no response headers sent yet, and none given
+        headers = None
+        body, trailers = {
+            "no-headers": (body, trailers),
+            "no-headers-body": (body, None),
+            "no-headers-trailers": (b"", trailers),
+            "no-headers-nothing": (b"", None),
+        }.get(kind, (body, None))
+        if kind == "no-headers-open":
+            sid = 13
+    elif kind == "informational-only":  # a 1xx is not the response's headers
+        run(lambda s: s.server.send_headers(1, [(":status", "100")]))
+        assert not ctrd.server.streams[1].state_machine.headers_sent
+        headers, trailers = None, None
+    elif kind == "headers-again":
+        reply(ctrd, plain, 1, RESPONSE, b"first", None)
+        trailers = None
+    elif kind == "headers-again-trailers":
+        reply(ctrd, plain, 1, RESPONSE, b"first", None)
+        body = b""
+    elif kind == "headers-again-open":
+        reply(ctrd, plain, 13, RESPONSE, b"first", None)
+        sid, trailers = 13, None
+    elif kind == "headers-again-h2":  # response headers sent by h2 on the open request
+        run(lambda s: s.server.send_headers(13, RESPONSE))
+        sid, body, trailers = 13, b"", None
+    elif kind.startswith("after-trailers"):
+        reply(ctrd, plain, 1, body=b"first")
+        headers = None
+        body, trailers = {
+            "after-trailers-body": (body, None),
+            "after-trailers-trailers": (b"", trailers),
+            "after-trailers-nothing": (b"", None),
+        }[kind]
+    elif kind == "after-partial-trailers":  # a reply in three calls, then more
+        reply(ctrd, plain, 1, RESPONSE, b"first", None)
+        reply(ctrd, plain, 1, None, b"second", None)
+        reply(ctrd, plain, 1, None, b"", TRAILERS)
+        headers, trailers = None, None
+    elif kind == "h2-trailers-open":  # h2 ended the response before the request: HALF_CLOSED_LOCAL
+        run(lambda s: s.server.send_headers(13, RESPONSE))
+        run(lambda s: s.server.send_headers(13, TRAILERS, end_stream=True))
+        assert ctrd.server.streams[13].state_machine.state is StreamState.HALF_CLOSED_LOCAL
+        sid, headers, body, trailers = 13, None, b"", None
+    elif kind in ("h2-ended-by-data", "h2-ended-by-data-open"):  # END_STREAM on DATA: no trailers sent
+        sid = 13 if kind.endswith("open") else 1
+        run(lambda s: s.server.send_headers(sid, RESPONSE))
+        run(lambda s: s.server.send_data(sid, b"last", end_stream=True))
+        assert not ctrd.server.streams[sid].state_machine.trailers_sent
+        headers = None
+        trailers = None if kind.endswith("open") else trailers
+    elif kind in ("trailers-open", "body-trailers-open"):  # the request is not complete
+        reply(ctrd, plain, 13, RESPONSE, b"first", None)
+        sid, headers = 13, None
+        body = b"" if kind == "trailers-open" else body
+    elif kind == "headers-trailers-open":
+        sid, body = 13, b""
+    elif kind == "conn-window-mid":  # the connection's window spent but for 100 bytes, unread
+        reply(ctrd, plain, 1, RESPONSE, payload(DEFAULT_WINDOW - 100, 1), None, deliver=False)
+        headers, body = None, payload(101, 0)
+    elif kind == "stream-window-mid":  # the stream's window spent but for 400 bytes, unread
+        reply(ctrd, plain, 1, RESPONSE, payload(600, 1), None, deliver=False)
+        headers, body = None, payload(401, 0)
+    elif kind == "stream-window-mid-open":
+        reply(ctrd, plain, 13, RESPONSE, payload(600, 13), None, deliver=False)
+        sid, headers, body, trailers = 13, None, payload(401, 0), None
+    elif kind in ("closed-connection-partial", "closed-connection-nothing"):
+        reply(ctrd, plain, 1, RESPONSE, b"first", None)
+        run(lambda s: s.server.close_connection())
+        assert ctrd.server.state_machine.state is ConnectionState.CLOSED
+        headers, trailers = None, None
+        body = b"" if kind.endswith("nothing") else body
+    elif kind == "reset-after-headers":
+        reply(ctrd, plain, 13, RESPONSE, b"first", None)
+        for side in (ctrd, plain):
+            side.client.reset_stream(13, ErrorCodes.CANCEL)
+        run(lambda s: s.server.receive_data(s.client.data_to_send()))
+        sid, headers, trailers = 13, None, None
+    elif kind == "unknown-stream-partial":
+        sid, headers, body, trailers = 99, None, b"", None
+    else:
+        assert kind in DECLINE and kind not in PARTIAL_DECLINE, kind
     # something queued in h2: it must stay queued
     if ctrd.server.state_machine.state is not ConnectionState.CLOSED:
         run(lambda s: s.server.ping(b"\x00" * 8))
     return pair, sid, headers, body, trailers
 
+
+PARTIAL_DECLINE = [
+    "no-headers",
+    "no-headers-body",
+    "no-headers-trailers",
+    "no-headers-nothing",
+    "no-headers-open",
+    "informational-only",
+    "headers-again",
+    "headers-again-trailers",
+    "headers-again-open",
+    "headers-again-h2",
+    "after-trailers-body",
+    "after-trailers-trailers",
+    "after-trailers-nothing",
+    "after-partial-trailers",
+    "h2-trailers-open",
+    "h2-ended-by-data",
+    "h2-ended-by-data-open",
+    "trailers-open",
+    "body-trailers-open",
+    "headers-trailers-open",
+    "conn-window-mid",
+    "stream-window-mid",
+    "stream-window-mid-open",
+    "closed-connection-partial",
+    "closed-connection-nothing",
+    "reset-after-headers",
+    "unknown-stream-partial",
+]
 
 DECLINE = [
     "no-transport",
@@ -793,6 +1271,7 @@ DECLINE = [
     "reset-by-client",
     "conn-window",
     "stream-window",
+    *PARTIAL_DECLINE,
 ]
 
 
@@ -825,12 +1304,17 @@ def test_reply_declines(kind: str, style: str) -> None:
             reply(ctrd, plain, 9, body=b"after")
 
 
-@pytest.mark.parametrize("kind", ["conn-window", "stream-window"])
+@pytest.mark.parametrize("kind", ["conn-window", "stream-window", "conn-window-mid", "stream-window-mid"])
 def test_h2_path_after_declining_for_the_window(kind: str) -> None:
-    """After a False for a small window, h2's own path on the same connection sends the reply."""
+    """After a False for a small window, h2's own path on the same connection sends the reply.
+
+    (In the "-mid" kinds the response's headers and a first body went out through
+    ``send_reply``; the body declined is the next message.)
+    """
     (ctrd, plain), sid, headers, body, trailers = prepare(kind)
     declined(ctrd, plain, sid, headers, body, trailers)
-    both(ctrd, plain, lambda s: s.server.send_headers(sid, headers))
+    if headers is not None:
+        both(ctrd, plain, lambda s: s.server.send_headers(sid, headers))
     pos, rounds = 0, 0
     while pos < len(body):
         n = min(plain.server.max_outbound_frame_size, len(body) - pos)
@@ -846,7 +1330,10 @@ def test_h2_path_after_declining_for_the_window(kind: str) -> None:
     assert rounds
     both(ctrd, plain, lambda s: s.server.send_headers(sid, trailers, end_stream=True))
     both(ctrd, plain, flush)
-    assert ctrd.received[sid] == plain.received[sid] == body
+    assert ctrd.received[sid] == plain.received[sid]
+    assert ctrd.received[sid].endswith(body)
+    if headers is not None:
+        assert ctrd.received[sid] == body
     assert machine(ctrd.server, sid)[:2] == machine(plain.server, sid)[:2]
     assert ctrd.server.streams[sid].state_machine.state is StreamState.CLOSED
     # and send_reply works again on the next stream once the windows allow it
@@ -879,14 +1366,86 @@ REPLY_HEADERS: list[tuple[Headers, Headers]] = [
 ]
 
 
-def random_step(rng: random.Random, ctrd: Side, plain: Side, state: dict[str, int]) -> str:
-    """One random call on both sides (chosen from the plain side's state, which both share)."""
+def accepts(server: H2Connection, sid: int, headers: Headers, body: Any, trailers: Headers) -> bool:
+    """Whether ``send_reply`` must take the call, by its rules, from the (plain) server's state."""
+    stream = server.streams.get(sid)
+    if stream is None or server.state_machine.state is not ConnectionState.SERVER_OPEN:
+        return False
+    m = stream.state_machine
+    if m.trailers_sent or (headers is not None) is bool(m.headers_sent):
+        return False
+    if not (m.state is StreamState.HALF_CLOSED_REMOTE or (m.state is StreamState.OPEN and trailers is None)):
+        return False
+    return len(body) <= server.local_flow_control_window(sid)
+
+
+def partial_step(rng: random.Random, ctrd: Side, plain: Side, state: dict[str, int]) -> str:
+    """``send_reply`` in a partial (or the full) form on a stream where it fits -- or, now and then,
+    one where it does not: the wrong form, a stream done or unknown, trailers on an open request,
+    a body over a window."""
+    server = plain.server
+    startable = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+    live = [
+        sid
+        for sid, s in server.streams.items()
+        if s.state_machine.state in startable and not s.state_machine.trailers_sent
+    ]
+    if live and rng.random() < 0.85:
+        sid = rng.choice(live)
+    else:
+        sid = rng.choice([*server.streams, state["next"] + 100])
+    stream = server.streams.get(sid)
+    m = stream.state_machine if stream is not None else None
+    headers: Headers = None if m is not None and m.headers_sent else rng.choice(REPLY_HEADERS)[0]
+    if rng.random() < 0.06:  # the wrong form
+        headers = rng.choice(REPLY_HEADERS)[0] if headers is None else None
+    complete = m is not None and m.state is StreamState.HALF_CLOSED_REMOTE
+    trailers: Headers = None
+    if rng.random() < (0.35 if complete else 0.04):
+        trailers = rng.choice(REPLY_HEADERS)[1]
+    size = rng.choice((0, 0, 0, 5, 1000, DEFAULT_FRAME, DEFAULT_FRAME + 1, 40000, 70000))
+    body = payload(size, state["seed"])
+    state["seed"] += 1
+    form = "".join(c for c, x in (("H", headers), ("B", size), ("T", trailers)) if x) or "-"
+    if accepts(server, sid, headers, body, trailers):
+        reply(ctrd, plain, sid, headers, body, trailers, deliver=rng.random() < 0.3)
+        return f"partial {sid} {form} {size}"
+    declined(ctrd, plain, sid, headers, body, trailers)
+    return f"declined {sid} {form} {size}"
+
+
+def random_step(
+    rng: random.Random, ctrd: Side, plain: Side, state: dict[str, int], partial: bool = False
+) -> str:
+    """One random call on both sides (chosen from the plain side's state, which both share).
+
+    With *partial*, ``send_reply``'s partial forms too (:func:`partial_step`), clients ending
+    open requests, and h2's own sends also on the streams ``send_reply`` started.
+    """
     server = plain.server
     live = {sid: s.state_machine for sid, s in server.streams.items() if not s.closed}
     complete = [
         sid for sid, m in live.items() if m.state is StreamState.HALF_CLOSED_REMOTE and not m.headers_sent
     ]
     open_ = [sid for sid, m in live.items() if m.state is StreamState.OPEN]
+    if partial:
+        open_ += [
+            sid
+            for sid, m in live.items()
+            if m.state is StreamState.HALF_CLOSED_REMOTE and m.headers_sent and not m.trailers_sent
+        ]
+        r = rng.random()
+        if r < 0.3:
+            return partial_step(rng, ctrd, plain, state)
+        # the client ends its request (the server's side OPEN, or HALF_CLOSED_LOCAL: h2 ended it)
+        requests = [
+            sid for sid, m in live.items() if m.state in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
+        ]
+        if r < 0.38 and requests:
+            sid = rng.choice(requests)
+            size = rng.choice((0, 10, 1000))
+            both(ctrd, plain, lambda s: end_request(s, sid, size))
+            return f"end request {sid} {size}"
     r = rng.random()
     if r < 0.35 and complete:
         sid = rng.choice(complete)
@@ -950,24 +1509,20 @@ def random_step(rng: random.Random, ctrd: Side, plain: Side, state: dict[str, in
                 [n for n in (0, 200, 4096) if n != encoder.header_table.maxsize]
             )
 
-        def client_settings(s: Side) -> None:
-            s.client.update_settings(changes)
-            events = s.server.receive_data(s.client.data_to_send())
-            s.events.append(("server", tuple(type(e).__name__ for e in events)))
-            # the server's ACK reaches the client at once: h2's client takes a new frame size
-            # limit only at the start of a read, so no frame sized to the new settings may
-            # follow the ACK in the read that brings it
-            flush(s)
-
-        both(ctrd, plain, client_settings)
+        both(ctrd, plain, client_settings(changes))
         return f"client settings {changes}"
     both(ctrd, plain, flush)
     return "flush"
 
 
+@pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
 @pytest.mark.parametrize("seed", range(6))
-def test_random_sequences_match_h2(seed: int) -> None:
-    """send_reply mixed with pings, window updates, settings, new requests and h2 sends on open streams."""
+def test_random_sequences_match_h2(seed: int, partial: bool) -> None:
+    """send_reply mixed with pings, window updates, settings, new requests and h2 sends on open streams.
+
+    With *partial*: its partial forms too (headers alone, bodies alone, trailers alone, ...) on
+    streams open or complete, requests ending, and calls it must decline.
+    """
     rng = random.Random(seed)
     ctrd, plain = reply_pair(
         frame_size=rng.choice((None, MAX_FRAME_SIZE)), window=96 * KiB, conn_window=256 * KiB
@@ -975,11 +1530,20 @@ def test_random_sequences_match_h2(seed: int) -> None:
     state = {"next": 17, "seed": 1000}
     done = []
     for i in range(150):
-        done.append(random_step(rng, ctrd, plain, state))
+        done.append(random_step(rng, ctrd, plain, state, partial))
         check(ctrd, plain, f"step {i}: {done[-1]}")
     both(ctrd, plain, flush)
     assert ctrd.received == plain.received
     replies = [d for d in done if d.startswith("reply")]
-    assert len(replies) >= 10, done
     assert ctrd.transport is not None
     assert sum(1 for name, _ in ctrd.transport.calls if name == "writelines") >= len(replies)
+    if not partial:
+        assert len(replies) >= 10, done
+        return
+    partials = [d.split() for d in done if d.startswith("partial")]
+    forms = {form for _, _, form, _ in partials}
+    assert len(partials) >= 15, done
+    # headers alone, headers + body, bodies alone, trailers alone or with a body, nothing at all
+    assert {"H", "HB", "B", "-"} <= forms and forms & {"T", "BT"}, (forms, done)
+    assert any(d.startswith("declined") for d in done), done
+    assert any(d.startswith("end request") for d in done), done

@@ -378,7 +378,8 @@ class CtrdConnection(H2Connection):
         connection with a transport attached; the stream is open or half closed by
         the peer (and with *trailers*, half closed by the peer: its request is
         complete); *headers* are given exactly when no response headers were sent
-        yet, and nothing follows trailers; and the flow-control windows take *body*.
+        yet, and are not an informational (1xx) response; nothing follows trailers;
+        and the flow-control windows take *body*.
         """
         transport = self.transport
         stream = self.streams.get(stream_id)
@@ -395,6 +396,8 @@ class CtrdConnection(H2Connection):
             )
         ):
             return False
+        if headers is not None and _informational(headers):
+            return False  # a 1xx: h2 keeps the final response's headers to come
         size = len(body)
         if size > self.outbound_flow_control_window or size > stream.outbound_flow_control_window:
             return False
@@ -466,6 +469,14 @@ class CtrdConnection(H2Connection):
                     transport.writelines((header, data))
                 return
         super()._prepare_for_sending(frames)
+
+
+def _informational(headers: Sequence[tuple[Any, Any]]) -> bool:
+    """Whether *headers* are an informational (1xx) response, as h2 tells."""
+    for name, value in headers:
+        if name in (":status", b":status"):
+            return value[:1] in ("1", b"1")
+    return False
 
 
 def _header_frames(block: bytes, flags: int, stream_id: int, step: int) -> bytes:

@@ -28,8 +28,6 @@ backend data either.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 __all__ = ["BlobGate"]
 
@@ -44,20 +42,10 @@ class BlobGate:
         self._refs: dict[str, int] = {}
         self._deleting: dict[str, asyncio.Event] = {}
 
-    @contextlib.asynccontextmanager
-    async def committing(self, dgst: str, bref: str = "") -> AsyncIterator[None]:
-        """Hold *dgst* (and backend ref *bref*) as "being committed" for the body."""
-        while (ev := self._deleting.get(dgst)) is not None:
-            await ev.wait()
-        _inc(self._committing, dgst)
-        if bref:
-            _inc(self._refs, bref)
-        try:
-            yield
-        finally:
-            _dec(self._committing, dgst)
-            if bref:
-                _dec(self._refs, bref)
+    def committing(self, dgst: str, bref: str = "") -> _Committing:
+        """``async with gate.committing(dgst, bref)``: hold *dgst* (and backend ref *bref*)
+        as "being committed" for the body, once no deletion of *dgst* is in flight."""
+        return _Committing(self, dgst, bref)
 
     def hold_ref(self, bref: str) -> None:
         """Count backend ref *bref* as in use (being opened) until :meth:`release_ref`."""
@@ -99,3 +87,28 @@ def _dec(d: dict[str, int], key: str) -> None:
         d[key] = n
     else:
         d.pop(key, None)
+
+
+class _Committing:
+    """The context manager of :meth:`BlobGate.committing` (a class: it is on every commit's path)."""
+
+    __slots__ = ("_bref", "_dgst", "_gate")
+
+    def __init__(self, gate: BlobGate, dgst: str, bref: str) -> None:
+        self._gate = gate
+        self._dgst = dgst
+        self._bref = bref
+
+    async def __aenter__(self) -> None:
+        gate, dgst = self._gate, self._dgst
+        while (ev := gate._deleting.get(dgst)) is not None:
+            await ev.wait()
+        _inc(gate._committing, dgst)
+        if self._bref:
+            _inc(gate._refs, self._bref)
+
+    async def __aexit__(self, *exc: object) -> None:
+        gate = self._gate
+        _dec(gate._committing, self._dgst)
+        if self._bref:
+            _dec(gate._refs, self._bref)

@@ -192,19 +192,41 @@ class _KeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
+    def hold(self, key: tuple[str, str]) -> _Held:
+        """``async with locks.hold(key)``: hold *key*'s lock for the body."""
+        return _Held(self._locks, key)
+
+
+class _Held:
+    """The context manager of :meth:`_KeyedLocks.hold` (a class: it is on every write's path)."""
+
+    __slots__ = ("_key", "_lock", "_locks")
+
+    def __init__(self, locks: dict[tuple[str, str], tuple[asyncio.Lock, int]], key: tuple[str, str]) -> None:
+        self._locks = locks
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        locks, key = self._locks, self._key
+        lock, users = locks.get(key) or (asyncio.Lock(), 0)
+        locks[key] = (lock, users + 1)
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:
+            self._drop()
+            raise
+        self._lock = lock
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._drop()
+
+    def _drop(self) -> None:
+        lock, users = self._locks[self._key]
+        if users <= 1:
+            del self._locks[self._key]
+        else:
+            self._locks[self._key] = (lock, users - 1)
 
 
 class NamespacedContentStore:

@@ -24,8 +24,9 @@ import datetime as _dt
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import aiosqlite
@@ -165,6 +166,48 @@ class _InlineTx(Tx):
         self._raw.execute("ROLLBACK").close()
 
 
+class _Update:
+    """The context manager of :meth:`DB.update` (a class: it is on every write's path)."""
+
+    __slots__ = ("_db", "_inline", "_tx")
+
+    def __init__(self, db: DB, inline: bool) -> None:
+        self._db = db
+        self._inline = inline
+
+    async def __aenter__(self) -> Tx:
+        db = self._db
+        await db._lock.acquire()
+        try:
+            w = db._w
+            if w is None:
+                raise errdefs.Unavailable("metadata database is closed")
+            tx = _InlineTx(w, w._conn) if self._inline else Tx(w)
+            await tx._begin()
+        except BaseException:
+            db._lock.release()
+            raise
+        self._tx = tx
+        return tx
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        db, tx = self._db, self._tx
+        try:
+            if exc_type is not None:
+                await tx._rollback()
+                return
+            await tx._commit()
+            db.mutations += 1
+            if tx.blobs_changed:
+                db.blob_epoch += 1
+        finally:
+            db._lock.release()
+        for fn in tx.after_commit:
+            fn()
+
+
 class DB:
     """The metadata database."""
 
@@ -241,33 +284,17 @@ class DB:
                     with contextlib.suppress(Exception):
                         await c.close()
 
-    @contextlib.asynccontextmanager
-    async def update(self, *, inline: bool = False) -> AsyncIterator[Tx]:
+    def update(self, *, inline: bool = False) -> _Update:
         """A serialised write transaction; commits on success, rolls back on error.
 
-        With *inline*, every statement (and BEGIN/COMMIT) runs synchronously on
-        the calling thread instead of aiosqlite's: use it for short transactions
-        only, as each statement blocks the event loop while it runs. The body may
-        still await other things (it holds the write lock meanwhile, as always).
+        Use as ``async with db.update() as tx``. With *inline*, every statement
+        (and BEGIN/COMMIT) runs synchronously on the calling thread instead of
+        aiosqlite's: use it for short transactions only, as each statement blocks
+        the event loop while it runs. The body may still await other things (it
+        holds the write lock meanwhile, as always). Callbacks the body added to
+        ``tx.after_commit`` run after a successful commit, outside the lock.
         """
-        async with self._lock:
-            w = self._w
-            if w is None:
-                raise errdefs.Unavailable("metadata database is closed")
-            tx = _InlineTx(w, w._conn) if inline else Tx(w)
-            await tx._begin()
-            try:
-                yield tx
-            except BaseException:
-                await tx._rollback()
-                raise
-            else:
-                await tx._commit()
-                self.mutations += 1
-                if tx.blobs_changed:
-                    self.blob_epoch += 1
-        for fn in tx.after_commit:
-            fn()
+        return _Update(self, inline)
 
     async def view_one(self, sql: str, params: Iterable[Any] = ()) -> Any:
         """One row from committed data, or ``None``.
