@@ -5,7 +5,9 @@ real metrics endpoint, the test's event loop) serve Content.Read to grpclib
 clients. ``CallStream._send_direct(..., last=True)`` (the one-write path) is spied on, and the
 server's transport writes are counted, to tell which path a reply took; the
 client checks the bytes, the offsets and the status of every reply either way,
-and the ``grpc_server_msg_sent_total`` series counts every message.
+and the ``grpc_server_msg_sent_total`` series counts every message. A Write's COMMIT
+ends the same way: its reply, containerd's deferred repeat of it and the trailers in
+one write (grpclib's path when a send listener exists), the replies unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -71,14 +73,14 @@ def spy(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> It
     spy = Spy()
     send_direct = CallStream._send_direct
 
-    def spying_send_direct(self: CallStream, message: Any, last: bool) -> bool:
-        if not last:
-            return send_direct(self, message, last)
+    def spying_send_direct(self: CallStream, message: Any, last: bool, repeat: int = 1) -> bool:
+        if not last or not self._method_name.endswith("/Read"):  # (put's Write ends with one too)
+            return send_direct(self, message, last, repeat)
         transport = self._stream._transport
         spy.starts.append((id(transport), spy.writes[id(transport)]))
         spy.connections.append(self._stream._h2_connection)
         spy.streams.append(self)
-        ok = send_direct(self, message, last)
+        ok = send_direct(self, message, last, repeat)
         spy.results.append(ok)
         return ok
 
@@ -353,3 +355,102 @@ async def test_connections_remember_repeated_header_blocks(spy: Spy) -> None:
     assert type(server.encoder) is _MemoEncoder and type(server.decoder) is _MemoDecoder
     assert server.decoder._memo and server.encoder._memo
     assert spy.results == [True] * 4
+
+
+# -- Write: the commit's reply, containerd's repeat of it and the trailers in one write ------------
+
+WRITE = "/containerd.services.content.v1.Content/Write"
+
+
+async def write_stream(
+    ch: Channel, ref: str, data: bytes, before_commit: Callable[[], None] = lambda: None
+) -> list[content_api.WriteContentResponse]:
+    """STAT (opening), WRITE, then COMMIT (at the offset reached) with END_STREAM, as the SDK does.
+
+    Every reply, in order.
+    """
+    dgst = digest(data)
+    async with ch.request(
+        WRITE,
+        Cardinality.STREAM_STREAM,
+        content_api.WriteContentRequest,
+        content_api.WriteContentResponse,
+        metadata={namespaces.GRPC_HEADER: "default"},
+    ) as stream:
+        req = content_api.WriteContentRequest
+        await stream.send_message(
+            req(action=content_api.WriteAction.STAT, ref=ref, total=len(data), expected=dgst)
+        )
+        replies = [await stream.recv_message()]
+        await stream.send_message(req(action=content_api.WriteAction.WRITE, ref=ref, offset=0, data=data))
+        replies.append(await stream.recv_message())
+        before_commit()
+        await stream.send_message(
+            req(
+                action=content_api.WriteAction.COMMIT,
+                ref=ref,
+                offset=len(data),
+                total=len(data),
+                expected=dgst,
+                labels=ROOT,
+            ),
+            end=True,
+        )
+        while (reply := await stream.recv_message()) is not None:
+            replies.append(reply)
+        await stream.recv_trailing_metadata()  # (grpclib raises for a non-OK status)
+    return [r for r in replies if r is not None]
+
+
+def write_sent(d: dict[Any, float]) -> float:
+    return d.get(grpc("grpc_server_msg_sent_total", "Write", "bidi_stream"), 0.0)
+
+
+async def test_commit_replies_and_trailers_in_one_write(spy: Spy) -> None:
+    """After COMMIT: its reply, the same again (containerd's deferred send) and OK trailers, in one write."""
+    data = blob(3000, seed=5)
+    server_writes: list[int] = []
+    async with running() as r:
+        before = await r.scrape()
+        async with channel(path=r.sock) as ch:
+            protocol = await ch.__connect__()
+            client = id(protocol.connection._transport)
+
+            def count() -> None:
+                server_writes.append(sum(n for t, n in spy.writes.items() if t != client))
+
+            replies = await write_stream(ch, "one-write", data, before_commit=count)
+            count()
+        d = delta(before, await r.scrape())
+    assert spy.starts == []  # no Read
+    assert server_writes[1] - server_writes[0] == 1  # both replies and the trailers in one write
+    dgst = digest(data)
+    W = content_api.WriteAction
+    assert [m.action for m in replies] == [W.STAT, W.WRITE, W.COMMIT, W.COMMIT]
+    assert replies[2] == replies[3]
+    assert replies[2].offset == len(data) and replies[2].digest == dgst
+    assert write_sent(d) == 4.0
+    assert d[handled("Write", "OK", "bidi_stream")] == 1.0
+
+
+async def test_commit_replies_through_grpclib_with_a_listener() -> None:
+    """With a ``SendMessage`` listener the commit's replies take grpclib's path: the same replies."""
+    data = blob(2000, seed=6)
+    async with running() as r:
+        async with channel(path=r.sock) as ch:
+            direct = await write_stream(ch, "direct", data)
+        seen: list[Any] = []
+
+        async def on_send(event: SendMessage) -> None:
+            seen.append(bytes(event.message))
+
+        for srv in r.daemon._grpc._servers:
+            listen(srv, SendMessage, on_send)
+        before = await r.scrape()
+        async with channel(path=r.sock) as ch:
+            observed = await write_stream(ch, "observed", blob(2000, seed=7))
+        d = delta(before, await r.scrape())
+    assert [m.action for m in observed] == [m.action for m in direct]
+    assert observed[2] == observed[3] and observed[2].digest == digest(blob(2000, seed=7))
+    assert len(seen) == 4 and seen[2] == seen[3]  # the listener saw both commit replies
+    assert write_sent(d) == 4.0

@@ -182,18 +182,19 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         if on_send is not None:
             on_send()
 
-    async def send_last(self, message: Any) -> None:
-        """Send *message* as the call's last one and end the call with status OK.
+    async def send_last(self, message: Any, repeat: int = 1) -> None:
+        """Send *message* (*repeat* times) as the call's last message(s) and end the call with status OK.
 
         When the request is complete, no listener watches sends and the
         flow-control windows take the whole message, the headers (unless sent
-        already), the message and the OK trailers leave in one write, framed by
+        already), the message(s) and the OK trailers leave in one write, framed by
         :meth:`ctrd._h2.CtrdConnection.send_reply`; otherwise this is
-        :meth:`send_message` and the trailers follow when the handler returns.
-        The handler must not send or fail after this.
+        :meth:`send_message` (*repeat* times) and the trailers follow when the
+        handler returns. The handler must not send or fail after this.
         """
-        if not self._send_direct(message, last=True):
-            await self.send_message(message)
+        if not self._send_direct(message, last=True, repeat=repeat):
+            for _ in range(repeat):
+                await self.send_message(message)
 
     async def send_trailing_metadata(
         self,
@@ -239,7 +240,7 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
             return None
         return h2c, sid
 
-    def _send_direct(self, message: Any, last: bool) -> bool:
+    def _send_direct(self, message: Any, last: bool, repeat: int = 1) -> bool:
         if self._send_trailing_metadata_done or self._cancel_done:
             return False
         if self._send_message_done and not self._cardinality.server_streaming:
@@ -250,6 +251,10 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         h2c, sid = direct
         payload = self._codec.encode(message, self._send_type)
         framed = GRPC_PREFIX.pack(0, len(payload)) + payload
+        if repeat != 1:
+            if repeat < 1 or not self._cardinality.server_streaming:
+                return False  # grpclib's path (and its errors)
+            framed *= repeat
         size = len(framed)
         headers = None
         if not self._send_initial_metadata_done:
@@ -264,12 +269,13 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         h2s.data_sent += size
         conn.data_sent += size
         conn.data_send_process()
-        self._messages_sent += 1
-        conn.messages_sent += 1
+        self._messages_sent += repeat
+        conn.messages_sent += repeat
         conn.last_message_sent = time.monotonic()
         on_send = getattr(self, ON_SEND, None)
         if on_send is not None:
-            on_send()
+            for _ in range(repeat):
+                on_send()
         return True
 
     def _trailers_direct(self) -> bool:

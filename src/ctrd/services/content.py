@@ -171,7 +171,25 @@ async def _serve_stream(
     send = stream.send_message
     async with contextlib.aclosing(handler(request)) as responses:
         async for response in responses:
+            if type(response) is _Last:
+                # the call's last replies: with the OK trailers in one write when it can
+                reply = response.message
+                await stream.send_last(reply if encode is None else encode(reply), response.repeat)
+                continue
             await send(response if encode is None else encode(response))
+
+
+class _Last:
+    """Yielded by a streaming handler: *message*, *repeat* times, ends the call (status OK).
+
+    The handler must yield nothing after it, and nothing it still does may fail the call.
+    """
+
+    __slots__ = ("message", "repeat")
+
+    def __init__(self, message: Any, repeat: int = 1) -> None:
+        self.message = message
+        self.repeat = repeat
 
 
 class ContentService(api.ContentBase):
@@ -201,7 +219,7 @@ class ContentService(api.ContentBase):
         # and Write replies are encoded by hand; see ctrd.services._wire.
         old = mapping[_SERVICE + "Write"]
         mapping[_SERVICE + "Write"] = grpclib.const.Handler(
-            functools.partial(_serve_stream, self.write, True, encode=_wire.encode_write_response),
+            functools.partial(_serve_stream, self._write, True, encode=_wire.encode_write_response),
             old.cardinality,
             _wire.RawWriteRequest,
             _wire.RawReply,
@@ -356,6 +374,18 @@ class ContentService(api.ContentBase):
     async def write(
         self, messages: AsyncIterator[api.WriteContentRequest]
     ) -> AsyncGenerator[api.WriteContentResponse, None]:
+        """The generated interface's ``Write``: :meth:`_write`'s replies, one message at a time."""
+        async with contextlib.aclosing(self._write(messages)) as replies:
+            async for reply in replies:
+                if isinstance(reply, _Last):
+                    for _ in range(reply.repeat):
+                        yield reply.message
+                else:
+                    yield reply
+
+    async def _write(
+        self, messages: AsyncIterator[api.WriteContentRequest]
+    ) -> AsyncGenerator[api.WriteContentResponse | _Last, None]:
         """The bidi ingest stream: containerd 1.6's algorithm, step for step.
 
         With :attr:`early_write_ack`, a ``WRITE`` carrying data is answered as
@@ -377,6 +407,7 @@ class ContentService(api.ContentBase):
 
         wr: Writer | None = await store.writer(ref, total=total, expected=expected)
         msg = api.WriteContentResponse()
+        finished = False
         early = self.early_write_ack
         pending: asyncio.Future[int] | None = None
         pending_len = 0
@@ -449,10 +480,15 @@ class ContentService(api.ContentBase):
                         await wr.commit(total, expected, commit_labels)
                     msg.digest = wr.digest()
 
+                if action == _COMMIT:
+                    # the commit's reply, containerd's deferred "pump" of the last response
+                    # once more, and the OK trailers: nothing left can fail the call (nothing
+                    # is pending, and closing the committed writer is quiet)
+                    finished = True
+                    yield _Last(msg, 2)
+                    break
                 yield msg
 
-                if action == _COMMIT:
-                    break
                 req = await anext(messages, None)
                 if req is None:
                     break
@@ -462,8 +498,9 @@ class ContentService(api.ContentBase):
                 await asyncio.shield(_settle(pending, ref))
             if wr is not None:
                 await asyncio.shield(_close_quietly(wr, f"writer for {ref}"))
-        # containerd's deferred "pump": the last response once more on success.
-        yield msg
+        if not finished:
+            # containerd's deferred "pump": the last response once more on success.
+            yield msg
 
     async def _committed(self, dgst: str) -> bool:
         """Whether *dgst* is committed in the caller's namespace (any error: no)."""
