@@ -42,6 +42,7 @@ import pytest
 from ctrd import errdefs
 from ctrd.content import (
     EMPTY_SHA256,
+    CommitChecker,
     Info,
     ReaderAt,
     Status,
@@ -264,6 +265,12 @@ BAD_DIGESTS: Final = (
     "SHA256:" + "a" * 64,
     "sha256:" + "a" * 64 + "\n",
 )
+
+
+async def check_committed(store: Store, dgst: str, expected: bool) -> None:
+    """A store that answers ``committed`` (:class:`ctrd.content.CommitChecker`) answers as ``info`` does."""
+    if isinstance(store, CommitChecker):
+        assert await store.committed(dgst) is expected, dgst
 
 
 class ContentStoreSuite:
@@ -644,6 +651,7 @@ class ContentStoreSuite:
                 await store.reader_at(bad)
             with pytest.raises(errdefs.InvalidArgument):
                 await store.delete(bad)
+            await check_committed(store, bad, False)
 
     @pytest.mark.parametrize("bad", [d for d in BAD_DIGESTS if d])
     async def test_writer_bad_expected_digest(self, store: Store, bad: str) -> None:
@@ -666,6 +674,7 @@ class ContentStoreSuite:
                 await store.reader_at(dgst)
             with pytest.raises(errdefs.NotFound):
                 await store.delete(dgst)
+            await check_committed(store, dgst, False)
 
     async def test_second_writer_unavailable(self, store: Store) -> None:
         """A ref with an open writer is Unavailable until that writer closes or commits."""
@@ -746,7 +755,10 @@ class ContentStoreSuite:
             data, dgst = create_content(1000)
             await write_blob(store, "del", data, expected=dgst)
             assert await read_blob(store, dgst) == data
+            await store.info(dgst)  # (fills any cache)
+            await check_committed(store, dgst, True)
             await store.delete(dgst)
+            await check_committed(store, dgst, False)
             with pytest.raises(errdefs.NotFound):
                 await store.info(dgst)
             with pytest.raises(errdefs.NotFound):
@@ -850,8 +862,10 @@ class CrossNSSharedSuite(_NamespacedSuite):
         t3 = utcnow()
         with self.namespace(1):
             await check_content(store, dgst, len(b), {}, t1, t3, t1, t3)
+            await check_committed(store, dgst, True)
         with self.namespace(2):
             await check_content(store, dgst, len(b), {}, t1, t3, t1, t3)
+            await check_committed(store, dgst, True)
 
 
 class CrossNSIsolatedSuite(_NamespacedSuite):
@@ -874,6 +888,7 @@ class CrossNSIsolatedSuite(_NamespacedSuite):
                 await check_newly_created(w, t1, t2, t3, t4)
                 with pytest.raises(errdefs.NotFound):
                     await store.info(dgst)
+                await check_committed(store, dgst, False)  # knowing the digest is not enough
             finally:
                 await w.close()
 

@@ -10,12 +10,23 @@ the namespaced metadata store, and the remote client store.
 
 from __future__ import annotations
 
-from ctrd.content._store import Info, InfoRecord, ReaderAt, RecordWalker, Status, Store, Writer, utcnow
+from ctrd.content._store import (
+    CommitChecker,
+    Info,
+    InfoRecord,
+    ReaderAt,
+    RecordWalker,
+    Status,
+    Store,
+    Writer,
+    utcnow,
+)
 from ctrd.content.digest import EMPTY_SHA256, parse, sha256_of, validate
 from ctrd.content.helpers import copy, open_writer, read_blob, write_blob
 
 __all__ = [
     "EMPTY_SHA256",
+    "CommitChecker",
     "Info",
     "InfoRecord",
     "ReaderAt",

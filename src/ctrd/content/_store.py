@@ -14,7 +14,17 @@ import datetime as _dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Info", "InfoRecord", "ReaderAt", "RecordWalker", "Status", "Store", "Writer", "utcnow"]
+__all__ = [
+    "CommitChecker",
+    "Info",
+    "InfoRecord",
+    "ReaderAt",
+    "RecordWalker",
+    "Status",
+    "Store",
+    "Writer",
+    "utcnow",
+]
 
 
 def utcnow() -> _dt.datetime:
@@ -161,4 +171,13 @@ class RecordWalker(Protocol):
 
     def walk_records(self, *filters: str) -> AsyncIterator[list[InfoRecord]]:
         """Batches of the blobs matching any filter, sorted by digest; no batch is empty."""
+        ...
+
+
+@runtime_checkable
+class CommitChecker(Protocol):
+    """A store that tells whether a blob is committed without building its :class:`Info`."""
+
+    async def committed(self, dgst: str) -> bool:
+        """Whether :meth:`Store.info` would find *dgst* (any error, such as a malformed digest: no)."""
         ...

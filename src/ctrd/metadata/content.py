@@ -288,6 +288,19 @@ class NamespacedContentStore:
         self._info_cache[key] = (epoch, info)
         return info
 
+    async def committed(self, dgst: str) -> bool:
+        """Whether :meth:`info` would find *dgst* in the caller's namespace, without raising."""
+        ns = namespaces.required()
+        hit = self._info_cache.get((ns, dgst))
+        if hit is not None and hit[0] == self._db.blob_epoch:
+            return True
+        try:
+            _digest.validate(dgst)
+        except errdefs.InvalidArgument:
+            return False
+        row = await self._db.view_one("SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, dgst))
+        return row is not None
+
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         ns = namespaces.required()
         dgst = info.digest

@@ -42,7 +42,7 @@ from ctrd.api.containerd.events import ContentDelete
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.content import digest as _digest
-from ctrd.content._store import InfoRecord, ReaderAt, RecordWalker, Store, Writer
+from ctrd.content._store import CommitChecker, InfoRecord, ReaderAt, RecordWalker, Store, Writer
 from ctrd.events import Publisher
 from ctrd.services import _wire
 from ctrd.services.convert import info_from_proto, info_to_proto, status_to_proto, to_utc
@@ -204,6 +204,7 @@ class ContentService(api.ContentBase):
         self, store: Store, publisher: Publisher | None = None, *, early_write_ack: bool = False
     ) -> None:
         self._store = store
+        self._checker = store if isinstance(store, CommitChecker) else None
         self._publisher = publisher
         self.early_write_ack = early_write_ack
         """Reply to a ``WRITE`` before its chunk is on disk (see :meth:`write`)."""
@@ -504,6 +505,12 @@ class ContentService(api.ContentBase):
 
     async def _committed(self, dgst: str) -> bool:
         """Whether *dgst* is committed in the caller's namespace (any error: no)."""
+        checker = self._checker
+        if checker is not None:
+            try:
+                return await checker.committed(dgst)
+            except errdefs.Error:
+                return False
         try:
             await self._store.info(dgst)
         except errdefs.Error:
