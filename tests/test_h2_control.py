@@ -1,7 +1,8 @@
-"""``ctrd._h2.CtrdConnection``'s own WINDOW_UPDATE and PING frames against plain h2, read for read.
+"""``ctrd._h2.CtrdConnection``'s own DATA, WINDOW_UPDATE and PING frames against plain h2, read for read.
 
-``CtrdConnection.receive_data`` takes complete WINDOW_UPDATE and PING frames itself
-(``_control``) and gives the runs of other frames between them to h2. Here a plain
+``CtrdConnection.receive_data`` takes complete WINDOW_UPDATE and PING frames
+(``_control``) and unpadded DATA frames (``_data``) itself and gives the runs of
+other frames between them to h2. Here a plain
 h2 peer (a client in front of two servers, or a server in front of two clients
 built as the ctrd SDK builds its own) writes a byte stream; a ``CtrdConnection``
 and a plain :class:`~h2.connection.H2Connection` built alike read it, split the
@@ -711,7 +712,8 @@ def test_control_frame_matches_h2(name: str, kind: str) -> None:
 
 
 def test_fast_path_is_taken() -> None:
-    """The plain valid frames are taken by ``_control``: h2's frame handlers never see them."""
+    """The plain valid frames are taken by ``_control`` (and DATA by ``_data``): h2's frame handlers never
+    see them."""
     pair = server_pair()
     seen: dict[str, list[str]] = {"ctrd": [], "plain": []}
 
@@ -730,7 +732,7 @@ def test_fast_path_is_taken() -> None:
     fed = pair.feed(stream)
     assert fed.error is None
     assert pair.ctrd.offered == offers("P+ W+ W+ P+ P+")
-    assert seen["ctrd"] == ["DataFrame"]
+    assert seen["ctrd"] == []
     assert seen["plain"] == [
         "PingFrame",
         "WindowUpdateFrame",
@@ -748,6 +750,37 @@ def test_fast_path_is_taken() -> None:
         "DataReceived",
         "PingReceived",
     ]
+
+
+def spy_dispatch(conn: H2Connection, log: list[str]) -> None:
+    """Record the type of every frame *conn*'s h2 frame handlers get."""
+    table = conn._frame_dispatch_table
+
+    def spied(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def receive(f: Any) -> Any:
+            log.append(type(f).__name__)
+            return handler(f)
+
+        return receive
+
+    for cls, handler in list(table.items()):
+        table[cls] = spied(handler)
+
+
+def test_data_fast_path_and_padding() -> None:
+    """Unpadded DATA on an open stream is taken by ``_data``; padded DATA goes to h2 (the error
+    cases, such as a window overrun or an unknown stream, are compared with h2 above)."""
+    pair = server_pair()
+    seen: dict[str, list[str]] = {"ctrd": [], "plain": []}
+    spy_dispatch(pair.ctrd, seen["ctrd"])
+    spy_dispatch(pair.plain, seen["plain"])
+    padded = frame(DATA, 0x8, 1, bytes([3]) + b"abc" + b"\0" * 3)
+    stream = frame(DATA, 0, 1, b"x" * 100) + padded + frame(DATA, 0, 1, b"y" * 10) + frame(DATA, 1, 1, b"z")
+    fed = pair.feed(stream)
+    assert fed.error is None
+    assert fed.names == ["DataReceived", "DataReceived", "DataReceived", "DataReceived", "StreamEnded"]
+    assert seen["ctrd"] == ["DataFrame"]  # only the padded one
+    assert seen["plain"] == ["DataFrame"] * 4
 
 
 # -- output order ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 * **Fewer copies** of large DATA frames, received and sent (:class:`CtrdConnection`).
 * **Repeated header blocks** are coded once per state of the hpack tables
   (:func:`memoize_hpack`).
-* **Per-call frames by hand**: a unary reply's frames, and the flow-control and
+* **Per-call frames by hand**: a reply's frames, and the DATA, flow-control and
   ping frames a peer sends, without h2's frame objects (:class:`CtrdConnection`).
 """
 
@@ -149,12 +149,15 @@ _HEADERS: Final = 0x1
 _END_STREAM: Final = 0x1
 _END_HEADERS: Final = 0x4
 _CONTINUATION: Final = 0x9
+_DATA: Final = 0x0
+_PADDED: Final = 0x8
 _SETTINGS: Final = 0x4
 _PING: Final = 0x6
 _WINDOW_UPDATE: Final = 0x8
 _ACK: Final = 0x1
 _MAX_WINDOW: Final = (1 << 31) - 1
 _OPEN_STATES: Final = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+_RECEIVING: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
 
 
 class CtrdConnection(H2Connection):
@@ -172,8 +175,10 @@ class CtrdConnection(H2Connection):
     * a whole unary reply (headers, message, trailers) framed by hand and written
       at once (:meth:`send_reply`), h2's state moved as its own calls would;
     * WINDOW_UPDATE and PING frames, most of what a gRPC peer sends besides
-      requests (``ctr`` sends four and one per ``Read``), taken without h2's frame
-      objects (:meth:`_control`); errors and unusual cases stay h2's.
+      requests (``ctr`` sends four and one per ``Read``), and complete unpadded
+      DATA frames (``ctr`` sends a 1 MiB ``WRITE`` as 64), taken without h2's
+      frame objects (:meth:`_control`, :meth:`_data`); errors and unusual cases
+      stay h2's.
 
     Built as this class rather than given it afterwards: CPython specialises
     attribute access per class, and an object whose class was swapped loses that
@@ -205,7 +210,7 @@ class CtrdConnection(H2Connection):
         buf = self.incoming_buffer
         if buf._data or buf._preamble_len:
             return self._receive_h2(data)
-        # Complete WINDOW_UPDATE and PING frames are taken here (_control), the
+        # Complete DATA, WINDOW_UPDATE and PING frames are taken here (_data, _control), the
         # frames between them go to h2 in runs, all in their order. h2 reads a
         # frame-size limit once per read, which a SETTINGS frame (its ACK) may
         # change: a read holding one goes to h2 whole.
@@ -219,7 +224,11 @@ class CtrdConnection(H2Connection):
             kind = data[pos + 3]
             if kind == _SETTINGS:
                 return self._receive_h2(data)
-            if (kind == _WINDOW_UPDATE and end - pos == 13) or (kind == _PING and end - pos == 17):
+            if (
+                kind == _DATA
+                or (kind == _WINDOW_UPDATE and end - pos == 13)
+                or (kind == _PING and end - pos == 17)
+            ):
                 controls.append((pos, end, kind))
             pos = end
         if not controls:
@@ -234,7 +243,11 @@ class CtrdConnection(H2Connection):
                     events.extend(self._receive_h2(memoryview(data)[start:pos]))
                     start = pos
                 rest = end
-                if self._control(data, pos, kind, events):
+                if (
+                    self._data(data, pos, end, events)
+                    if kind == _DATA
+                    else self._control(data, pos, kind, events)
+                ):
                     start = end
                 else:
                     rest = pos
@@ -253,6 +266,41 @@ class CtrdConnection(H2Connection):
         if len(pending) > 9 and pending[3] == DataFrame.type and not pending[4] & 0x08:
             self._start(pending)
         return events
+
+    def _data(self, data: Any, pos: int, end: int, events: list[Any]) -> bool:
+        """Take the DATA frame at *pos* as h2 would; ``False``: leave it to h2.
+
+        Only an unpadded frame within the frame-size limit, on a stream h2 holds
+        open for receiving (no content-length to track) whose and the connection's
+        windows take it, on an open connection (where h2's RECV_DATA changes no
+        state) with no header block in progress. The connection's window is
+        consumed here and the stream's own code does the rest (its window, its
+        state, the events), as in h2; the frame's data is copied once.
+        """
+        if self.state_machine.state not in _OPEN_STATES or self.incoming_buffer._headers_buffer:
+            return False
+        flags = data[pos + 4]
+        length = end - pos - 9
+        if flags & _PADDED or length > self.max_inbound_frame_size:
+            return False
+        stream = self.streams.get(int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF)
+        if (
+            stream is None
+            or stream.state_machine.state not in _RECEIVING
+            or stream._expected_content_length is not None
+        ):
+            return False
+        window = self._inbound_flow_control_window_manager
+        if length > window.current_window_size or length > stream._inbound_window_manager.current_window_size:
+            return False
+        window.window_consumed(length)
+        frames, stream_events = stream.receive_data(
+            bytes(memoryview(data)[pos + 9 : end]), bool(flags & _END_STREAM), length
+        )
+        if frames:
+            self._prepare_for_sending(frames)
+        events.extend(stream_events)
+        return True
 
     def _control(self, data: Any, pos: int, kind: int, events: list[Any]) -> bool:
         """Take the WINDOW_UPDATE or PING frame at *pos* as h2 would; ``False``: leave it to h2.
