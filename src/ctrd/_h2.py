@@ -172,8 +172,9 @@ class CtrdConnection(H2Connection):
       9-byte frame header, then the payload object itself, to :attr:`transport`
       (one ``writelines``), keeping the order of everything sent. Stream state
       and flow-control windows stay h2's own;
-    * a whole unary reply (headers, message, trailers) framed by hand and written
-      at once (:meth:`send_reply`), h2's state moved as its own calls would;
+    * a server stream's reply, whole or in parts (headers, messages, trailers),
+      framed by hand and written at once (:meth:`send_reply`), h2's state moved
+      as its own calls would;
     * WINDOW_UPDATE and PING frames, most of what a gRPC peer sends besides
       requests (``ctr`` sends four and one per ``Read``), and complete unpadded
       DATA frames (``ctr`` sends a 1 MiB ``WRITE`` as 64), taken without h2's
