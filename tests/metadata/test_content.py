@@ -400,3 +400,39 @@ def test_sql_prefilter_pushes_simple_selectors_down() -> None:
     # keys SQLite's JSON paths would read differently stay in Python
     assert _sql_prefilter(filters.parse_all('labels."ü"==1')) == ("", ())
     assert _sql_prefilter(filters.parse_all('labels."q\\"q"==1')) == ("", ())
+
+
+async def test_walk_records_pages(env: tuple[DB, LocalStore, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of ``_WALK_BATCH`` rows: every blob once, in order, with and without a pushed-down
+    filter, full and partial last pages; a walk left after its first page closes cleanly."""
+    import ctrd.metadata.content as mc
+
+    monkeypatch.setattr(mc, "_WALK_BATCH", 7)
+    db, backend, _ = env
+    store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
+    digests: list[str] = []
+    labelled: list[str] = []
+    with ns("pages"):
+        for i in range(30):  # 4 full pages and a partial one; 21 exactly fills 3 pages (below)
+            data = f"page blob {i}".encode()
+            digests.append(sha256_of(data))
+            labels = {"k": "v"} if i % 3 == 0 else {}
+            if labels:
+                labelled.append(digests[-1])
+            await write_blob(store, f"p{i}", data, expected=digests[-1], labels=labels)
+        batches = [b async for b in store.walk_records()]
+        assert [r.digest for b in batches for r in b] == sorted(digests)
+        assert [len(b) for b in batches] == [7, 7, 7, 7, 2]
+        got = [r.digest for b in [b async for b in store.walk_records("labels.k==v")] for r in b]
+        assert got == sorted(labelled)
+        # leaving after the first page: nothing leaks or fails, the next walk sees everything
+        walk = store.walk_records()
+        first = await anext(walk)
+        assert [r.digest for r in first] == sorted(digests)[:7]
+        await walk.aclose()
+        assert [i.digest async for i in store.walk()] == sorted(digests)
+    with ns("exact"):
+        for i in range(21):
+            data = f"exact blob {i}".encode()
+            await write_blob(store, f"e{i}", data, expected=sha256_of(data))
+        assert [len(b) async for b in store.walk_records()] == [7, 7, 7]
