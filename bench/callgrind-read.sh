@@ -11,31 +11,14 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 SRC=${1:-$HERE/src}
 GETS=${2:-3}
-PY=${PYTHON:-python3}
-WORK=$(mktemp -d /tmp/ctrd-cg.XXXXXX)
-trap 'kill "$VG" 2>/dev/null || true; wait "$VG" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cat > "$WORK/config.toml" <<CFG
-version = 2
-root = "$WORK/root"
-state = "$WORK/state"
-[grpc]
-  address = "$WORK/ctrd.sock"
-[plugins."io.containerd.gc.v1.scheduler"]
-  startup_delay = "1h"
-  mutation_threshold = 0
-CFG
+. "$HERE/bench/_callgrind.sh"
+cg_start "$SRC"
 head -c $((4 << 20)) /dev/urandom > "$WORK/blob"
 DG=sha256:$(sha256sum "$WORK/blob" | cut -d' ' -f1)
-PYTHONPATH=$SRC valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" \
-  "$PY" -m ctrd --config "$WORK/config.toml" > "$WORK/daemon.log" 2>&1 &
-VG=$!
-for _ in $(seq 1 240); do [ -S "$WORK/ctrd.sock" ] && break; sleep 0.5; done
-CTR=(ctr -a "$WORK/ctrd.sock" -n default)
+CTR=(ctr -a "$SOCK" -n default)
 "${CTR[@]}" content ingest --expected-digest "$DG" --expected-size $((4 << 20)) blob < "$WORK/blob"
 "${CTR[@]}" content get "$DG" > /dev/null
-callgrind_control -z "$VG" > /dev/null
+cg_zero
 for _ in $(seq 1 "$GETS"); do "${CTR[@]}" content get "$DG" > /dev/null; done
-callgrind_control -d "$VG" > /dev/null
-sleep 1
-IR=$(grep -h -m1 '^summary:\|^totals:' "$WORK"/cg.out.*.1 | awk '{print $2}')
+IR=$(cg_total)
 echo "instructions per Read RPC: $(( IR / (GETS * 128) )) ($IR over $((GETS * 128)) RPCs)"

@@ -12,19 +12,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 SRC=${1:-$HERE/src}
 BLOBS=${2:-200}
-PY=${PYTHON:-python3}
-WORK=$(mktemp -d /tmp/ctrd-cgw.XXXXXX)
-trap 'kill "$VG" 2>/dev/null || true; wait "$VG" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cat > "$WORK/config.toml" <<CFG
-version = 2
-root = "$WORK/root"
-state = "$WORK/state"
-[grpc]
-  address = "$WORK/ctrd.sock"
-[plugins."io.containerd.gc.v1.scheduler"]
-  startup_delay = "1h"
-  mutation_threshold = 0
-CFG
+. "$HERE/bench/_callgrind.sh"
+cg_start "$SRC"
 cat > "$WORK/client.py" <<'PYCLIENT'
 import asyncio, hashlib, os, sys
 from bench.sdk import BenchStore
@@ -44,14 +33,8 @@ async def main(sock: str, ns: str, n: int) -> None:
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 PYCLIENT
-PYTHONPATH=$SRC valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" \
-  "$PY" -m ctrd --config "$WORK/config.toml" > "$WORK/daemon.log" 2>&1 &
-VG=$!
-for _ in $(seq 1 240); do [ -S "$WORK/ctrd.sock" ] && break; sleep 0.5; done
-PYTHONPATH=$HERE "$PY" "$WORK/client.py" "$WORK/ctrd.sock" warm 50
-callgrind_control -z "$VG" > /dev/null
-PYTHONPATH=$HERE "$PY" "$WORK/client.py" "$WORK/ctrd.sock" measured "$BLOBS"
-callgrind_control -d "$VG" > /dev/null
-sleep 1
-IR=$(grep -h -m1 '^summary:\|^totals:' "$WORK"/cg.out.*.1 | awk '{print $2}')
+PYTHONPATH=$HERE "$PY" "$WORK/client.py" "$SOCK" warm 50
+cg_zero
+PYTHONPATH=$HERE "$PY" "$WORK/client.py" "$SOCK" measured "$BLOBS"
+IR=$(cg_total)
 echo "instructions per 4 KiB write_blob: $(( IR / BLOBS )) ($IR over $BLOBS blobs)"
