@@ -684,6 +684,14 @@ def send_side(ctrd: bool, transport: bool = True, window: int = 8 * MiB, asyncio
     )
     for sid in (1, 3, 5, 7):
         client.send_headers(sid, REQUEST)
+    side = server_side(client, ctrd, transport, asyncio_style)
+    assert side.server.max_outbound_frame_size == MAX_FRAME_SIZE
+    return side
+
+
+def server_side(client: H2Connection, ctrd: bool, transport: bool, asyncio_style: bool) -> Side:
+    """A server (Ctrd with a recording transport when *ctrd* and *transport*, else plain) past the
+    handshake with *client*, whose first bytes it reads."""
     server = (CtrdConnection if ctrd else H2Connection)(config=server_config())
     recorder = AsyncioTransport() if asyncio_style else Transport()
     side = Side(server, client, recorder if ctrd and transport else None)
@@ -696,7 +704,6 @@ def send_side(ctrd: bool, transport: bool = True, window: int = 8 * MiB, asyncio
     side.flush()
     side.deliver()
     side.deliver()  # the client's ACK of the server's settings
-    assert server.max_outbound_frame_size == MAX_FRAME_SIZE
     return side
 
 

@@ -80,12 +80,11 @@ from .test_h2_direct import (
     TRAILERS,
     AsyncioTransport,
     Side,
-    Transport,
     Wire,
     conn_state,
     frames_of,
     payload,
-    server_config,
+    server_side,
 )
 
 KiB = 1 << 10
@@ -159,18 +158,8 @@ def reply_side(
     if header_table_size is not None:
         settings[SettingCodes.HEADER_TABLE_SIZE] = header_table_size
     client.update_settings(settings)
-    server = (CtrdConnection if ctrd else H2Connection)(config=server_config())
-    recorder = AsyncioTransport() if asyncio_style else Transport()
-    side = Side(server, client, recorder if ctrd and transport else None)
-    if side.transport is not None:
-        assert isinstance(server, CtrdConnection)
-        server.use_transport(side.transport)
-        side.out = side.transport.out
-    server.initiate_connection()
-    server.receive_data(client.data_to_send())
-    side.flush()
-    side.deliver()
-    side.deliver()  # the client's ACK of the server's settings
+    side = server_side(client, ctrd, transport, asyncio_style)
+    server = side.server
     for sid, kind in requests:
         request(side, sid, kind)
     side.flush()
