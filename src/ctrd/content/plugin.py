@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ctrd.plugin import InitContext, Registration, types
 
-__all__ = ["local"]
+__all__ = ["LocalContentConfig", "local"]
+
+
+class LocalContentConfig(BaseModel):
+    """``[plugins."io.containerd.content.v1.content"]`` (containerd's plugin takes no options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    direct_write: bool = Field(
+        default=True,
+        description="write the page-aligned part of ingest chunks of 256 KiB and more with O_DIRECT, "
+        "around the page cache (hashing while the disk writes); a blob is then not cached after its "
+        "ingest. Ordinary writes where the filesystem refuses O_DIRECT",
+    )
 
 
 async def _init(ic: InitContext) -> object:
     from ctrd.content.local import LocalStore
 
+    cfg = ic.config if isinstance(ic.config, LocalContentConfig) else LocalContentConfig()
     root = ic.root
     ic.exports["root"] = str(root)
-    return LocalStore(root)
+    return LocalStore(root, direct_write=cfg.direct_write)
 
 
-local = Registration(type=types.CONTENT, id="content", init=_init)
+local = Registration(type=types.CONTENT, id="content", config=LocalContentConfig, init=_init)

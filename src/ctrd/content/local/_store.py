@@ -258,10 +258,15 @@ class LocalStore:
     Timestamps: a blob's ``created_at`` and ``updated_at`` are both its mtime
     (set at commit); containerd reports atime as ``updated_at``, which is
     unreliable under ``noatime``/``relatime``.
+
+    *direct_write*: writers append the page-aligned part of chunks of
+    :data:`~ctrd.content.local._direct.DIRECT_MIN` bytes and more with
+    ``O_DIRECT`` (:mod:`ctrd.content.local._direct`), where the filesystem allows it.
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, direct_write: bool = False) -> None:
         self._root = Path(root)
+        self._direct_write = direct_write
         self._blobs = self._root / "blobs"
         self._ingest = self._root / "ingest"
         self._ingest_str = os.fspath(self._ingest)
@@ -565,6 +570,7 @@ class LocalStore:
             hasher=ingest.hasher,
             started_at=ingest.started_at,
             updated_at=ingest.updated_at,
+            direct=self._direct_write,
         )
 
     def _open_ingest_sync(self, ref: str, total: int, ingest_dir: str) -> _Ingest:

@@ -30,6 +30,7 @@ from typing import Final, TypeVar
 from ctrd import _faults, errdefs
 from ctrd.content import digest as _digest
 from ctrd.content._store import Status, utcnow
+from ctrd.content.local._direct import ALIGN, DIRECT_MIN, STAGE_SIZE, DirectAppender
 from ctrd.content.local._locks import RefLocks
 
 __all__ = [
@@ -262,6 +263,7 @@ class LocalWriter:
         hasher: hashlib._Hash,
         started_at: _dt.datetime,
         updated_at: _dt.datetime,
+        direct: bool = False,
     ) -> None:
         self._locks = locks
         self._ref = ref
@@ -275,6 +277,7 @@ class LocalWriter:
         self._started_at = started_at
         self._updated_at = updated_at
         self._mutex = asyncio.Lock()
+        self._direct = DirectAppender(f"{self._ingest_dir}/data") if direct else None
 
     @property
     def ref(self) -> str:
@@ -314,7 +317,10 @@ class LocalWriter:
         """Append *data* and hash it; returns ``len(data)`` in bytes.
 
         Chunks over :data:`INLINE_MAX` are written and hashed in a worker thread
-        (both release the GIL), smaller ones inline. *data* is not copied.
+        (both release the GIL), smaller ones inline. *data* is not copied, except
+        into a staging buffer by a direct append (:mod:`ctrd.content.local._direct`;
+        chunks of :data:`~ctrd.content.local._direct.DIRECT_MIN` and more when
+        the store writes directly).
 
         :raises errdefs.FailedPrecondition: the writer is closed.
         :raises errdefs.ResourceExhausted: the disk is full (the bytes written
@@ -338,6 +344,8 @@ class LocalWriter:
         if fd is None:  # pragma: no cover - checked by the caller under the mutex
             raise errdefs.FailedPrecondition("cannot write on closed writer")
         try:
+            if self._direct is not None and view.nbytes >= DIRECT_MIN:
+                view = self._append_direct(fd, self._direct, view)
             while view:
                 n = os.pwrite(fd, view, self._offset)
                 self._hasher.update(view[:n])
@@ -347,6 +355,30 @@ class LocalWriter:
             raise map_os_error(exc, f"write to ref {self._ref}") from None
         finally:
             self._updated_at = utcnow()
+
+    def _append_direct(self, fd: int, direct: DirectAppender, view: memoryview) -> memoryview:
+        """Write the head up to an aligned offset buffered, then aligned pieces directly.
+
+        Returns what is left for the buffered path: the unaligned tail, or all
+        of the rest once the filesystem refused direct I/O or wrote short.
+        """
+        head = -self._offset % ALIGN
+        while head:
+            n = os.pwrite(fd, view[:head], self._offset)
+            self._hasher.update(view[:n])
+            self._offset += n
+            view = view[n:]
+            head -= n
+        while view.nbytes >= ALIGN:
+            k = min(view.nbytes, STAGE_SIZE) & -ALIGN
+            n, self._hasher = direct.write(view[:k], self._offset, self._hasher)
+            self._offset += n
+            view = view[n:]
+            if n < k:
+                if direct.refused:
+                    self._direct = None
+                break
+        return view
 
     async def truncate(self, size: int) -> None:
         """Discard everything written: only ``size == 0`` is supported.
@@ -399,6 +431,7 @@ class LocalWriter:
         self._fd = None
         try:
             try:
+                self._close_direct()
                 os.fsync(fd)
                 st = os.fstat(fd)
             finally:
@@ -449,8 +482,14 @@ class LocalWriter:
             finally:
                 self._locks.unlock(self._ref)
 
+    def _close_direct(self) -> None:
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
+
     def _close_sync(self, fd: int) -> None:
         try:
+            self._close_direct()
             os.fsync(fd)
         except OSError:
             pass
