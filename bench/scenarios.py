@@ -115,7 +115,8 @@ class Context:
     spawned: list[Daemon] = field(default_factory=list)
     files: dict[int, FileBlob] = field(default_factory=dict)  # size -> file-only blob
     lists: dict[str, ListDaemon] = field(default_factory=dict)  # main daemon name -> its List daemon
-    early: tuple[Daemon, Channel] | None = None  # ctrd with early_write_ack = true, and its channel
+    # group -> a ctrd with other settings (early_write_ack, direct_write) and its channel
+    variants: dict[str, tuple[Daemon, Channel]] = field(default_factory=dict)
 
     def store(self, daemon: Daemon, ns: str) -> BenchStore:
         return BenchStore(self.channels[daemon.name], namespace=ns, timeout=600)
@@ -146,6 +147,15 @@ class Context:
         sib.spawn()
         return sib
 
+    async def variant(self, group: str, toml: str) -> tuple[Daemon, Channel]:
+        """A ctrd like the main one plus *toml*, in ``<work>/ctrd-<group>``; started once per group."""
+        if group not in self.variants:
+            like = next(d for d in self.daemons if isinstance(d, Ctrd))
+            sib = self.launch(like.sibling(self.work / f"ctrd-{group}", toml))
+            await wait_version(sib)
+            self.variants[group] = (sib, LargeFrameChannel(path=sib.socket))
+        return self.variants[group]
+
     def retire(self, d: Daemon) -> None:
         """Stop a spawned daemon and delete its directory (blobs included)."""
         d.stop()
@@ -155,10 +165,10 @@ class Context:
 
     def release(self, group: str) -> None:
         """Stop the daemons of *group* once no later scenario needs them."""
-        if group == "early-ack" and self.early is not None:
-            self.early[1].close()
-            self.retire(self.early[0])
-            self.early = None
+        variant = self.variants.pop(group, None)
+        if variant is not None:
+            variant[1].close()
+            self.retire(variant[0])
         if group == "list":
             for ld in self.lists.values():
                 ld.channel.close()
@@ -514,15 +524,10 @@ class IngestCtrEarly(IngestCtr):
         return f"ingest {_mib(p.large_size)}, ctr content ingest, ctrd with early_write_ack"
 
     async def setup(self, ctx: Context) -> None:
-        if ctx.early is None:
-            like = next(d for d in ctx.daemons if isinstance(d, Ctrd))
-            sib = ctx.launch(like.sibling(ctx.work / "ctrd-early-ack", EARLY_ACK_TOML))
-            await wait_version(sib)
-            ctx.early = (sib, LargeFrameChannel(path=sib.socket))
+        await ctx.variant("early-ack", EARLY_ACK_TOML)
 
     def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
-        assert ctx.early is not None
-        return ctx.early if isinstance(daemon, Ctrd) else super().target(ctx, daemon)
+        return ctx.variants["early-ack"] if isinstance(daemon, Ctrd) else super().target(ctx, daemon)
 
 
 class IngestSdk(Scenario):
@@ -543,20 +548,48 @@ class IngestSdk(Scenario):
     async def prepare(self, ctx: Context, rnd: int) -> None:
         ctx.large.stamp(f"{self.key}-{rnd}")
 
+    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
+        """The daemon the run talks to, and a channel to it."""
+        return daemon, ctx.channels[daemon.name]
+
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         assert daemon is not None
+        target, channel = self.target(ctx, daemon)
         ns = ref = f"{self.key}-r{rnd}"
-        st = ctx.store(daemon, ns)
+        st = BenchStore(channel, namespace=ns, timeout=600)
         dgst = ctx.large.digest
-        with Probe(daemon) as p:
+        with Probe(target) as p:
             await write_blob(st, ref, ctx.large.view(), total=ctx.large.size, expected=dgst)
         assert p.sample is not None
         info = await st.info(dgst)
         if info.size != ctx.large.size:
-            raise BenchError(f"{daemon.name}: ingested {info.size} bytes, expected {ctx.large.size}")
+            raise BenchError(f"{target.name}: ingested {info.size} bytes, expected {ctx.large.size}")
         await st.delete(dgst)
-        await wait_gone(daemon, dgst)
+        await wait_gone(target, dgst)
         return p.sample
+
+
+BUFFERED_TOML = '  [plugins."io.containerd.content.v1.content"]\n    direct_write = false\n'
+
+
+class IngestSdkBuffered(IngestSdk):
+    """:class:`IngestSdk` against a ctrd with ``direct_write = false`` (containerd unchanged).
+
+    Every byte then goes through the page cache, as in containerd and in the
+    machine-limit row; the main row's ctrd writes large chunks with ``O_DIRECT``.
+    """
+
+    key = "ingest-sdk-buffered"
+    group = "buffered"
+
+    def title(self, p: Params) -> str:
+        return f"ingest {_mib(p.large_size)}, SDK write_blob, ctrd with direct_write = false"
+
+    async def setup(self, ctx: Context) -> None:
+        await ctx.variant("buffered", BUFFERED_TOML)
+
+    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
+        return ctx.variants["buffered"] if isinstance(daemon, Ctrd) else super().target(ctx, daemon)
 
 
 # -- small ingest ---------------------------------------------------------------------------
@@ -1074,6 +1107,7 @@ SCENARIOS: list[Scenario] = [
     IngestCtr(),
     IngestCtrEarly(),
     IngestSdk(),
+    IngestSdkBuffered(),
     IngestSdkBlobs(CHART_SIZES[0]),
     IngestSdkBlobs(CHART_SIZES[1]),
     SmallIngest(concurrent=False),
