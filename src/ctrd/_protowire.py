@@ -22,9 +22,23 @@ _EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 def uvarint(v: int) -> bytes:
-    """The base-128 varint of a non-negative integer."""
+    """The base-128 varint of a non-negative integer.
+
+    Values below 2**35 (sizes, offsets, a timestamp's seconds and nanos) are
+    built in one ``bytes`` call; larger ones byte by byte.
+    """
     if v < 0x80:
         return SMALL[v]
+    if v < 0x4000:
+        return bytes((v & 0x7F | 0x80, v >> 7))
+    if v < 0x200000:
+        return bytes((v & 0x7F | 0x80, v >> 7 & 0x7F | 0x80, v >> 14))
+    if v < 0x10000000:
+        return bytes((v & 0x7F | 0x80, v >> 7 & 0x7F | 0x80, v >> 14 & 0x7F | 0x80, v >> 21))
+    if v < 0x800000000:
+        return bytes(
+            (v & 0x7F | 0x80, v >> 7 & 0x7F | 0x80, v >> 14 & 0x7F | 0x80, v >> 21 & 0x7F | 0x80, v >> 28)
+        )
     out = bytearray()
     while v > 0x7F:
         out.append((v & 0x7F) | 0x80)

@@ -102,3 +102,49 @@ def test_info_and_list_response(size: int, created_us: int, updated_us: int, lab
     for n in (1, 2, 100):
         reply = _wire.encode_list_response([raw] * n).SerializeToString()
         assert reply == bytes(api.ListContentResponse(info=[want] * n))
+
+
+def _reference_uvarint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def test_uvarint_at_every_length_boundary() -> None:
+    from ctrd._protowire import uvarint
+
+    values = {0, 1, (1 << 64) - 1}
+    for bits in range(1, 65):
+        values.update({(1 << bits) - 1, 1 << bits, (1 << bits) + 1})
+    for v in sorted(x for x in values if x < 1 << 64):
+        assert uvarint(v) == _reference_uvarint(v), v
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 100])
+def test_list_records_equal_list_response_of_infos(count: int) -> None:
+    """``encode_list_records`` is ``encode_list_response`` of ``encode_info`` each, byte for byte."""
+    from ctrd.content import InfoRecord
+
+    shapes = [
+        (0, 0, 0, {}),
+        (127, 1_000_000, 1_000_000, {"a": "b"}),
+        (128, 1_764_000_000_123_456, 1_764_000_001_000_000, {"containerd.io/gc.root": "x"}),
+        (1 << 40, 1, 999_999, {"k": "v" * 200}),
+        (5, -1, -1_000_001, {f"k{i}": f"v{i}" for i in range(20)}),
+    ]
+    records = []
+    for i in range(count):
+        size, created, updated, labels = shapes[i % len(shapes)]
+        records.append(InfoRecord(f"sha256:{i:064x}", size, created, updated, dict(labels)))
+    want = _wire.encode_list_response([_wire.encode_info(*r) for r in records]).SerializeToString()
+    assert _wire.encode_list_records(records).SerializeToString() == want
+    infos = [
+        api.Info.parse(_wire.encode_info(*r)) for r in records
+    ]  # and what betterproto2 reads back is the same list
+    assert api.ListContentResponse.parse(want).info == infos

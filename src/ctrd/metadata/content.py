@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final
@@ -44,6 +45,9 @@ log = logging.getLogger("ctrd.metadata")
 
 _INGEST_EXPIRY = _dt.timedelta(hours=24)
 _WALK_BATCH = 1000
+
+# InfoRecord(...) without the named tuple's Python-level __new__ (the List loop's hottest call)
+_new_record: Final = functools.partial(tuple.__new__, InfoRecord)
 _INFO_CACHE_MAX = 65536
 
 
@@ -381,6 +385,7 @@ class NamespacedContentStore:
                 rows = self._db.view_batch(sql, (ns, last, *params, _WALK_BATCH))
                 await asyncio.sleep(0)  # let other calls in between pages
             out: list[InfoRecord] = []
+            add = out.append
             for d, size, created, updated, labels_json in rows:
                 known = parsed.get(labels_json)
                 if known is None:
@@ -390,7 +395,7 @@ class NamespacedContentStore:
                 labels = dict(known)  # each record owns its labels
                 if exact and not match(adaptor({"digest": d}, labels)):
                     continue
-                out.append(InfoRecord(d, size, created, updated, labels))
+                add(_new_record((d, size, created, updated, labels)))
             if out:
                 yield out
             if len(rows) < _WALK_BATCH:

@@ -13,6 +13,7 @@ plug into grpclib's stock ``ProtoCodec``: it calls ``FromString`` to decode and
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable
 from typing import Final
 
 from ctrd import errdefs
@@ -20,12 +21,14 @@ from ctrd._protowire import SMALL as _SMALL
 from ctrd._protowire import micros
 from ctrd._protowire import uvarint as _uvarint
 from ctrd.api.containerd.services.content import v1 as api
+from ctrd.content import InfoRecord
 
 __all__ = [
     "RawReadRequest",
     "RawReply",
     "RawWriteRequest",
     "encode_info",
+    "encode_list_records",
     "encode_list_response",
     "encode_read_response",
     "encode_write_response",
@@ -287,6 +290,56 @@ def _encode_labels(labels: dict[str, str]) -> bytes:
         )
         out += b"\x2a" + _uvarint(len(entry)) + entry
     return out
+
+
+def _length_prefixed_timestamp(us: int) -> bytes:
+    """``_us_timestamp(us)`` preceded by its length (a timestamp is always under 128 bytes)."""
+    seconds, rem = divmod(us, 1_000_000)
+    if seconds:
+        ts = _SECONDS_CACHE.get(seconds)
+        if ts is None:
+            if len(_SECONDS_CACHE) >= 4096:
+                _SECONDS_CACHE.clear()
+            ts = _SECONDS_CACHE[seconds] = b"\x08" + _uvarint(seconds & _MASK64)
+    else:
+        ts = b""
+    if rem:
+        ts += b"\x10" + _uvarint(rem * 1000)
+    return _SMALL[len(ts)] + ts
+
+
+def encode_list_records(records: Iterable[InfoRecord]) -> RawReply:
+    """``ListContentResponse`` of *records*: what :func:`encode_list_response` makes of
+    :func:`encode_info` for each, in one pass (the ``List`` stream's hot loop)."""
+    parts: list[bytes] = []
+    add = parts.append
+    uv = _uvarint
+    small = _SMALL
+    stamp_of = _length_prefixed_timestamp
+    labels_cache = _LABELS_CACHE
+    for digest, size, created_us, updated_us, labels in records:
+        raw = digest.encode()
+        n = len(raw)
+        out = b"\x0a" + (small[n] if n < 0x80 else uv(n)) + raw
+        if size:
+            out += b"\x10" + (small[size] if 0 < size < 0x80 else uv(size & _MASK64))
+        stamp = stamp_of(created_us)
+        out += b"\x1a" + stamp
+        if updated_us != created_us:
+            stamp = stamp_of(updated_us)
+        out += b"\x22" + stamp
+        if labels:
+            key = tuple(labels.items())
+            encoded = labels_cache.get(key)
+            if encoded is None:
+                if len(labels_cache) >= 1024:
+                    labels_cache.clear()
+                encoded = labels_cache[key] = _encode_labels(labels)
+            out += encoded
+        n = len(out)
+        add(b"\x0a" + (small[n] if n < 0x80 else uv(n)))
+        add(out)
+    return RawReply(b"".join(parts))
 
 
 def encode_list_response(infos: list[bytes]) -> RawReply:

@@ -314,17 +314,18 @@ class ContentService(api.ContentBase):
 
     async def _list_replies(self, filter_strings: Sequence[str]) -> AsyncGenerator[_wire.RawReply, None]:
         """Encoded ``ListContentResponse`` messages of at most :data:`LIST_BATCH` ``Info`` each."""
-        encode = _wire.encode_info
-        batch: list[bytes] = []
+        encode = _wire.encode_list_records
+        pending: list[InfoRecord] = []
         async with contextlib.aclosing(_records(self._store, filter_strings)) as records:
             async for recs in records:
-                for rec in recs:
-                    batch.append(encode(*rec))
-                    if len(batch) >= LIST_BATCH:
-                        yield _wire.encode_list_response(batch)
-                        batch = []
-        if batch:
-            yield _wire.encode_list_response(batch)
+                if pending:
+                    recs = pending + recs
+                full = len(recs) - len(recs) % LIST_BATCH
+                for i in range(0, full, LIST_BATCH):
+                    yield encode(recs[i : i + LIST_BATCH])
+                pending = recs[full:]
+        if pending:
+            yield encode(pending)
 
     async def delete(self, message: api.DeleteContentRequest) -> pb.Empty:
         """Remove a blob from the caller's namespace and publish ``/content/delete``."""
