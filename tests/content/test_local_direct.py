@@ -21,6 +21,7 @@ from ctrd import errdefs
 from ctrd.content import Store, open_writer, read_blob
 from ctrd.content.local import LocalStore, _direct
 from ctrd.content.local._direct import ALIGN, DIRECT_MIN, STAGE_SIZE
+from ctrd.content.local._writer import INLINE_MAX
 
 from .suite import ContentStoreSuite
 
@@ -128,6 +129,11 @@ async def test_bytes_and_alignment(local: LocalStore, spy: _Spy, sizes: list[int
             expected += (n - head) // ALIGN * ALIGN
         offset += n
     assert spy.direct_bytes == expected
+
+
+def test_direct_appends_run_off_the_event_loop() -> None:
+    """Chunks up to INLINE_MAX are written on the loop; direct appends must never be among them."""
+    assert DIRECT_MIN > INLINE_MAX
 
 
 async def test_direct_off_writes_buffered(tmp_path: Path, spy: _Spy) -> None:
