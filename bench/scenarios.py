@@ -412,6 +412,10 @@ class Scenario:
     async def prepare(self, ctx: Context, rnd: int) -> None:
         return None
 
+    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
+        """The daemon a run against *daemon* talks to, and a channel to it (a variant may differ)."""
+        return daemon, ctx.channels[daemon.name]
+
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         raise NotImplementedError
 
@@ -487,10 +491,6 @@ class IngestCtr(Scenario):
     async def prepare(self, ctx: Context, rnd: int) -> None:
         ctx.large.stamp(f"{self.key}-{rnd}")
 
-    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
-        """The daemon the run talks to, and a channel to it."""
-        return daemon, ctx.channels[daemon.name]
-
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         assert daemon is not None
         target, channel = self.target(ctx, daemon)
@@ -547,10 +547,6 @@ class IngestSdk(Scenario):
 
     async def prepare(self, ctx: Context, rnd: int) -> None:
         ctx.large.stamp(f"{self.key}-{rnd}")
-
-    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
-        """The daemon the run talks to, and a channel to it."""
-        return daemon, ctx.channels[daemon.name]
 
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         assert daemon is not None

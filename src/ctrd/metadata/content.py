@@ -45,10 +45,10 @@ log = logging.getLogger("ctrd.metadata")
 
 _INGEST_EXPIRY = _dt.timedelta(hours=24)
 _WALK_BATCH = 1000
+_INFO_CACHE_MAX = 65536
 
 # InfoRecord(...) without the named tuple's Python-level __new__ (the List loop's hottest call)
 _new_record: Final = functools.partial(tuple.__new__, InfoRecord)
-_INFO_CACHE_MAX = 65536
 
 
 class SharingStats:

@@ -233,21 +233,30 @@ def encode_write_response(msg: api.WriteContentResponse) -> RawReply:
 _SECONDS_CACHE: dict[int, bytes] = {}
 
 
-def _us_timestamp(us: int) -> bytes:
-    """``google.protobuf.Timestamp`` of microseconds since the epoch (empty for the epoch)."""
+def _length_prefixed_timestamp(us: int) -> bytes:
+    """``google.protobuf.Timestamp`` of microseconds since the epoch, preceded by its length.
+
+    The message is empty for the epoch and never longer than 127 bytes, so the
+    length is one byte.
+    """
     seconds, rem = divmod(us, 1_000_000)
     if seconds:
-        out = _SECONDS_CACHE.get(seconds)
-        if out is None:
+        ts = _SECONDS_CACHE.get(seconds)
+        if ts is None:
             # blobs listed together were mostly written in the same few seconds
             if len(_SECONDS_CACHE) >= 4096:
                 _SECONDS_CACHE.clear()
-            out = _SECONDS_CACHE[seconds] = b"\x08" + _uvarint(seconds & _MASK64)
+            ts = _SECONDS_CACHE[seconds] = b"\x08" + _uvarint(seconds & _MASK64)
     else:
-        out = b""
+        ts = b""
     if rem:
-        out += b"\x10" + _uvarint(rem * 1000)
-    return out
+        ts += b"\x10" + _uvarint(rem * 1000)
+    return _SMALL[len(ts)] + ts
+
+
+def _us_timestamp(us: int) -> bytes:
+    """``google.protobuf.Timestamp`` of microseconds since the epoch (empty for the epoch)."""
+    return _length_prefixed_timestamp(us)[1:]
 
 
 def encode_info(digest: str, size: int, created_us: int, updated_us: int, labels: dict[str, str]) -> bytes:
@@ -290,22 +299,6 @@ def _encode_labels(labels: dict[str, str]) -> bytes:
         )
         out += b"\x2a" + _uvarint(len(entry)) + entry
     return out
-
-
-def _length_prefixed_timestamp(us: int) -> bytes:
-    """``_us_timestamp(us)`` preceded by its length (a timestamp is always under 128 bytes)."""
-    seconds, rem = divmod(us, 1_000_000)
-    if seconds:
-        ts = _SECONDS_CACHE.get(seconds)
-        if ts is None:
-            if len(_SECONDS_CACHE) >= 4096:
-                _SECONDS_CACHE.clear()
-            ts = _SECONDS_CACHE[seconds] = b"\x08" + _uvarint(seconds & _MASK64)
-    else:
-        ts = b""
-    if rem:
-        ts += b"\x10" + _uvarint(rem * 1000)
-    return _SMALL[len(ts)] + ts
 
 
 def encode_list_records(records: Iterable[InfoRecord]) -> RawReply:
