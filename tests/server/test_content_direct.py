@@ -17,7 +17,7 @@ import pytest
 from _daemon import Launcher, run_sync
 
 from ctrd.client import Client
-from ctrd.content.local._direct import O_DIRECT
+from ctrd.content.local._direct import O_DIRECT, supported_in
 
 pytestmark = pytest.mark.skipif(O_DIRECT == 0, reason="no O_DIRECT on this platform")
 
@@ -63,6 +63,8 @@ def test_direct_write_setting(daemon: Launcher, setting: str, direct: bool) -> N
         Path(d.root) / "io.containerd.content.v1.content" / "blobs" / "sha256" / dgst.removeprefix("sha256:")
     )
     cached, pages = _cached_pages(blob)
+    # where the filesystem refuses O_DIRECT the writer falls back to ordinary writes
+    direct = direct and supported_in(d.tmp)  # the same filesystem, outside the store
     assert cached == (0 if direct else pages), (cached, pages)
     assert blob.read_bytes() == data
 

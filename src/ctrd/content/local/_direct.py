@@ -34,7 +34,7 @@ import os
 import threading
 from typing import Final
 
-__all__ = ["ALIGN", "DIRECT_MIN", "O_DIRECT", "STAGE_SIZE", "DirectAppender"]
+__all__ = ["ALIGN", "DIRECT_MIN", "O_DIRECT", "STAGE_SIZE", "DirectAppender", "supported_in"]
 
 ALIGN: Final = 4096
 """Offset, length and buffer alignment of every direct write."""
@@ -155,3 +155,25 @@ class DirectAppender:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def supported_in(directory: str | os.PathLike[str]) -> bool:
+    """Whether an aligned ``O_DIRECT`` write works in *directory* (a temp file, removed)."""
+    if O_DIRECT == 0:
+        return False
+    path = os.path.join(directory, f".ctrd-direct-probe-{os.getpid()}-{threading.get_ident()}")
+    stage = _stages.take()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | O_DIRECT, 0o600)
+        try:
+            with memoryview(stage) as sv:
+                return os.pwrite(fd, sv[:ALIGN], 0) == ALIGN
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    finally:
+        _stages.give(stage)
