@@ -384,6 +384,8 @@ class Scenario:
     machine: ClassVar[bool] = False  # runs without a daemon (machine limits)
     warmup: ClassVar[bool] = True  # round 0 is a discarded warm-up
     group: ClassVar[str | None] = None  # daemons of its own it shares with other scenarios ("list")
+    # TOML added to the config of a second ctrd (in ``group``) that the ctrd runs go to instead
+    variant_toml: ClassVar[str | None] = None
 
     def title(self, p: Params) -> str:
         raise NotImplementedError
@@ -407,13 +409,18 @@ class Scenario:
         return None
 
     async def setup(self, ctx: Context) -> None:
-        return None
+        if self.variant_toml is not None:
+            assert self.group is not None
+            await ctx.variant(self.group, self.variant_toml)
 
     async def prepare(self, ctx: Context, rnd: int) -> None:
         return None
 
     def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
-        """The daemon a run against *daemon* talks to, and a channel to it (a variant may differ)."""
+        """The daemon a run against *daemon* talks to, and a channel to it (the variant for ctrd runs)."""
+        if self.variant_toml is not None and isinstance(daemon, Ctrd):
+            assert self.group is not None
+            return ctx.variants[self.group]
         return daemon, ctx.channels[daemon.name]
 
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
@@ -519,15 +526,10 @@ class IngestCtrEarly(IngestCtr):
 
     key = "ingest-ctr-early"
     group = "early-ack"
+    variant_toml = EARLY_ACK_TOML
 
     def title(self, p: Params) -> str:
         return f"ingest {_mib(p.large_size)}, ctr content ingest, ctrd with early_write_ack"
-
-    async def setup(self, ctx: Context) -> None:
-        await ctx.variant("early-ack", EARLY_ACK_TOML)
-
-    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
-        return ctx.variants["early-ack"] if isinstance(daemon, Ctrd) else super().target(ctx, daemon)
 
 
 class IngestSdk(Scenario):
@@ -577,15 +579,10 @@ class IngestSdkBuffered(IngestSdk):
 
     key = "ingest-sdk-buffered"
     group = "buffered"
+    variant_toml = BUFFERED_TOML
 
     def title(self, p: Params) -> str:
         return f"ingest {_mib(p.large_size)}, SDK write_blob, ctrd with direct_write = false"
-
-    async def setup(self, ctx: Context) -> None:
-        await ctx.variant("buffered", BUFFERED_TOML)
-
-    def target(self, ctx: Context, daemon: Daemon) -> tuple[Daemon, Channel]:
-        return ctx.variants["buffered"] if isinstance(daemon, Ctrd) else super().target(ctx, daemon)
 
 
 # -- small ingest ---------------------------------------------------------------------------

@@ -807,6 +807,17 @@ def test_reply_large_header_lists_match_h2(name: str, frames: str) -> None:
 STYLES = ["writelines", "asyncio"]
 
 
+def _partial_pair(frames: str, style: str) -> tuple[Side, Side, int]:
+    """A reply pair with windows that never limit, and the server's outbound frame size."""
+    ctrd, plain = reply_pair(
+        frame_size=FRAME_SIZES[frames],
+        window=64 * MiB,
+        conn_window=64 * MiB,
+        asyncio_style=style == "asyncio",
+    )
+    return ctrd, plain, ctrd.server.max_outbound_frame_size
+
+
 @pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("frames", list(FRAME_SIZES))
 def test_partial_replies_on_complete_requests(frames: str, style: str) -> None:
@@ -815,13 +826,7 @@ def test_partial_replies_on_complete_requests(frames: str, style: str) -> None:
     Headers + body, then bodies alone, then the trailers alone or with a last body; headers
     alone then the data later; two streams' replies interleaved.
     """
-    ctrd, plain = reply_pair(
-        frame_size=FRAME_SIZES[frames],
-        window=64 * MiB,
-        conn_window=64 * MiB,
-        asyncio_style=style == "asyncio",
-    )
-    frame = ctrd.server.max_outbound_frame_size
+    ctrd, plain, frame = _partial_pair(frames, style)
     # 1: headers + a message, more messages, nothing, trailers alone
     reply(ctrd, plain, 1, RESPONSE, payload(1000, 1), None)
     assert machine(ctrd.server, 1)[0] is StreamState.HALF_CLOSED_REMOTE
@@ -854,13 +859,7 @@ def test_partial_replies_on_complete_requests(frames: str, style: str) -> None:
 @pytest.mark.parametrize("frames", list(FRAME_SIZES))
 def test_partial_replies_on_open_requests(frames: str, style: str) -> None:
     """Requests still open: headers and messages while OPEN; the request ends; then the trailers."""
-    ctrd, plain = reply_pair(
-        frame_size=FRAME_SIZES[frames],
-        window=64 * MiB,
-        conn_window=64 * MiB,
-        asyncio_style=style == "asyncio",
-    )
-    frame = ctrd.server.max_outbound_frame_size
+    ctrd, plain, frame = _partial_pair(frames, style)
     # 13: headers + a message while the request goes on
     reply(ctrd, plain, 13, RESPONSE, payload(1000, 13), None)
     assert machine(ctrd.server, 13)[0] is StreamState.OPEN

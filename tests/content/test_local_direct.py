@@ -74,6 +74,18 @@ class _Spy:
         return sum(n for _, n in self.writes)
 
 
+def _refuse_direct_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``open`` with ``O_DIRECT`` fail with EINVAL, as on a filesystem without direct I/O."""
+    real_open: Callable[..., int] = os.open
+
+    def refuse(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if flags & _direct.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(_direct.os, "open", refuse)
+
+
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> _Spy:
     return _Spy(monkeypatch)
@@ -142,14 +154,7 @@ def test_supported_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe leaves nothing behind, and says no where O_DIRECT is refused."""
     _direct.supported_in(tmp_path)
     assert list(tmp_path.iterdir()) == []
-    real_open: Callable[..., int] = os.open
-
-    def refuse(path: Any, flags: int, *args: Any, **kw: Any) -> int:
-        if flags & _direct.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args, **kw)
-
-    monkeypatch.setattr(_direct.os, "open", refuse)
+    _refuse_direct_open(monkeypatch)
     assert _direct.supported_in(tmp_path) is False
     assert list(tmp_path.iterdir()) == []
 
@@ -170,14 +175,7 @@ async def test_refused_falls_back_to_buffered(
     local: LocalStore, spy: _Spy, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     if where == "open":
-        real_open: Callable[..., int] = os.open
-
-        def refuse(path: Any, flags: int, *args: Any, **kw: Any) -> int:
-            if flags & _direct.O_DIRECT:
-                raise OSError(errno.EINVAL, "Invalid argument")
-            return real_open(path, flags, *args, **kw)
-
-        monkeypatch.setattr(_direct.os, "open", refuse)
+        _refuse_direct_open(monkeypatch)
     else:
         spy.fail[0] = OSError(errno.EINVAL, "Invalid argument")
     fds = _open_fds(local)

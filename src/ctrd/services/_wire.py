@@ -12,7 +12,6 @@ plug into grpclib's stock ``ProtoCodec``: it calls ``FromString`` to decode and
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Iterable
 from typing import Final
 
@@ -201,11 +200,6 @@ def encode_read_response(offset: int, data: bytes) -> RawReply:
 _MASK64: Final = (1 << 64) - 1
 
 
-def _timestamp(t: _dt.datetime) -> bytes:
-    """``google.protobuf.Timestamp{seconds=1, nanos=2}`` of an aware datetime (betterproto2's arithmetic)."""
-    return _us_timestamp(micros(t))
-
-
 def encode_write_response(msg: api.WriteContentResponse) -> RawReply:
     """``WriteContentResponse{action=1, started_at=2, updated_at=3, offset=4, total=5, digest=6}``.
 
@@ -218,8 +212,7 @@ def encode_write_response(msg: api.WriteContentResponse) -> RawReply:
         parts.append(b"\x08" + _uvarint(action & _MASK64))
     for tag, t in ((b"\x12", msg.started_at), (b"\x1a", msg.updated_at)):
         if t is not None:
-            ts = _timestamp(t)
-            parts.append(tag + _SMALL[len(ts)] + ts)
+            parts.append(tag + _length_prefixed_timestamp(micros(t)))
     if msg.offset:
         parts.append(b"\x20" + _uvarint(msg.offset & _MASK64))
     if msg.total:
@@ -254,11 +247,6 @@ def _length_prefixed_timestamp(us: int) -> bytes:
     return _SMALL[len(ts)] + ts
 
 
-def _us_timestamp(us: int) -> bytes:
-    """``google.protobuf.Timestamp`` of microseconds since the epoch (empty for the epoch)."""
-    return _length_prefixed_timestamp(us)[1:]
-
-
 def encode_info(digest: str, size: int, created_us: int, updated_us: int, labels: dict[str, str]) -> bytes:
     """``Info{digest=1, size=2, created_at=3, updated_at=4, labels=5}`` as betterproto2 encodes it.
 
@@ -266,14 +254,15 @@ def encode_info(digest: str, size: int, created_us: int, updated_us: int, labels
     they are in every ``Info`` the service sends.
     """
     raw = digest.encode()
-    out = b"\x0a" + _uvarint(len(raw)) + raw
+    n = len(raw)
+    out = b"\x0a" + (_SMALL[n] if n < 0x80 else _uvarint(n)) + raw
     if size:
-        out += b"\x10" + _uvarint(size & _MASK64)
-    ts = _us_timestamp(created_us)
-    out += b"\x1a" + _SMALL[len(ts)] + ts
+        out += b"\x10" + (_SMALL[size] if 0 < size < 0x80 else _uvarint(size & _MASK64))
+    stamp = _length_prefixed_timestamp(created_us)
+    out += b"\x1a" + stamp
     if updated_us != created_us:
-        ts = _us_timestamp(updated_us)
-    out += b"\x22" + _SMALL[len(ts)] + ts
+        stamp = _length_prefixed_timestamp(updated_us)
+    out += b"\x22" + stamp
     if labels:
         key = tuple(labels.items())
         encoded = _LABELS_CACHE.get(key)
@@ -306,31 +295,11 @@ def encode_list_records(records: Iterable[InfoRecord]) -> RawReply:
     :func:`encode_info` for each, in one pass (the ``List`` stream's hot loop)."""
     parts: list[bytes] = []
     add = parts.append
-    uv = _uvarint
     small = _SMALL
-    stamp_of = _length_prefixed_timestamp
-    labels_cache = _LABELS_CACHE
-    for digest, size, created_us, updated_us, labels in records:
-        raw = digest.encode()
-        n = len(raw)
-        out = b"\x0a" + (small[n] if n < 0x80 else uv(n)) + raw
-        if size:
-            out += b"\x10" + (small[size] if 0 < size < 0x80 else uv(size & _MASK64))
-        stamp = stamp_of(created_us)
-        out += b"\x1a" + stamp
-        if updated_us != created_us:
-            stamp = stamp_of(updated_us)
-        out += b"\x22" + stamp
-        if labels:
-            key = tuple(labels.items())
-            encoded = labels_cache.get(key)
-            if encoded is None:
-                if len(labels_cache) >= 1024:
-                    labels_cache.clear()
-                encoded = labels_cache[key] = _encode_labels(labels)
-            out += encoded
+    for rec in records:
+        out = encode_info(*rec)
         n = len(out)
-        add(b"\x0a" + (small[n] if n < 0x80 else uv(n)))
+        add(b"\x0a" + (small[n] if n < 0x80 else _uvarint(n)))
         add(out)
     return RawReply(b"".join(parts))
 
