@@ -355,6 +355,15 @@ class CtrdConnection(H2Connection):
         return True
 
     def _start(self, pending: bytearray) -> None:
+        """Gather the body of the large DATA frame starting *pending* in a buffer of its own.
+
+        Only a frame h2 would accept: within the frame-size limit, outside a header
+        block, on a stream h2 holds open for receiving whose and the connection's
+        flow-control windows take the whole body. The buffer is the frame's full
+        length, so the check comes before it is allocated: a peer announcing a
+        large frame it never sends (on an unknown stream, over its window) gets
+        nothing allocated; h2 gathers such bytes as they arrive and refuses the frame.
+        """
         length = int.from_bytes(pending[:3], "big")
         stream_id = int.from_bytes(pending[5:9], "big") & 0x7FFFFFFF
         if (
@@ -363,8 +372,16 @@ class CtrdConnection(H2Connection):
             or len(pending) >= 9 + length
             or not stream_id
             or self.incoming_buffer._headers_buffer
+            or length > self._inbound_flow_control_window_manager.current_window_size
         ):
             return  # h2 deals with it (including the errors)
+        stream = self.streams.get(stream_id)
+        if (
+            stream is None
+            or stream.state_machine.state not in _RECEIVING
+            or length > stream._inbound_window_manager.current_window_size
+        ):
+            return
         frame = DataFrame(stream_id)
         frame.parse_flags(pending[4])
         body = bytearray(length)
@@ -395,6 +412,28 @@ class CtrdConnection(H2Connection):
         if take < len(view):
             events.extend(self.receive_data(view[take:]))
         return events
+
+    def accept_raised_settings(self) -> None:
+        """Act now on the local settings sent but not yet acknowledged that only raise a limit.
+
+        A peer may use a setting from the moment it reads our SETTINGS frame, and
+        may send frames that rely on it before its ACK reaches us (grpcio does: a
+        large first message in 2 MiB frames, its ACK after them). h2 keeps the old
+        limits until the ACK and would refuse those frames as a connection error.
+        A larger frame size or initial window only lets this side accept more, so
+        both take effect here at once; the ACK then changes nothing. Anything
+        lowering a limit still waits for its ACK, as the protocol requires.
+        """
+        pending = self.local_settings._settings
+        for code in (SettingCodes.MAX_FRAME_SIZE, SettingCodes.INITIAL_WINDOW_SIZE):
+            values = pending.get(code)
+            if values is not None and len(values) > 1 and values[-1] >= values[0]:
+                # no stream exists yet whose window the change would have to move
+                assert code is not SettingCodes.INITIAL_WINDOW_SIZE or not self.streams
+                newest = values[-1]
+                values.clear()
+                values.append(newest)
+        self.max_inbound_frame_size = self.local_settings.max_frame_size
 
     def use_transport(self, transport: Any) -> None:
         """Send large DATA payloads straight to *transport*."""
@@ -583,6 +622,7 @@ class LargeFrameProtocol(H2Protocol):
         if self.config.http2_stream_window_size != initial:
             settings[SettingCodes.INITIAL_WINDOW_SIZE] = self.config.http2_stream_window_size
         conn.update_settings(settings)
+        conn.accept_raised_settings()
         self.connection = Connection(conn, transport, config=self.config)
         self.connection.flush()
         self.connection.initialize()
