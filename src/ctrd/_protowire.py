@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["GRPC_PREFIX", "SMALL", "micros", "uvarint"]
+__all__ = ["GRPC_PREFIX", "SMALL", "MalformedMessage", "check_message", "micros", "uvarint"]
 
 GRPC_PREFIX: Final = struct.Struct(">BI")
 """gRPC's 5-byte message prefix: compressed flag, then the message length (big-endian)."""
@@ -53,3 +53,116 @@ def micros(t: _dt.datetime) -> int:
         t = t.replace(tzinfo=_dt.UTC)
     d = t - _EPOCH
     return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+# -- strict checking of received messages -------------------------------------------------
+
+_VARINT_TYPES: Final = frozenset(("bool", "enum", "int32", "int64", "uint32", "uint64", "sint32", "sint64"))
+_FIXED64_TYPES: Final = frozenset(("fixed64", "sfixed64", "double"))
+_FIXED32_TYPES: Final = frozenset(("fixed32", "sfixed32", "float"))
+_MAX_DEPTH: Final = 64
+
+
+class MalformedMessage(ValueError):
+    """Received bytes that are not a well-formed protobuf message of the expected type."""
+
+
+def _read_varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    for shift in range(0, 70, 7):
+        if pos >= end:
+            raise MalformedMessage("truncated varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+    raise MalformedMessage("varint longer than 10 bytes")
+
+
+def check_message(data: bytes | memoryview, cls: type) -> None:
+    """Check *data* as protobuf's reference decoders (Go's, C++'s) would before decoding it as *cls*.
+
+    betterproto2's decoder is lenient where the reference decoders refuse: a
+    length running past the end is cut short, a field of the wrong wire type is
+    decoded anyway (a string field can come back an ``int``), a group field fails
+    with a ``KeyError``. This walks the bytes once: every tag and varint within 10
+    bytes, field numbers above 0, no groups, lengths inside the message, each
+    known field with the wire type of its declared type (packed repeated scalars
+    included), strings valid UTF-8, nested messages and map entries the same way,
+    at most 64 levels deep; unknown fields are skipped as protobuf does.
+
+    :raises MalformedMessage: what is wrong, in a few words.
+    """
+    with memoryview(data) as view:
+        _check(view, 0, len(view), cls, 0)
+
+
+def _fields_of(cls: type) -> dict[int, tuple[Any, Any]] | None:
+    """``number -> (FieldMetadata, class of its values)`` of a betterproto2 message class."""
+    meta = getattr(cls, "_betterproto", None)
+    if meta is None:
+        return None
+    cached: dict[int, tuple[Any, Any]] | None = getattr(cls, "_ctrd_wire_fields", None)
+    if cached is None:
+        cached = {m.number: (m, meta.cls_by_field.get(name)) for name, m in meta.meta_by_field_name.items()}
+        cls._ctrd_wire_fields = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _check(data: memoryview, pos: int, end: int, cls: Any, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise MalformedMessage(f"messages nested more than {_MAX_DEPTH} deep")
+    fields = _fields_of(cls) if cls is not None else None
+    while pos < end:
+        key, pos = _read_varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise MalformedMessage("field number 0")
+        if wire == 0:
+            _, pos = _read_varint(data, pos, end)
+        elif wire == 1 or wire == 5:
+            pos += 8 if wire == 1 else 4
+            if pos > end:
+                raise MalformedMessage(f"truncated field {number}")
+        elif wire == 2:
+            length, pos = _read_varint(data, pos, end)
+            if length > end - pos:
+                raise MalformedMessage(f"field {number} runs past the end of the message")
+            start, pos = pos, pos + length
+        else:
+            raise MalformedMessage(f"field {number}: wire type {wire} is not supported")
+        known = fields.get(number) if fields is not None else None
+        if known is None:
+            continue
+        meta, value_cls = known
+        kind = meta.proto_type
+        if kind in _VARINT_TYPES or kind in _FIXED64_TYPES or kind in _FIXED32_TYPES:
+            scalar = 0 if kind in _VARINT_TYPES else 1 if kind in _FIXED64_TYPES else 5
+            if wire == scalar:
+                continue
+            if wire == 2 and meta.repeated:  # packed
+                _check_packed(data, start, pos, scalar, number)
+                continue
+        elif wire == 2:
+            if kind == "string":
+                try:
+                    str(data[start:pos], "utf-8")
+                except UnicodeDecodeError:
+                    raise MalformedMessage(f"field {number}: invalid UTF-8 in a string") from None
+            elif kind in ("message", "map"):
+                nested = value_cls
+                if _fields_of(nested) is None:
+                    nested = meta.unwrap() if meta.unwrap is not None else None
+                _check(data, start, pos, nested, depth + 1)
+            continue
+        raise MalformedMessage(f"field {number}: wire type {wire} does not match its type {kind}")
+
+
+def _check_packed(data: memoryview, pos: int, end: int, scalar: int, number: int) -> None:
+    if scalar == 0:
+        while pos < end:
+            _, pos = _read_varint(data, pos, end)
+        return
+    if (end - pos) % (8 if scalar == 1 else 4):
+        raise MalformedMessage(f"field {number}: packed fixed-size values of a wrong length")

@@ -15,6 +15,7 @@ import unicodedata
 from typing import Final
 
 from ctrd import errdefs
+from ctrd.limits import ECHO_CHARS
 
 __all__ = ["MAX_LENGTH", "PATTERN", "go_quote", "validate"]
 
@@ -50,14 +51,20 @@ def _is_go_printable(ch: str) -> bool:
     return unicodedata.category(ch)[0] in "LMNPS"
 
 
-def go_quote(s: str) -> str:
+def go_quote(s: str, limit: int | None = ECHO_CHARS) -> str:
     """Return ``s`` double-quoted with Go ``strconv.Quote`` (``%q``) escapes.
+
+    A string longer than *limit* characters (``None``: no limit) is quoted up to
+    the limit and followed by ``…(<n> characters)``: error messages quote what a
+    client sent, and must stay short whatever it sent (:mod:`ctrd.limits`).
 
     ``"`` and ``\\`` are backslashed; ``\\a \\b \\f \\n \\r \\t \\v`` use their
     short forms; other non-printable characters become ``\\xhh`` (below U+0020
     and U+007F), ``\\uhhhh`` or ``\\Uhhhhhhhh``. Printable non-ASCII characters
     are kept as they are. Lone surrogates (invalid runes) become ``\\ufffd``.
     """
+    if limit is not None and len(s) > limit:
+        return f"{go_quote(s[:limit], None)}…({len(s)} characters)"
     out = ['"']
     for ch in s:
         if ch in ('"', "\\"):

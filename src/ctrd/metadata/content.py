@@ -30,7 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
-from ctrd import _faults, errdefs, filters, namespaces
+from ctrd import _faults, errdefs, filters, limits, namespaces
 from ctrd import labels as _labels
 from ctrd.content import Info, InfoRecord, ReaderAt, Status, Store, Writer, utcnow
 from ctrd.content import digest as _digest
@@ -443,11 +443,11 @@ class NamespacedContentStore:
         row = await self._ingest_row(ns, ref)
         if row is None or row[1]:
             # shared writers have no backend ingest (containerd: NotFound)
-            raise errdefs.NotFound(f"reference {ref}")
+            raise errdefs.NotFound(f"reference {limits.echo(ref)}")
         try:
             st = await self._backend.status(row[0])
         except errdefs.NotFound as exc:
-            raise errdefs.NotFound(f"reference {ref}") from exc
+            raise errdefs.NotFound(f"reference {limits.echo(ref)}") from exc
         return _with_ref(st, ref)
 
     async def list_statuses(self, *filter_strings: str) -> list[Status]:
@@ -475,7 +475,7 @@ class NamespacedContentStore:
                 "SELECT backend_ref, expected FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref)
             )
             if row is None:
-                raise errdefs.NotFound(f"reference {ref}")
+                raise errdefs.NotFound(f"reference {limits.echo(ref)}")
             await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref))
             await _leases.remove_resource(tx, ns, lease, "ingests", ref)
             if not row[1]:
@@ -484,8 +484,7 @@ class NamespacedContentStore:
         self.content_stats.aborts += 1
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> Writer:
-        if not ref:
-            raise errdefs.InvalidArgument("ref must not be empty")
+        limits.check_ref(ref)
         ns = namespaces.required()
         if expected:
             _digest.validate(expected)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -39,9 +40,9 @@ from grpclib.protocol import AckedData as _AckedData
 from grpclib.protocol import H2Protocol
 from grpclib.utils import DeadlineWrapper, Wrapper
 
-from ctrd import errdefs, errgrpc, namespaces
+from ctrd import errdefs, errgrpc, limits, namespaces
 from ctrd._h2 import DIRECT_BODY_MIN, CtrdConnection, LargeFrameProtocol
-from ctrd._protowire import GRPC_PREFIX
+from ctrd._protowire import GRPC_PREFIX, check_message
 
 if TYPE_CHECKING:
     from ctrd.server.metrics import GrpcMetrics
@@ -144,6 +145,12 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
 
     recv_limit: int = 4 << 20
 
+    @functools.cached_property
+    def _strict(self) -> bool:
+        """Whether received messages are checked before decoding (:func:`check_message`):
+        those of generated classes; the hand-written decoders check as they go."""
+        return hasattr(self._recv_type, "_betterproto")
+
     async def recv_message(self) -> Any:
         meta = await self._stream.recv_data(5)
         if not meta:
@@ -162,7 +169,14 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
             data = await self._stream.recv_data(length)
         if len(data) != length:
             raise GRPCError(Status.INTERNAL, "incomplete message")
-        msg = self._codec.decode(data, self._recv_type)  # type: ignore[arg-type]  # views: DECODES_VIEWS types
+        try:
+            if self._strict:
+                check_message(data, self._recv_type)
+            msg = self._codec.decode(data, self._recv_type)  # type: ignore[arg-type]  # views: DECODES_VIEWS
+        except Exception as exc:  # malformed protobuf: the caller's error, not ours
+            reason = limits.echo(str(exc) or type(exc).__name__)
+            log.info("malformed %s request: %s", self._method_name, reason)
+            raise GRPCError(Status.INVALID_ARGUMENT, f"grpc: error unmarshalling request: {reason}") from None
         (msg,) = await self._dispatch.recv_message(msg)
         on_recv = getattr(self, ON_RECV, None)
         if on_recv is not None:
@@ -204,7 +218,14 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         status_details: Any = None,
         metadata: Any = None,
     ) -> None:
-        """grpclib's ``send_trailing_metadata``; plain OK trailers after a response go directly."""
+        """grpclib's ``send_trailing_metadata``; plain OK trailers after a response go directly.
+
+        A status message longer than :data:`ctrd.limits.MAX_STATUS_MESSAGE` is cut:
+        hpack's Huffman coding of a header value costs time quadratic in its length,
+        on the event loop.
+        """
+        if status_message is not None and len(status_message) > limits.MAX_STATUS_MESSAGE:
+            status_message = status_message[: limits.MAX_STATUS_MESSAGE - 1] + "…"
         if (
             status is Status.OK
             and status_message is None

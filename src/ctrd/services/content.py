@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import grpclib.const
 
-from ctrd import errdefs, identifiers, labels, namespaces
+from ctrd import errdefs, identifiers, labels, limits, namespaces
 from ctrd._aio import shield_eager
 from ctrd._protowire import micros
 from ctrd.api.containerd.events import ContentDelete
@@ -259,7 +259,7 @@ class ContentService(api.ContentBase):
         try:
             _digest.validate(dgst)
         except errdefs.InvalidArgument as exc:
-            raise errdefs.InvalidArgument(f"{dgst}: {exc.context}") from exc
+            raise errdefs.InvalidArgument(f"{limits.echo(dgst)}: {exc.context}") from exc
         reader = await self._store.reader_at(dgst)
         try:
             blob_size = reader.size
@@ -356,7 +356,7 @@ class ContentService(api.ContentBase):
         except errdefs.NotFound as exc:
             # The inner message may come from a backend that names files; use the
             # metadata store's wording instead of passing it on.
-            raise errdefs.NotFound(f"{prefix}: reference {ref}: not found") from exc
+            raise errdefs.NotFound(f"{prefix}: reference {limits.echo(ref)}: not found") from exc
         except errdefs.Error as exc:
             raise type(exc)(f"{prefix}: {exc}") from exc
         except OSError as exc:

@@ -1,0 +1,45 @@
+"""The bounds ctrd puts on what a client sends and on what it repeats back.
+
+Each bound is enforced where the input enters (a precise ``INVALID_ARGUMENT``,
+never a stall) and listed in docs/limits.md. Bounds containerd has are kept as
+containerd states them (76-byte identifiers in :mod:`ctrd.identifiers`, 4096
+bytes per label in :mod:`ctrd.labels`); the others are ctrd's own.
+
+Error messages repeat a client's value (a ref, a digest, a lease id) so the
+caller can tell which one failed; :func:`echo` keeps such a repetition short,
+so an error for a megabyte of input costs no more to encode and send than one
+for a short input.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ctrd import errdefs
+
+__all__ = ["ECHO_CHARS", "MAX_REF_BYTES", "MAX_STATUS_MESSAGE", "check_ref", "echo"]
+
+MAX_REF_BYTES: Final = 1024
+"""The longest ingest ref accepted, in bytes of UTF-8 (containerd has no limit;
+the refs its clients make, such as ``layer-sha256:<hex>``, are under 100)."""
+
+ECHO_CHARS: Final = 128
+"""How many characters of a client's value an error message repeats."""
+
+MAX_STATUS_MESSAGE: Final = 1024
+"""The longest ``grpc-message`` sent, in characters (a longer one is cut, marked ``…``)."""
+
+
+def echo(value: str, limit: int = ECHO_CHARS) -> str:
+    """*value* as an error message may repeat it: whole when short, else its start and its length."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…({len(value)} characters)"
+
+
+def check_ref(ref: str) -> None:
+    """Refuse an empty ref or one over :data:`MAX_REF_BYTES`. :raises errdefs.InvalidArgument:"""
+    if not ref:
+        raise errdefs.InvalidArgument("ref must not be empty")
+    if len(ref) > MAX_REF_BYTES // 4 and len(ref.encode("utf-8", "surrogatepass")) > MAX_REF_BYTES:
+        raise errdefs.InvalidArgument(f"ref {echo(ref)} is longer than the maximum of {MAX_REF_BYTES} bytes")
