@@ -45,6 +45,12 @@ IGNORED_KEYS: Final[Mapping[str, frozenset[str]]] = {
 }
 
 
+#: containerd plugin URIs whose config sections ctrd reads as those of its own plugin
+PLUGIN_ALIASES: Final[Mapping[str, str]] = {
+    "io.containerd.metadata.v1.bolt": "io.containerd.metadata.v1.sqlite",
+}
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names file, section and key."""
 
@@ -282,6 +288,44 @@ def _strip_ignored(data: dict[str, Any], source: str) -> None:  # mutates data
             del table[k]
 
 
+def _apply_aliases(work: dict[str, Any], source: str, sources: dict[str, str] | None) -> None:
+    """Read containerd's sections for plugins ctrd replaces as those of ctrd's (mutates *work*).
+
+    ``[plugins."io.containerd.metadata.v1.bolt"]`` from an existing containerd
+    config configures ctrd's metadata plugin: its keys (``content_sharing_policy``
+    above all) must not be dropped. A key set differently in both sections is an
+    error; so is a key ctrd's plugin does not have (its model says so later, naming
+    the section).
+    """
+    for key in ("disabled_plugins", "required_plugins"):
+        names = work.get(key)
+        if isinstance(names, list):
+            work[key] = [PLUGIN_ALIASES.get(n, n) if isinstance(n, str) else n for n in names]
+    plugins = work.get("plugins")
+    if not isinstance(plugins, dict):
+        return
+    for alias, uri in PLUGIN_ALIASES.items():
+        section = plugins.pop(alias, None)
+        if section is None:
+            continue
+        where = (sources or {}).pop(alias, source)
+        if not isinstance(section, dict):
+            raise ConfigError(f'{where}: [plugins."{alias}"]: must be a table')
+        own = plugins.setdefault(uri, {})
+        if not isinstance(own, dict):
+            raise ConfigError(f'{where}: [plugins."{uri}"]: must be a table')
+        for key, value in section.items():
+            if key in own and own[key] != value:
+                raise ConfigError(
+                    f'{where}: [plugins."{alias}"] {key} = {value!r} contradicts '
+                    f'[plugins."{uri}"] {key} = {own[key]!r} (ctrd reads both sections as one)'
+                )
+            own[key] = value
+        if sources is not None:
+            sources.setdefault(uri, where)
+        log.info('reading [plugins."%s"] in %s as [plugins."%s"]', alias, where, uri)
+
+
 def from_mapping(
     data: Mapping[str, Any], source: str = "<config>", sources: dict[str, str] | None = None
 ) -> Config:
@@ -290,6 +334,7 @@ def from_mapping(
     if "plugin_sources" in work:  # an internal field, not a config key
         raise ConfigError(f"{source}: plugin_sources: unknown key")
     _strip_ignored(work, source)
+    _apply_aliases(work, source, sources)
     try:
         cfg = Config.model_validate(work)
     except ValidationError as exc:
