@@ -1,0 +1,166 @@
+"""Hostile and unusual clients at the transport: long echoed strings, frame headers that promise
+megabytes, grpcio's first call in large frames, malformed protobuf bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import grpc
+import pytest
+from _daemon import Launcher, rss_kib
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from ctrd import limits
+from ctrd.api.containerd.services.content import v1 as content_api
+
+from ._figures import Figures
+from ._probe import DATA, Victim, frame, raw_connection
+
+MiB = 1 << 20
+NS = (("containerd-namespace", "hardening"),)
+
+
+async def _status(sock: str, ref: str) -> tuple[float, GRPCError]:
+    ch = Channel(path=sock)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(GRPCError) as ei:
+            await content_api.ContentStub(ch).status(
+                content_api.StatusRequest(ref=ref), metadata=dict(NS), timeout=30
+            )
+        return time.monotonic() - t0, ei.value
+    finally:
+        ch.close()
+
+
+def test_long_ref_is_answered_fast_and_echoed_short(daemon: Launcher, figures: Figures) -> None:
+    """A 256 KiB ref: NOT_FOUND within 5 s, its message short; another client stays under 1 s."""
+    d = daemon()
+    ref = "a" * (256 << 10)
+    with Victim(d.socket) as victim:
+        elapsed, err = asyncio.run(_status(d.socket, ref))
+        time.sleep(0.2)
+    assert err.status is Status.NOT_FOUND, err
+    assert err.message is not None and len(err.message) <= limits.MAX_STATUS_MESSAGE
+    assert "characters)" in err.message  # the ref is echoed cut, with its length
+    assert elapsed < 5.0
+    assert victim.worst < 1.0 and not victim.errors
+    figures.add("stall probes", "256 KiB ref: answer (ms)", elapsed * 1000)
+    figures.add("stall probes", "256 KiB ref: max victim latency (ms)", victim.worst * 1000)
+    assert "Traceback" not in d.log()
+
+
+async def _write(sock: str, ref: str, data: bytes) -> Any:
+    ch = Channel(path=sock)
+    try:
+        request = content_api.WriteContentRequest(action=content_api.WriteAction.COMMIT, ref=ref, data=data)
+        return [r async for r in content_api.ContentStub(ch).write([request], metadata=dict(NS), timeout=30)]
+    finally:
+        ch.close()
+
+
+def test_ingest_of_an_overlong_ref_is_refused(daemon: Launcher) -> None:
+    d = daemon()
+    with pytest.raises(GRPCError) as ei:
+        asyncio.run(_write(d.socket, "r" * (limits.MAX_REF_BYTES + 1), b"x"))
+    assert ei.value.status is Status.INVALID_ARGUMENT
+    assert f"maximum of {limits.MAX_REF_BYTES} bytes" in (ei.value.message or "")
+    assert asyncio.run(_write(d.socket, "r" * limits.MAX_REF_BYTES, b"x"))[0].offset == 1
+
+
+def test_frame_headers_promising_megabytes_allocate_nothing(daemon: Launcher, figures: Figures) -> None:
+    """200 connections each send a DATA header announcing 2 MiB - 1 bytes on a stream never
+    opened, and one byte: the daemon's RSS grows by less than 64 MiB (it was 2 MiB each)."""
+    d = daemon()
+    before = rss_kib(d.pid)
+    conns = []
+    try:
+        for _ in range(200):
+            sock = raw_connection(d.socket)
+            sock.sendall(frame(DATA, 0, 1, b"x", length=(2 * MiB) - 1))
+            conns.append(sock)
+        time.sleep(1.0)
+        grown = (rss_kib(d.pid) - before) / 1024
+    finally:
+        for sock in conns:
+            sock.close()
+    figures.add("memory bounds", "200 x 10-byte 2 MiB DATA headers: RSS growth (MiB)", grown)
+    assert grown < 64, f"RSS grew by {grown:.1f} MiB"
+
+
+def _grpcio_write(sock: str, ref: str, data: bytes) -> content_api.WriteContentResponse:
+    """One Write (COMMIT with all the data) as the first call of a fresh grpcio channel."""
+    channel = grpc.insecure_channel(f"unix:{sock}")
+    try:
+        write = channel.stream_stream(
+            "/containerd.services.content.v1.Content/Write",
+            request_serializer=bytes,
+            response_deserializer=content_api.WriteContentResponse.parse,
+        )
+        request = content_api.WriteContentRequest(
+            action=content_api.WriteAction.COMMIT,
+            ref=ref,
+            data=data,
+            total=len(data),
+            expected="sha256:" + hashlib.sha256(data).hexdigest(),
+        )
+        replies = list(write(iter([request]), metadata=NS, timeout=30))
+        return replies[0]
+    finally:
+        channel.close()
+
+
+def test_grpcio_first_call_large_write(daemon: Launcher, figures: Figures) -> None:
+    """20 fresh grpcio channels whose first call is an 80 KB Write all succeed.
+
+    grpcio sends frames as large as the server's SETTINGS allow as soon as it reads
+    them, possibly before its ACK: the server accepts them from the start.
+    """
+    d = daemon()
+    failures = []
+    for i in range(20):
+        data = bytes([i]) * (80 * 1000)
+        try:
+            reply = _grpcio_write(d.socket, f"grpcio-{i}", data)
+            assert reply.offset == len(data)
+        except grpc.RpcError as exc:
+            failures.append(f"{i}: {exc.code()} {exc.details()}")
+    figures.add("grpcio first calls", "80 KB Writes tried", 20)
+    figures.add("grpcio first calls", "failures", len(failures))
+    assert not failures, failures
+
+
+MALFORMED = {
+    "invalid UTF-8 in a string": b"\x0a\x02\xff\xfe",
+    "overlong varint": b"\x10" + b"\xff" * 11,
+    "wire type mismatch": b"\x0d\x01\x02\x03\x04",
+    "truncated length": b"\x0a\x05ab",
+}
+METHODS = {
+    "/containerd.services.content.v1.Content/Info": content_api.InfoResponse,
+    "/containerd.services.content.v1.Content/Status": content_api.StatusResponse,
+    "/containerd.services.namespaces.v1.Namespaces/Create": bytes,
+    "/containerd.services.leases.v1.Leases/Create": bytes,
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_malformed_protobuf_is_invalid_argument(daemon: Launcher, method: str) -> None:
+    d = daemon()
+    channel = grpc.insecure_channel(f"unix:{d.socket}")
+    try:
+        call = channel.unary_unary(method, request_serializer=bytes, response_deserializer=bytes)
+        for name, body in MALFORMED.items():
+            with pytest.raises(grpc.RpcError) as ei:
+                call(body, metadata=NS, timeout=10)
+            err: Any = ei.value
+            assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL), (name, err)
+    finally:
+        channel.close()
+    assert "Traceback" not in d.log()
+    assert d.log().count("malformed") >= len(MALFORMED)
