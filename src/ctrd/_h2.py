@@ -187,6 +187,7 @@ class CtrdConnection(H2Connection):
     """
 
     transport: Any = None  # where large DATA payloads go (:meth:`use_transport`)
+    rooms: Any = None  # the server's memory budgets of this connection (ctrd.server._budget)
     _joins_lines = False  # the transport's writelines is asyncio's b"".join + write
     _frame: DataFrame | None = None  # a large DATA frame whose body is arriving
     _body: bytearray

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import struct
 import threading
@@ -81,3 +82,123 @@ class Victim:
     ) -> None:
         self._stop.set()
         self._thread.join(60)
+
+
+def grpc_request(path: str, body: bytes, namespace: str = "hardening") -> tuple[list[tuple[str, str]], bytes]:
+    """The headers and the length-prefixed body of a unary-request gRPC call to *path*."""
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("containerd-namespace", namespace),
+    ]
+    return headers, struct.pack(">BI", 0, len(body)) + body
+
+
+def silent_readers(path: str, method: str, body: bytes, streams: int) -> socket.socket:
+    """A connection opening *streams* calls of *method* with the largest windows HTTP/2 allows,
+    then reading nothing: the server may send as much as it likes, the socket takes none of it."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.settings import SettingCodes
+
+    max_window = (1 << 31) - 1
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="ascii"))
+    conn.initiate_connection()
+    conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: max_window})
+    conn.increment_flow_control_window(max_window - 65535)
+    headers, framed = grpc_request(method, body)
+    for _ in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers)
+        conn.send_data(sid, framed, end_stream=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(path)
+    sock.sendall(conn.data_to_send())
+    return sock
+
+
+def pushing_writers(path: str, streams: int, size: int, seconds: float = 20.0) -> tuple[int, dict[int, str]]:
+    """One connection opening *streams* Write calls, each sending one WRITE message of *size*
+    bytes as fast as flow control lets it, until every byte is sent or the server has taken
+    nothing for 2 seconds. Returns (bytes sent, stream id -> the grpc-status each call ended
+    with, for those that ended)."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import ResponseReceived, StreamEnded, TrailersReceived
+
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="ascii"))
+    conn.initiate_connection()
+    headers, _ = grpc_request("/containerd.services.content.v1.Content/Write", b"")
+    zeros = bytes(1 << 20)
+    remaining: dict[int, int] = {}
+    heads: dict[int, bytes] = {}
+    for i in range(streams):
+        ref_body = b"\x08\x01\x12\x04" + b"r%03d" % i  # action WRITE, ref "r<i>"
+        data_len = size - len(ref_body) - 1 - 4
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers)
+        heads[sid] = struct.pack(">BI", 0, size) + ref_body + b"\x32" + _varint4(data_len)
+        remaining[sid] = data_len
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.settimeout(30)
+    sent = 0
+    statuses: dict[int, str] = {}
+    idle_since = time.monotonic()
+    deadline = idle_since + seconds
+    while time.monotonic() < deadline and time.monotonic() - idle_since < 2.0:
+        progressed = False
+        for sid in list(remaining):
+            if sid in statuses:
+                remaining.pop(sid)
+                continue
+            try:
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            except Exception:
+                remaining.pop(sid)
+                continue
+            head = heads.get(sid, b"")
+            if head:
+                if window < len(head):
+                    continue
+                conn.send_data(sid, head)
+                del heads[sid]
+                window -= len(head)
+            n = min(window, remaining[sid], len(zeros))
+            if n > 0:
+                conn.send_data(sid, zeros[:n])
+                remaining[sid] -= n
+                sent += n
+                progressed = True
+        out = conn.data_to_send()
+        if out:
+            sock.sendall(out)
+        readable, _, _ = select.select([sock], [], [], 0.05)
+        incoming = sock.recv(1 << 20) if readable else b""
+        if incoming:
+            for event in conn.receive_data(incoming):
+                if isinstance(event, (TrailersReceived, ResponseReceived)):
+                    status = dict(event.headers).get("grpc-status")
+                    if status is not None:  # trailers, or a trailers-only reply
+                        statuses[event.stream_id] = status
+                elif isinstance(event, StreamEnded) and event.stream_id not in statuses:
+                    statuses[event.stream_id] = "ended"
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+        if progressed:
+            idle_since = time.monotonic()
+        if not remaining:
+            break
+    sock.close()
+    return sent, statuses
+
+
+def _varint4(n: int) -> bytes:
+    """*n* as a 4-byte varint (padded, so a message's layout does not depend on its size)."""
+    return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21 & 0x7F))

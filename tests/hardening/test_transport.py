@@ -19,7 +19,7 @@ from ctrd import limits
 from ctrd.api.containerd.services.content import v1 as content_api
 
 from ._figures import Figures
-from ._probe import DATA, Victim, frame, raw_connection
+from ._probe import DATA, Victim, frame, pushing_writers, raw_connection, silent_readers
 
 MiB = 1 << 20
 NS = (("containerd-namespace", "hardening"),)
@@ -164,3 +164,58 @@ def test_malformed_protobuf_is_invalid_argument(daemon: Launcher, method: str) -
         channel.close()
     assert "Traceback" not in d.log()
     assert d.log().count("malformed") >= len(MALFORMED)
+
+
+def test_readers_that_never_read_hold_bounded_memory(daemon: Launcher, figures: Figures) -> None:
+    """5 connections x 100 Read streams of a 32 MiB blob, windows wide open, nothing read:
+    the daemon's RSS grows by less than 160 MiB (was ~2.6 MiB per stream, +1.1 GiB), another
+    client is served meanwhile, and everything held is given back when they go."""
+    d = daemon()
+    data = bytes(range(256)) * (32 * MiB // 256)
+    dgst = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def put() -> None:
+        from ctrd.client import Client
+
+        async with Client(d.socket, namespace="hardening") as client:
+            await client.content.ingest("blob", data, expected=dgst, labels={"containerd.io/gc.root": "x"})
+
+    asyncio.run(put())
+    before = rss_kib(d.pid)
+    body = bytes(content_api.ReadContentRequest(digest=dgst))
+    socks = []
+    with Victim(d.socket) as victim:
+        try:
+            for _ in range(5):
+                socks.append(
+                    silent_readers(d.socket, "/containerd.services.content.v1.Content/Read", body, 100)
+                )
+            time.sleep(3.0)
+            grown = (rss_kib(d.pid) - before) / 1024
+        finally:
+            for sock in socks:
+                sock.close()
+    figures.add("memory bounds", "500 unread Read streams: RSS growth (MiB)", grown)
+    figures.add("stall probes", "500 unread Read streams: max victim latency (ms)", victim.worst * 1000)
+    assert grown < 160, f"RSS grew by {grown:.1f} MiB"
+    assert victim.worst < 1.0 and not victim.errors
+    assert "Traceback" not in d.log()
+
+
+def test_many_large_messages_on_one_connection_are_bounded(daemon: Launcher, figures: Figures) -> None:
+    """40 Write calls on one connection each send a 16 MiB message and then wait: the daemon
+    holds at most its per-connection budget of messages (64 MiB) and refuses a message that
+    does not fit with RESOURCE_EXHAUSTED (how many depends on how fast the held ones are
+    written); it grew by 570 MiB before. Another client is served meanwhile."""
+    d = daemon()
+    before = rss_kib(d.pid)
+    with Victim(d.socket) as victim:
+        sent, statuses = pushing_writers(d.socket, 40, 16 * MiB)
+        grown = (rss_kib(d.pid) - before) / 1024
+    figures.add("memory bounds", "40 x 16 MiB messages on one connection: RSS growth (MiB)", grown)
+    figures.add("stall probes", "40 x 16 MiB messages: max victim latency (ms)", victim.worst * 1000)
+    refused = sum(1 for s in statuses.values() if s == str(Status.RESOURCE_EXHAUSTED.value))
+    assert refused >= 1, statuses
+    assert grown < 160, f"RSS grew by {grown:.1f} MiB (sent {sent >> 20} MiB)"
+    assert victim.worst < 1.0 and not victim.errors
+    assert "Traceback" not in d.log()

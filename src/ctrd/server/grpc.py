@@ -39,10 +39,12 @@ from grpclib.metadata import Deadline, decode_metadata
 from grpclib.protocol import AckedData as _AckedData
 from grpclib.protocol import H2Protocol
 from grpclib.utils import DeadlineWrapper, Wrapper
+from h2.exceptions import StreamClosedError as H2StreamClosedError
 
 from ctrd import errdefs, errgrpc, limits, namespaces
 from ctrd._h2 import DIRECT_BODY_MIN, CtrdConnection, LargeFrameProtocol
 from ctrd._protowire import GRPC_PREFIX, check_message
+from ctrd.server import _budget
 
 if TYPE_CHECKING:
     from ctrd.server.metrics import GrpcMetrics
@@ -97,6 +99,10 @@ ON_SEND: Final = "ctrd_on_send"
 """Attribute of a server stream holding a callable run once per sent message (see :data:`ON_RECV`)."""
 
 _OK_TRAILERS: Final = (("grpc-status", "0"),)
+_REPLY_FRAMING: Final = 64
+"""Bytes a reply adds to its data (gRPC prefix, protobuf keys and lengths, an offset), at most."""
+_SMALLEST_REPLY: Final = 16 << 10
+"""The least data :meth:`CallStream.reply_room` waits for the windows to take (or all that is left)."""
 _SEND_EVENTS: Final = ("send_initial_metadata", "send_message", "send_trailing_metadata")
 
 
@@ -151,7 +157,12 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         those of generated classes; the hand-written decoders check as they go."""
         return hasattr(self._recv_type, "_betterproto")
 
+    _recv_held = 0  # bytes of the received-message budgets this call holds
+    _send_held: list[int] | None = None  # reply budget taken, per reply not sent yet
+
     async def recv_message(self) -> Any:
+        if self._recv_held:
+            self._release_recv()  # the previous message has been handled: it is asked for the next
         meta = await self._stream.recv_data(5)
         if not meta:
             return None
@@ -163,6 +174,20 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
                 Status.RESOURCE_EXHAUSTED,
                 f"grpc: received message larger than max ({length} vs. {self.recv_limit})",
             )
+        if length >= DIRECT_BODY_MIN:
+            rooms = self._rooms()
+            if rooms is not None:
+                if not _budget.try_take(length, rooms.recv, rooms.server.recv):
+                    # waiting could deadlock: the messages holding the room may need the
+                    # connection window this one's unread data fills
+                    full = rooms.recv if not rooms.recv.fits(length) else rooms.server.recv
+                    holder = "connection" if full is rooms.recv else "server"
+                    raise GRPCError(
+                        Status.RESOURCE_EXHAUSTED,
+                        f"message of {length} bytes refused: the {holder} holds {full.held} bytes "
+                        f"of received messages (limit {full.limit})",
+                    )
+                self._recv_held = length
         if length >= DIRECT_BODY_MIN and getattr(self._recv_type, "DECODES_VIEWS", False):
             data: bytes | memoryview = await _read_view(self._stream.buffer, length)
         else:
@@ -187,11 +212,86 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         conn.last_message_received = time.monotonic()
         return msg
 
+    def _rooms(self) -> _ConnectionRooms | None:
+        rooms: _ConnectionRooms | None = getattr(self._stream._h2_connection, "rooms", None)
+        return rooms
+
+    def _release_recv(self) -> None:
+        held, self._recv_held = self._recv_held, 0
+        rooms = self._rooms()
+        if rooms is not None:
+            rooms.recv.release(held)
+            rooms.server.recv.release(held)
+
+    def _release_send(self, count: int | None = None) -> None:
+        held = self._send_held
+        if not held:
+            return
+        rooms = self._rooms()
+        taken = held[:count] if count is not None else list(held)
+        del held[: len(taken)]
+        if rooms is not None:
+            size = sum(taken)
+            rooms.send.release(size)
+            rooms.server.send.release(size)
+
+    async def reply_room(self, limit: int) -> int:
+        """Wait until a reply carrying up to *limit* bytes of data could leave now; how many it may carry.
+
+        A handler that builds large replies (a ``Read`` reading chunks from the
+        disk) calls this before building each one and puts at most the returned
+        number of bytes (at least 1) in it. It returns when the connection is
+        writable, the call's flow-control windows take such a reply, and the
+        connection's reply budget (:mod:`ctrd.server._budget`) has room for it; the
+        room taken is given back when the next message is sent or the call ends.
+        So a client that reads nothing, or not this call, makes the handler wait
+        instead of the daemon holding its replies, and a reply never waits for a
+        window while holding budget other calls need.
+        """
+        rooms = self._rooms()
+        if rooms is None:
+            return limit
+        h2s = self._stream
+        conn = h2s.connection
+        h2c = h2s._h2_connection
+        while True:
+            try:
+                window = h2c.local_flow_control_window(h2s.id or 0) - _REPLY_FRAMING
+            except (KeyError, H2StreamClosedError):
+                return limit  # the call is over: sending fails as it would have
+            size = min(limit, window)
+            if size < min(limit, _SMALLEST_REPLY):
+                h2s.window_updated.clear()
+                await h2s.window_updated.wait()
+            elif not conn.write_ready.is_set():
+                await rooms.send.until_woken()
+            elif not rooms.send.fits(size) or not (rooms.send.held == 0 or rooms.server.send.fits(size)):
+                await (rooms.send if not rooms.send.fits(size) else rooms.server.send).until_woken()
+            else:
+                rooms.send.held += size
+                rooms.server.send.held += size
+                if self._send_held is None:
+                    self._send_held = []
+                self._send_held.append(size)
+                return size
+
+    async def __aexit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool | None:
+        try:
+            return await super().__aexit__(exc_type, exc_val, exc_tb)
+        finally:
+            if self._recv_held:
+                self._release_recv()
+            self._release_send()
+
     async def send_message(self, message: Any) -> None:
         """grpclib's ``send_message``; one direct write (with the headers the first time) if it can."""
         if self._send_direct(message, last=False):
+            if self._send_held:
+                self._release_send(1)
             return
         await super().send_message(message)
+        if self._send_held:
+            self._release_send(1)
         on_send = getattr(self, ON_SEND, None)
         if on_send is not None:
             on_send()
@@ -209,6 +309,8 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         if not self._send_direct(message, last=True, repeat=repeat):
             for _ in range(repeat):
                 await self.send_message(message)
+        elif self._send_held:
+            self._release_send(1)
 
     async def send_trailing_metadata(
         self,
@@ -374,6 +476,45 @@ class _Handler(_gs.Handler):
         self._listener._tracker.add(task)
 
 
+class _ServerRooms:
+    """The server's memory budgets (:mod:`ctrd.server._budget`), shared by its connections."""
+
+    __slots__ = ("recv", "send")
+
+    def __init__(self) -> None:
+        self.recv = _budget.Room(_budget.SERVER_RECV)
+        self.send = _budget.Room(_budget.SERVER_SEND)
+
+
+class _ConnectionRooms:
+    """One connection's memory budgets, and the server's."""
+
+    __slots__ = ("recv", "send", "server")
+
+    def __init__(self, server: _ServerRooms) -> None:
+        self.server = server
+        self.recv = _budget.Room(_budget.CONNECTION_RECV)
+        self.send = _budget.Room(_budget.CONNECTION_SEND)
+
+
+class _ServerProtocol(LargeFrameProtocol):
+    """ctrd's protocol with the connection's memory budgets; a drained transport wakes reply waiters."""
+
+    def __init__(self, rooms: _ServerRooms, *args: Any) -> None:
+        super().__init__(*args)
+        self._rooms = _ConnectionRooms(rooms)
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        conn = self.connection._connection
+        if isinstance(conn, CtrdConnection):
+            conn.rooms = self._rooms
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._rooms.send.wake()
+
+
 class _Server(_gs.Server):
     """grpclib's server over ctrd's protocol (:mod:`ctrd._h2`) and call handling."""
 
@@ -388,7 +529,7 @@ class _Server(_gs.Server):
             self._listener, self._mapping, self._codec, self._status_details_codec, self.__dispatch__
         )
         self._handlers.add(handler)
-        return LargeFrameProtocol(handler, self._config, self._h2_config)
+        return _ServerProtocol(self._listener._rooms, handler, self._config, self._h2_config)
 
 
 class GrpcListener:
@@ -408,6 +549,7 @@ class GrpcListener:
         self._max_send = max_send
         self._stream_class = type("CallStream", (CallStream,), {"recv_limit": max_recv})
         self._tracker = _Tracker()
+        self._rooms = _ServerRooms()
         self._servers: list[_gs.Server] = []
         self._unix_paths: list[str] = []
         self._on_request = on_request

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import grpclib.const
@@ -232,29 +232,42 @@ class ContentService(api.ContentBase):
         return mapping
 
     async def _read_direct(self, stream: Any) -> None:
-        """``Read`` without the generated layers: one hand-encoded reply per chunk."""
+        """``Read`` without the generated layers: one hand-encoded reply per chunk.
+
+        Each chunk is as large as the call's reply room allows (the server's
+        ``reply_room``: the client's flow-control window, the connection's reply
+        budget), at most :data:`READ_CHUNK`; the last leaves with the trailers in
+        one write (``ctr``'s reads are one chunk).
+        """
         message = await stream.recv_message()
         if message is None:
             raise errdefs.InvalidArgument("missing request message")
         send = stream.send_message
-        pending: _wire.RawReply | None = None
+        room = getattr(stream, "reply_room", None)
         async with contextlib.aclosing(
-            self._read_chunks(message.digest, message.offset, message.size)
+            self._read_chunks(message.digest, message.offset, message.size, room)
         ) as chunks:
-            async for rel, data in chunks:
-                if pending is not None:
-                    await send(pending)
-                pending = _wire.encode_read_response(rel, data)
-        if pending is not None:
-            # The last chunk leaves with its headers, the trailers right after (ctr's reads are one chunk).
-            await stream.send_last(pending)
+            async for rel, data, last in chunks:
+                reply = _wire.encode_read_response(rel, data)
+                if last:
+                    await stream.send_last(reply)
+                else:
+                    await send(reply)
 
     async def _read_chunks(
-        self, dgst: str, offset: int, size: int
-    ) -> AsyncGenerator[tuple[int, bytes], None]:
-        """``(offset relative to the request, data)`` chunks of at most :data:`READ_CHUNK` bytes.
+        self,
+        dgst: str,
+        offset: int,
+        size: int,
+        room: Callable[[int], Awaitable[int]] | None = None,
+    ) -> AsyncGenerator[tuple[int, bytes, bool], None]:
+        """``(offset relative to the request, data, whether it is the last)`` chunks.
 
-        A negative offset reads from 0; ``size <= 0`` (or past the end) reads to the end.
+        A negative offset reads from 0; ``size <= 0`` (or past the end) reads to the
+        end. A chunk holds at most :data:`READ_CHUNK` bytes, and with *room* (a
+        call's ``reply_room``) at most what it allows, asked before the chunk is
+        read: a client that does not read makes this wait instead of the daemon
+        holding its chunks.
         """
         try:
             _digest.validate(dgst)
@@ -271,11 +284,14 @@ class ContentService(api.ContentBase):
             end = offset + size
             pos = offset
             while pos < end:
-                data = await reader.read_at(pos, min(READ_CHUNK, end - pos))
+                n = min(READ_CHUNK, end - pos)
+                if room is not None:
+                    n = await room(n)
+                data = await reader.read_at(pos, n)
                 if not data:
                     break  # the blob shrank under us: end the stream like io.Copy on EOF
-                yield pos - offset, data
                 pos += len(data)
+                yield pos - len(data) - offset, data, pos >= end
         finally:
             await shield_eager(_close_quietly(reader, f"reader for {dgst}"))
 
@@ -342,7 +358,7 @@ class ContentService(api.ContentBase):
         async with contextlib.aclosing(
             self._read_chunks(message.digest, message.offset, message.size)
         ) as chunks:
-            async for rel, data in chunks:
+            async for rel, data, _last in chunks:
                 yield api.ReadContentResponse(offset=rel, data=data)
 
     # -- ingests -------------------------------------------------------------------------
@@ -475,6 +491,9 @@ class ContentService(api.ContentBase):
                         if n != len(data):
                             raise errdefs.DataLoss(f"wrote {n} of {len(data)} bytes")
                         msg.offset += n
+                        # nothing keeps the message's bytes while the next one is awaited:
+                        # the server's receive budget counts them as given back then
+                        data = req.data = b""
                     if action == _COMMIT:
                         commit_labels: Mapping[str, str] | None = req.labels or None
                         if commit_labels is not None:
