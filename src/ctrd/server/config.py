@@ -138,7 +138,12 @@ _Id = Annotated[int, Field(ge=0, le=authz.MAX_UID)]
 
 
 class PrincipalConfig(_Strict):
-    """``[[authorization.principals]]``: who (any of uids, gids, TLS subjects) may act in which namespaces."""
+    """``[[authorization.principals]]``: who (any of uids, gids, TLS subjects) may act in which namespaces.
+
+    Values are not coerced (``"true"`` is not a boolean here): a security setting takes TOML's own types.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str = Field(default="", max_length=64)
     uids: list[_Id] = Field(default_factory=list, max_length=authz.MAX_IDS)
@@ -165,6 +170,8 @@ class PrincipalConfig(_Strict):
 
 class AuthorizationConfig(_Strict):
     """``[authorization]``: namespace authorization (docs/authorization.md); off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     enabled: bool = False
     principals: list[PrincipalConfig] = Field(default_factory=list, max_length=authz.MAX_PRINCIPALS)

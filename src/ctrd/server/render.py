@@ -126,11 +126,11 @@ def default_config() -> str:
             "  # one table per principal; a client matching none is denied (root and the daemon's own uid",
             "  # are unrestricted on the unix socket unless a principal lists them in uids):",
             "  # [[authorization.principals]]",
-            '  #   name = "team-a"                      # for logs',
-            "  #   uids = [1000]                        # unix-socket peers (SO_PEERCRED); gids = [...] likewise",
-            '  #   tls_subjects = ["team-a.example"]    # CN or DNS SAN of a verified TCP+TLS client certificate',
-            '  #   namespaces = ["team-a", "team-a-*"]  # glob patterns of the namespaces it may act in',
-            "  #   manage_namespaces = false            # may create/update/delete those namespaces (labels)",
+            '  #   name = "team-a"                     # for logs',
+            "  #   uids = [1000]                       # unix-socket peers (SO_PEERCRED); gids likewise",
+            '  #   tls_subjects = ["team-a.example"]   # CN or DNS SAN of a verified TLS client cert',
+            '  #   namespaces = ["team-a", "team-a-*"] # glob patterns of the namespaces it may act in',
+            "  #   manage_namespaces = false           # may create/update/delete them (labels too)",
         ]
     )
     lines.append("")
