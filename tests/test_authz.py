@@ -248,3 +248,11 @@ def test_peer_of_a_unix_socket_reads_peer_credentials() -> None:
         a.close()
         b.close()
     assert peer == Peer("unix", uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
+
+
+def test_connections_of_the_same_principals_share_compiled_patterns() -> None:
+    p = policy()
+    one, two = p.access(unix(1000, gid=1)), p.access(unix(1000, gid=2))
+    assert one.sees is not two.sees  # bound methods differ...
+    assert one._sees is two._sees and one._manages is two._manages  # ...the compiled predicates do not
+    assert p.access(unix(1000, gid=2000))._sees is not one._sees  # another set of principals

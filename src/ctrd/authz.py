@@ -38,6 +38,7 @@ __all__ = [
     "MAX_PATTERN_LENGTH",
     "MAX_PRINCIPALS",
     "MAX_SUBJECT_LENGTH",
+    "MAX_UID",
     "Access",
     "Denied",
     "Peer",
@@ -72,6 +73,7 @@ MAX_UID: Final = (1 << 32) - 2
 _PATTERN_CHARS: Final = re.compile(r"[A-Za-z0-9._\-*?\[\]!]+")
 
 _DESCRIBE_MAX: Final = 200
+_COMPILED_MAX: Final = 256
 
 
 class Denied(errdefs.PermissionDenied):
@@ -103,6 +105,14 @@ def _compile(patterns: Iterable[str]) -> Callable[[str], bool]:
         return lambda name: False
     rx = re.compile("|".join(parts))
     return lambda name: rx.match(name) is not None
+
+
+def _matchers(principals: Iterable[Principal]) -> tuple[Callable[[str], bool], Callable[[str], bool]]:
+    """(may act in, may manage) predicates of the union of *principals*."""
+    principals = tuple(principals)
+    sees = _compile(p for pr in principals for p in pr.namespaces)
+    manages = _compile(p for pr in principals if pr.manage_namespaces for p in pr.namespaces)
+    return sees, manages
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -171,18 +181,24 @@ class Access:
     :param peer: the client.
     :param principals: the principals it matched (none for an unrestricted access).
     :param unrestricted: a superuser: every namespace, managing included.
+    :param matchers: the compiled (sees, manages) predicates of *principals*, when
+        known already (:class:`Policy` shares them between connections).
     """
 
     __slots__ = ("_manages", "_sees", "peer", "principals", "unrestricted")
 
     def __init__(
-        self, peer: Peer, principals: Sequence[Principal] = (), *, unrestricted: bool = False
+        self,
+        peer: Peer,
+        principals: Sequence[Principal] = (),
+        *,
+        unrestricted: bool = False,
+        matchers: tuple[Callable[[str], bool], Callable[[str], bool]] | None = None,
     ) -> None:
         self.peer = peer
         self.principals = tuple(principals)
         self.unrestricted = unrestricted
-        self._sees = _compile(p for pr in self.principals for p in pr.namespaces)
-        self._manages = _compile(p for pr in self.principals if pr.manage_namespaces for p in pr.namespaces)
+        self._sees, self._manages = matchers if matchers is not None else _matchers(self.principals)
 
     @property
     def matched(self) -> bool:
@@ -236,12 +252,22 @@ class Policy:
         listed = {uid for pr in principals for uid in pr.uids}
         #: uids unrestricted on the unix socket
         self.superusers = frozenset(superusers) - listed
+        # compiled predicates by set of matched principals: connections of the same
+        # client(s) share them (bounded: cleared when full)
+        self._compiled: dict[tuple[int, ...], tuple[Callable[[str], bool], Callable[[str], bool]]] = {}
 
     def access(self, peer: Peer) -> Access:
         """What *peer* may do (:attr:`Access.matched` is false when no principal matches)."""
         if peer.transport == "unix" and peer.uid is not None and peer.uid in self.superusers:
             return Access(peer, unrestricted=True)
-        return Access(peer, [pr for pr in self.principals if pr.matches(peer)])
+        key = tuple(i for i, pr in enumerate(self.principals) if pr.matches(peer))
+        matched = [self.principals[i] for i in key]
+        matchers = self._compiled.get(key)
+        if matchers is None:
+            if len(self._compiled) >= _COMPILED_MAX:
+                self._compiled.clear()
+            matchers = self._compiled[key] = _matchers(matched)
+        return Access(peer, matched, matchers=matchers)
 
 
 _ACCESS: contextvars.ContextVar[Access | None] = contextvars.ContextVar("ctrd_access", default=None)
