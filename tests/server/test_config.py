@@ -79,6 +79,20 @@ def test_unknown_key_in_grpc(tmp_path: Path) -> None:
         ('disabled_plugins = ["nodot"]', "invalid plugin URI 'nodot'"),
         ('required_plugins = ["nodot"]', "invalid plugin URI 'nodot'"),
         ('imports = "other.toml"', "imports: must be a list"),
+        ('[authorization]\nenabled = "yes"', "authorization.enabled"),
+        ("[authorization]\nprincipals = 3", "authorization.principals"),
+        (
+            '[[authorization.principals]]\nnamespaces = ["a"]',
+            "authorization.principals.0: a principal needs at least one of uids, gids, tls_subjects",
+        ),
+        ("[[authorization.principals]]\nuids = [-1]", "authorization.principals.0.uids.0"),
+        ("[[authorization.principals]]\ngids = [4294967295]", "authorization.principals.0.gids.0"),
+        ('[[authorization.principals]]\nuids = [1]\nnamespaces = ["a b"]', "'a b' may only hold"),
+        ('[[authorization.principals]]\nuids = [1]\nnamespaces = [""]', "must not be empty"),
+        (
+            "[[authorization.principals]]\nuids = [1]\nbogus = 1",
+            "authorization.principals.0.bogus: unknown key",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, section: str, needle: str) -> None:
@@ -87,6 +101,28 @@ def test_bad_values_name_the_key(tmp_path: Path, section: str, needle: str) -> N
         load(path)
     assert str(path) in str(ei.value)
     assert needle in str(ei.value)
+
+
+def test_authorization_is_off_by_default_and_parsed(tmp_path: Path) -> None:
+    assert load(write(tmp_path / "a.toml", base(tmp_path))).authorization.enabled is False
+    cfg = load(
+        write(
+            tmp_path / "c.toml",
+            base(tmp_path)
+            + "[authorization]\nenabled = true\n"
+            + '[[authorization.principals]]\nname = "team-a"\nuids = [1000]\ngids = [100]\n'
+            + 'namespaces = ["team-a", "team-a-*"]\n'
+            + '[[authorization.principals]]\ntls_subjects = ["ci.example"]\nnamespaces = ["ci"]\n'
+            + "manage_namespaces = true\n",
+        )
+    )
+    auth = cfg.authorization
+    assert auth.enabled and len(auth.principals) == 2
+    assert auth.principals[0].uids == [1000] and auth.principals[0].manage_namespaces is False
+    policy = auth.policy(superusers=(0, 5))
+    assert [p.name for p in policy.principals] == ["team-a", "#2"]
+    assert policy.superusers == frozenset({0, 5})
+    assert policy.principals[1].manage_namespaces and policy.principals[1].tls_subjects == {"ci.example"}
 
 
 CONTAINERD_ONLY = """
@@ -389,6 +425,8 @@ def test_config_default_is_complete_commented_and_loads(daemon: Launcher) -> Non
     assert data["grpc"]["max_recv_message_size"] == 16 * MiB
     assert data["plugins"][SQLITE] == {"content_sharing_policy": "shared", "content_plugin": ""}
     assert data["plugins"]["io.ctrd.test.config.v1.configured"] == {"greeting": "hello", "level": 1}
+    assert data["authorization"] == {"enabled": False}
+    assert "# [[authorization.principals]]" in text  # an example, commented out
     cfg = from_mapping(data)
     assert cfg.root == data["root"] and cfg.grpc.address == data["grpc"]["address"]
     # and the default file really boots a daemon (paths moved by flags)
@@ -408,7 +446,11 @@ def test_config_dump_reflects_merged_values_and_overrides(daemon: Launcher) -> N
         + base(tmp)
         + '[grpc]\naddress = "/tmp/from-file.sock"\n'
         + '[plugins."io.ctrd.test.config.v1.configured"]\ngreeting = "hi"\n'
-        + '[plugins."io.containerd.grpc.v1.cri"]\nsandbox_image = "pause"\n',
+        + '[plugins."io.containerd.grpc.v1.cri"]\nsandbox_image = "pause"\n'
+        + "[authorization]\nenabled = true\n"
+        + '[[authorization.principals]]\nuids = [1000]\nnamespaces = ["team-a-*"]\n'
+        + '[[authorization.principals]]\nname = "ci"\ntls_subjects = ["ci.example"]\n'
+        + "manage_namespaces = true\n",
     )
     r = daemon.run(
         "--config", str(tmp / "main.toml"), "--root", "/tmp/flag-root", "--address", "/tmp/flag.sock",
@@ -424,9 +466,29 @@ def test_config_dump_reflects_merged_values_and_overrides(daemon: Launcher) -> N
     assert data["plugins"]["io.ctrd.test.config.v1.configured"] == {"greeting": "hi", "level": 1}
     assert data["plugins"][SQLITE] == {"content_sharing_policy": "shared", "content_plugin": ""}
     assert data["plugins"]["io.containerd.grpc.v1.cri"] == {"sandbox_image": "pause"}
+    assert data["authorization"]["enabled"] is True
+    assert data["authorization"]["principals"] == [
+        {
+            "name": "",
+            "uids": [1000],
+            "gids": [],
+            "tls_subjects": [],
+            "namespaces": ["team-a-*"],
+            "manage_namespaces": False,
+        },
+        {
+            "name": "ci",
+            "uids": [],
+            "gids": [],
+            "tls_subjects": ["ci.example"],
+            "namespaces": [],
+            "manage_namespaces": True,
+        },
+    ]
     # the dump is itself a valid config
     again = from_mapping(data)
     assert again.grpc.max_recv_message_size == 4096 and again.root == "/tmp/flag-root"
+    assert again.authorization == load(tmp / "main.toml").authorization
 
 
 def test_config_dump_with_bad_plugin_section_is_an_error_not_a_traceback(daemon: Launcher) -> None:

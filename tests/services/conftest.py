@@ -45,13 +45,14 @@ class _ChannelForListener(ChannelFor):
 
 
 @contextlib.asynccontextmanager
-async def _serve(*services: Any) -> AsyncIterator[Channel]:
-    listener = GrpcListener(services, max_recv=16 << 20, max_send=16 << 20)
+async def _serve(*services: Any, **listener_args: Any) -> AsyncIterator[Channel]:
+    listener = GrpcListener(services, max_recv=16 << 20, max_send=16 << 20, **listener_args)
     async with _ChannelForListener(listener) as channel:
         yield channel
 
 
 @pytest.fixture
 def serve() -> Serve:
-    """``async with serve(service, ...) as channel``: an in-memory channel to the services."""
+    """``async with serve(service, ..., **listener_args) as channel``: an in-memory channel to the
+    services (*listener_args*: ``metrics``, ``authorizer`` of :class:`GrpcListener`)."""
     return _serve

@@ -5,7 +5,9 @@
   :meth:`Exchange.forward` delivers an envelope built elsewhere, validated the same
   way (and its timestamp must be set).
 * :meth:`Exchange.subscribe` returns a :class:`Subscription`, registered at once: it
-  sees every event published from then on, in every namespace, unless filtered.
+  sees every event published from then on, in every namespace, unless filtered
+  (and only in the namespaces its ``visible`` predicate accepts, when given: what
+  namespace authorization lets the subscriber see).
   Filters use containerd's language (:mod:`ctrd.filters`) on the fields
   ``namespace``, ``topic`` and ``event.<field>`` (the payload's own fields: a string
   attribute, ``event.labels.<key>`` on a mapping, nested objects; anything else is
@@ -34,7 +36,7 @@ import collections
 import dataclasses
 import datetime as _dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -177,9 +179,17 @@ class Subscription:
     :class:`~ctrd.errdefs.ResourceExhausted` once the queued events are consumed.
     """
 
-    def __init__(self, exchange: Exchange, flt: filters.Filter, name: str, queue_size: int) -> None:
+    def __init__(
+        self,
+        exchange: Exchange,
+        flt: filters.Filter,
+        name: str,
+        queue_size: int,
+        visible: Callable[[str], bool] | None = None,
+    ) -> None:
         self._exchange = exchange
         self._filter = flt
+        self._visible = visible
         self.name = name
         self._max = queue_size
         self._queue: collections.deque[Envelope] = collections.deque()
@@ -200,7 +210,9 @@ class Subscription:
 
     def _offer(self, env: Envelope, adaptor: filters.Adaptor) -> None:
         """Called by the exchange for every event (never blocks)."""
-        if self._closed or not self._filter.match(adaptor):
+        if self._closed or (self._visible is not None and not self._visible(env.namespace)):
+            return
+        if not self._filter.match(adaptor):
             return
         if self.missed:
             self.missed += 1
@@ -326,10 +338,14 @@ class Exchange:
         for sub in list(self._subs):
             sub._offer(env, adaptor)
 
-    def subscribe(self, *filter_strings: str, name: str = "") -> Subscription:
+    def subscribe(
+        self, *filter_strings: str, name: str = "", visible: Callable[[str], bool] | None = None
+    ) -> Subscription:
         """Register a subscriber now; it sees events published from here on.
 
-        *name* identifies it in logs (a number is added).
+        *name* identifies it in logs (a number is added). With *visible*, only events
+        whose namespace it accepts are offered (the others are not queued, counted or
+        matched).
         :raises errdefs.InvalidArgument: ``failed parsing subscription filters: ...``.
         """
         try:
@@ -338,7 +354,7 @@ class Exchange:
             raise errdefs.InvalidArgument(f"failed parsing subscription filters: {exc.context}") from exc
         self._next_id += 1
         label = f"#{self._next_id}" + (f" ({name})" if name else "")
-        sub = Subscription(self, flt, label, self._queue_size)
+        sub = Subscription(self, flt, label, self._queue_size, visible)
         self._subs[sub] = None
         log.debug("event subscriber %s subscribed filters=%s", label, list(filter_strings))
         return sub

@@ -1,7 +1,8 @@
 """Daemon configuration: containerd's version-2 TOML layout.
 
 ``version`` (absent = 2; 3 is read the same way), ``imports``, ``root``,
-``state``, ``[grpc]``, ``[debug]``, ``[metrics]``, ``disabled_plugins``,
+``state``, ``[grpc]``, ``[debug]``, ``[metrics]``, ``[authorization]`` (ctrd's own),
+``disabled_plugins``,
 ``required_plugins``, ``[plugins."<uri>"]`` (validated later by each plugin's
 own model) and ``[proxy_plugins.<name>]``. Keys containerd has and ctrd does
 not use are accepted and logged as ignored; any other unknown key is an error.
@@ -16,16 +17,20 @@ import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ctrd import authz
 
 __all__ = [
+    "AuthorizationConfig",
     "Config",
     "ConfigError",
     "DebugConfig",
     "GrpcConfig",
     "MetricsConfig",
+    "PrincipalConfig",
     "ProxyPlugin",
     "default_paths",
     "format_validation_error",
@@ -135,6 +140,66 @@ class MetricsConfig(_Strict):
         return v
 
 
+_Id = Annotated[int, Field(ge=0, le=authz.MAX_UID)]
+
+
+class PrincipalConfig(_Strict):
+    """``[[authorization.principals]]``: who (any of uids, gids, TLS subjects) may act in which namespaces.
+
+    Values are not coerced (``"true"`` is not a boolean here): a security setting takes TOML's own types.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(default="", max_length=64)
+    uids: list[_Id] = Field(default_factory=list, max_length=authz.MAX_IDS)
+    gids: list[_Id] = Field(default_factory=list, max_length=authz.MAX_IDS)
+    tls_subjects: list[Annotated[str, Field(min_length=1, max_length=authz.MAX_SUBJECT_LENGTH)]] = Field(
+        default_factory=list, max_length=authz.MAX_IDS
+    )
+    namespaces: list[str] = Field(default_factory=list, max_length=authz.MAX_PATTERNS)
+    manage_namespaces: bool = False
+
+    @field_validator("namespaces")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            authz.validate_pattern(pattern)
+        return v
+
+    @model_validator(mode="after")
+    def _someone(self) -> PrincipalConfig:
+        if not (self.uids or self.gids or self.tls_subjects):
+            raise ValueError("a principal needs at least one of uids, gids, tls_subjects")
+        return self
+
+
+class AuthorizationConfig(_Strict):
+    """``[authorization]``: namespace authorization (docs/authorization.md); off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    enabled: bool = False
+    principals: list[PrincipalConfig] = Field(default_factory=list, max_length=authz.MAX_PRINCIPALS)
+
+    def policy(self, *, superusers: Sequence[int] = (0,)) -> authz.Policy:
+        """The policy of these principals (unnamed ones are called ``#<n>``, from 1)."""
+        return authz.Policy(
+            [
+                authz.Principal(
+                    name=p.name or f"#{i}",
+                    uids=frozenset(p.uids),
+                    gids=frozenset(p.gids),
+                    tls_subjects=frozenset(p.tls_subjects),
+                    namespaces=tuple(p.namespaces),
+                    manage_namespaces=p.manage_namespaces,
+                )
+                for i, p in enumerate(self.principals, 1)
+            ],
+            superusers=superusers,
+        )
+
+
 class ProxyPlugin(_Strict):
     """``[proxy_plugins.<name>]``: a plugin served by another gRPC daemon."""
 
@@ -158,6 +223,7 @@ class Config(_Strict):
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    authorization: AuthorizationConfig = Field(default_factory=AuthorizationConfig)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     proxy_plugins: dict[str, ProxyPlugin] = Field(default_factory=dict)
     #: which file last set each ``[plugins."<uri>"]`` section (for messages)

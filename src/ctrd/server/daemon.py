@@ -36,6 +36,7 @@ from ctrd.plugin import (
 from ctrd.server.config import Config, ConfigError, format_validation_error
 
 if TYPE_CHECKING:
+    from ctrd.server.authz import Authorizer
     from ctrd.server.metrics import Metrics
 
 __all__ = ["Daemon", "StartupError"]
@@ -215,6 +216,7 @@ class Daemon:
                 max_recv=cfg.grpc.max_recv_message_size,
                 max_send=cfg.grpc.max_send_message_size,
                 metrics=self.metrics.grpc if self.metrics is not None else None,
+                authorizer=self._authorizer(),
             )
             for starter in self._http_starters():
                 self._http.append(await starter())
@@ -233,6 +235,34 @@ class Daemon:
             await self._grpc.start_tcp(cfg.grpc.tcp_address, tls=tls)
             log.info("serving... address=%s", cfg.grpc.tcp_address)
         log.info("ctrd successfully booted in %.6fs", time.monotonic() - t0)
+
+    def _authorizer(self) -> Authorizer | None:
+        """The :class:`~ctrd.server.authz.Authorizer` of ``[authorization]``; ``None`` when off.
+
+        Superusers: root and the daemon's own uid (both can read the database anyway).
+        """
+        auth = self.config.authorization
+        if not auth.enabled:
+            return None
+        from ctrd.server.authz import Authorizer
+
+        try:
+            policy = auth.policy(superusers=sorted({0, os.geteuid()}))
+        except ValueError as exc:
+            raise StartupError(f"[authorization]: {exc}") from exc
+        log.info(
+            "authorization enabled: %d principal(s); unrestricted uids on the unix socket: %s",
+            len(policy.principals),
+            ",".join(str(u) for u in sorted(policy.superusers)) or "none",
+        )
+        g = self.config.grpc
+        if g.tcp_address and not (g.tcp_tls_cert and g.tcp_tls_key and g.tcp_tls_ca):
+            log.warning(
+                "authorization: the TCP listener %s does not verify client certificates "
+                "(tcp_tls_cert, tcp_tls_key and tcp_tls_ca are needed): its clients match no principal",
+                g.tcp_address,
+            )
+        return Authorizer(policy)
 
     def _http_starters(self) -> list[Callable[[], Awaitable[Any]]]:
         """What listens before the gRPC socket: ``[metrics]``, then ``[debug]`` (each when configured).

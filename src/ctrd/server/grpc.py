@@ -12,6 +12,9 @@ grpclib gaps closed here (see docs/architecture.md):
 * unknown methods are answered with ``content-type`` so grpc-go reports
   UNIMPLEMENTED;
 * graceful drain: new calls get UNAVAILABLE while in-flight calls finish;
+* with an :class:`~ctrd.server.authz.Authorizer` (``[authorization]``), each call is
+  checked before its handler runs; a denial (there or in a service) is
+  PERMISSION_DENIED, logged once and counted;
 * with a :class:`~ctrd.server.metrics.GrpcMetrics`, its ``RecvRequest`` listener
   wraps the translated handler, so it counts every call with the status sent.
 """
@@ -41,12 +44,13 @@ from grpclib.protocol import H2Protocol
 from grpclib.utils import DeadlineWrapper, Wrapper
 from h2.exceptions import StreamClosedError as H2StreamClosedError
 
-from ctrd import errdefs, errgrpc, limits, namespaces
+from ctrd import authz, errdefs, errgrpc, limits, namespaces
 from ctrd._h2 import DIRECT_BODY_MIN, CtrdConnection, LargeFrameProtocol
 from ctrd._protowire import GRPC_PREFIX, check_message
 from ctrd.server import _budget
 
 if TYPE_CHECKING:
+    from ctrd.server.authz import Authorizer
     from ctrd.server.metrics import GrpcMetrics
 
 __all__ = ["ON_RECV", "ON_SEND", "CallStream", "GrpcListener", "ServerStream", "prepare_unix_socket"]
@@ -543,6 +547,7 @@ class GrpcListener:
         max_send: int,
         on_request: Callable[[RecvRequest], Coroutine[Any, Any, None]] | None = None,
         metrics: GrpcMetrics | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self._servables = list(servables)
         self._max_recv = max_recv
@@ -554,6 +559,7 @@ class GrpcListener:
         self._unix_paths: list[str] = []
         self._on_request = on_request
         self._metrics = metrics
+        self._authz = authorizer
         if metrics is not None:
             metrics.register(self._servables)
 
@@ -693,11 +699,20 @@ class GrpcListener:
             release_stream()
 
     async def _call(self, func: Callable[[Any], Awaitable[None]], name: str, stream: Any) -> None:
-        """Run a handler: refused while draining; domain errors become gRPC statuses."""
+        """Run a handler: refused while draining, or when not authorized; domain errors
+        become gRPC statuses."""
         if self._tracker.draining:
             raise GRPCError(Status.UNAVAILABLE, "server is shutting down")
         try:
+            if self._authz is not None:
+                self._authz.authorize(name, stream._stream.connection, namespaces.current())
             await func(stream)
+        except authz.Denied as exc:
+            if self._authz is not None:
+                self._authz.denied(name, exc)
+            if self._metrics is not None:
+                self._metrics.count_denied(name)
+            raise errgrpc.to_grpc(exc) from exc
         except errdefs.Error as exc:
             raise errgrpc.to_grpc(exc) from exc
         except (GRPCError, StreamTerminatedError, asyncio.CancelledError):

@@ -152,7 +152,18 @@ class GrpcMetrics:
                 buckets=HANDLING_BUCKETS,
                 registry=registry,
             )
+        self.denied = Counter(
+            "ctrd_authorization_denied",
+            "RPCs refused by [authorization] (answered PERMISSION_DENIED).",
+            ("grpc_service", "grpc_method"),
+            registry=registry,
+        )
         self._methods: dict[str, _Method] = {}
+
+    def count_denied(self, method_name: str) -> None:
+        """Count a call of *method_name* (``/<service>/<method>``) refused by authorization."""
+        service, _, method = method_name.lstrip("/").partition("/")
+        self.denied.labels(service, method).inc()
 
     def register(self, servables: Iterable[Any]) -> None:
         """Pre-initialise the series of every method in the servables' ``__mapping__``."""

@@ -30,9 +30,11 @@ def toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def _table(lines: list[str], header: str, values: Mapping[str, Any], docs: Mapping[str, str]) -> None:
+def _table(
+    lines: list[str], header: str, values: Mapping[str, Any], docs: Mapping[str, str], *, array: bool = False
+) -> None:
     lines.append("")
-    lines.append(f"[{header}]")
+    lines.append(f"[[{header}]]" if array else f"[{header}]")
     for k, v in values.items():
         if docs.get(k):
             lines.append(f"  # {docs[k]}")
@@ -110,6 +112,27 @@ def default_config() -> str:
             "grpc_histogram": "also export grpc_server_handling_seconds (a histogram per method)",
         },
     )
+    _table(
+        lines,
+        "authorization",
+        {"enabled": False},
+        {
+            "enabled": "namespace authorization (docs/authorization.md); false = every client of the socket "
+            "may act in every namespace, as in containerd",
+        },
+    )
+    lines.extend(
+        [
+            "  # one table per principal; a client matching none is denied (root and the daemon's own uid",
+            "  # are unrestricted on the unix socket unless a principal lists them in uids):",
+            "  # [[authorization.principals]]",
+            '  #   name = "team-a"                     # for logs',
+            "  #   uids = [1000]                       # unix-socket peers (SO_PEERCRED); gids likewise",
+            '  #   tls_subjects = ["team-a.example"]   # CN or DNS SAN of a verified TLS client cert',
+            '  #   namespaces = ["team-a", "team-a-*"] # glob patterns of the namespaces it may act in',
+            "  #   manage_namespaces = false           # may create/update/delete them (labels too)",
+        ]
+    )
     lines.append("")
     lines.append('# [proxy_plugins.<name>] type = "content"|"snapshot", address = "<socket>"')
     lines.append("[proxy_plugins]")
@@ -135,6 +158,9 @@ def dump_config(cfg: Config) -> str:
     _table(lines, "grpc", cfg.grpc.model_dump(mode="json"), {})
     _table(lines, "debug", cfg.debug.model_dump(mode="json"), {})
     _table(lines, "metrics", cfg.metrics.model_dump(mode="json"), {})
+    _table(lines, "authorization", {"enabled": cfg.authorization.enabled}, {})
+    for principal in cfg.authorization.principals:
+        _table(lines, "authorization.principals", principal.model_dump(mode="json"), {}, array=True)
     for name, pp in sorted(cfg.proxy_plugins.items()):
         _table(lines, f"proxy_plugins.{json.dumps(name)}", pp.model_dump(mode="json"), {})
     uris = sorted(set(cfg.plugins) | {u for u, r in regs.items() if r.config is not None})

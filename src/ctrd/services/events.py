@@ -16,6 +16,10 @@ A port of containerd's ``services/events/service.go``:
   A subscriber that cannot keep up is disconnected by the exchange: the stream
   delivers what was queued, then ends with RESOURCE_EXHAUSTED ``event subscriber
   <name> disconnected: too slow, missed <n> events``.
+
+With ``[authorization]`` (:mod:`ctrd.authz`), a subscriber gets only the events of
+namespaces it may act in, and ``Forward`` only into such a namespace (``Publish``'s
+header namespace is checked at the gRPC edge).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Final
 
 import grpclib.const
 
-from ctrd import errdefs, namespaces
+from ctrd import authz, errdefs, namespaces
 from ctrd.api.containerd.services.events import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.events.exchange import Envelope, Exchange, RawEvent, validate_envelope
@@ -128,6 +132,7 @@ class EventsService(api.EventsBase):
         env = message.envelope if message.envelope is not None else api.Envelope()
         validate_envelope(env.namespace, env.topic, env.timestamp)
         assert env.timestamp is not None
+        authz.require(env.namespace)
         await self._exchange.forward(
             Envelope(
                 timestamp=to_utc(env.timestamp),
@@ -141,8 +146,8 @@ class EventsService(api.EventsBase):
     async def subscribe(
         self, message: api.SubscribeRequest, *, name: str = ""
     ) -> AsyncGenerator[api.Envelope, None]:
-        """Events from now on, in every namespace, matching any filter."""
-        sub = self._exchange.subscribe(*message.filters, name=name)
+        """Events from now on, in every namespace the caller may see, matching any filter."""
+        sub = self._exchange.subscribe(*message.filters, name=name, visible=authz.visibility())
         with sub:
             async for env in sub:
                 msg = envelope_to_proto(env)

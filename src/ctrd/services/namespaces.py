@@ -12,6 +12,11 @@ Events: ``/namespaces/create`` and ``/namespaces/update`` are published in the
 caller's namespace (or, when the caller sent none, in the namespace concerned);
 ``/namespaces/delete`` in the deleted namespace. Deviation: an oversize label on
 ``Update`` is InvalidArgument (containerd answers Unknown).
+
+With ``[authorization]`` (:mod:`ctrd.authz`): ``List`` answers only the namespaces
+the caller may act in, ``Get`` of another is PERMISSION_DENIED, and
+``Create``/``Update``/``Delete`` need a principal with ``manage_namespaces`` naming
+the namespace (checked before the request is validated).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from ctrd import errdefs, identifiers, labels, namespaces
+from ctrd import authz, errdefs, identifiers, labels, namespaces
 from ctrd.api.containerd.events import NamespaceCreate, NamespaceDelete, NamespaceUpdate
 from ctrd.api.containerd.services.namespaces import v1 as api
 from ctrd.api.google import protobuf as pb
@@ -61,14 +66,17 @@ class NamespacesService(api.NamespacesBase):
     async def get(self, message: api.GetNamespaceRequest) -> api.GetNamespaceResponse:
         """Name and labels; an unknown name answers with empty labels."""
         name = message.name
+        authz.require(name)
         found = await self._store.labels(name)
         return api.GetNamespaceResponse(namespace=api.Namespace(name=name, labels=found))
 
     async def list(self, message: api.ListNamespacesRequest) -> api.ListNamespacesResponse:
-        """Every namespace with its labels, sorted by name (the filter is ignored)."""
+        """Every namespace (the caller may see) with its labels, sorted by name (the filter is ignored)."""
+        visible = authz.visibility()
         out = [
             api.Namespace(name=name, labels=await self._store.labels(name))
             for name in await self._store.list()
+            if visible is None or visible(name)
         ]
         return api.ListNamespacesResponse(namespaces=out)
 
@@ -76,6 +84,7 @@ class NamespacesService(api.NamespacesBase):
         """Create a namespace; AlreadyExists ``namespace "<n>"`` when it exists."""
         ns = message.namespace if message.namespace is not None else api.Namespace()
         name: str = ns.name
+        authz.require_manage(name)
         new_labels = dict(ns.labels)
         identifiers.validate(name)
         _validate_labels(new_labels)
@@ -92,6 +101,7 @@ class NamespacesService(api.NamespacesBase):
         """
         ns = message.namespace if message.namespace is not None else api.Namespace()
         name: str = ns.name
+        authz.require_manage(name)
         paths: list[str] = list(message.update_mask.paths) if message.update_mask is not None else []
         if paths:
             changes: dict[str, str] = {}
@@ -115,6 +125,7 @@ class NamespacesService(api.NamespacesBase):
     async def delete(self, message: api.DeleteNamespaceRequest) -> pb.Empty:
         """Delete an empty namespace; the event goes out in the deleted namespace."""
         name: str = message.name
+        authz.require_manage(name)
         await self._store.delete(name)
         await self._publish(name, TOPIC_DELETE, NamespaceDelete(name=name))
         return pb.Empty()
