@@ -107,6 +107,17 @@ def _cancel_code(stream: Any) -> Status:
     return Status.CANCELLED
 
 
+def _sent_or(stream: Any, code: Status) -> Status:
+    """OK if the call had already ended with OK trailers before it was cancelled, else *code*.
+
+    A handler's last reply can leave with the OK trailers (``CallStream.send_last``)
+    while the handler still tidies up (closing a committed writer); a client that
+    has its answer may close the connection then, which cancels the tidying, not
+    the call the client saw succeed.
+    """
+    return Status.OK if getattr(stream, "_send_trailing_metadata_done", False) else code
+
+
 class GrpcMetrics:
     """containerd's (go-grpc-prometheus) server metrics, fed by grpclib events.
 
@@ -204,10 +215,10 @@ class GrpcMetrics:
                 code = exc.status
                 raise
             except asyncio.CancelledError:
-                code = _cancel_code(stream)
+                code = _sent_or(stream, _cancel_code(stream))
                 raise
             except StreamTerminatedError:
-                code = Status.CANCELLED
+                code = _sent_or(stream, Status.CANCELLED)
                 raise
             finally:
                 m.handled[code].inc()
