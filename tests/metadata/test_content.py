@@ -436,3 +436,25 @@ async def test_walk_records_pages(env: tuple[DB, LocalStore, Path], monkeypatch:
             data = f"exact blob {i}".encode()
             await write_blob(store, f"e{i}", data, expected=sha256_of(data))
         assert [len(b) async for b in store.walk_records()] == [7, 7, 7]
+
+
+async def test_backend_errors_name_the_callers_ref(env: tuple[DB, LocalStore, Path]) -> None:
+    """A backend error naming its own ref (``<namespace id>/<sequence>/<ref>``) reaches the
+    caller naming the caller's ref: backend refs are the store's internals."""
+    db, backend, _ = env
+    store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
+    with namespaces.with_namespace("ns"):
+        w = await open_writer(store, "my-ref")
+        bw = w.backend_writer  # type: ignore[attr-defined]
+        bref = w.bref  # type: ignore[attr-defined]
+        assert bref != "my-ref"
+
+        async def full(data: object) -> int:
+            raise errdefs.ResourceExhausted(f"write to ref {bref}: No space left on device")
+
+        bw.write = full
+        with pytest.raises(errdefs.ResourceExhausted) as ei:
+            await w.write(b"data")
+        assert str(ei.value) == "write to ref my-ref: No space left on device: resource exhausted"
+        assert bref not in str(ei.value)
+        await w.close()

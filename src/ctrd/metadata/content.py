@@ -667,6 +667,8 @@ class NamespacedContentStore:
                 await w.backend_writer.commit(size, expected)
             except errdefs.AlreadyExists:
                 reupload = True
+            except errdefs.Error as exc:
+                raise w._own_words(exc) from None
             actual = w.backend_writer.digest()
         ns, lease = w.ns, w.lease
         now_us = to_us(utcnow())
@@ -790,23 +792,38 @@ class _NamespacedWriter:
         self.expected = ""
         return bw
 
+    def _own_words(self, exc: errdefs.Error) -> errdefs.Error:
+        """*exc* from the backend, naming the caller's ref instead of the backend's.
+
+        Backend refs (``<namespace-id>/<sequence>/<ref>``) are the store's internals.
+        """
+        if self.bref and self.bref in exc.context:
+            return type(exc)(exc.context.replace(self.bref, limits.echo(self.ref)))
+        return exc
+
     async def write(self, data: bytes | memoryview) -> int:
         bw = self.backend_writer
-        if bw is None:
-            if not len(data):
-                return 0
-            bw = await self._copy_up(self.size)
-        n = await bw.write(data)
+        try:
+            if bw is None:
+                if not len(data):
+                    return 0
+                bw = await self._copy_up(self.size)
+            n = await bw.write(data)
+        except errdefs.Error as exc:
+            raise self._own_words(exc) from None
         self._store.content_stats.ingested_bytes += n
         return n
 
     async def truncate(self, size: int) -> None:
-        if self.backend_writer is None:
-            if size != 0:
-                raise errdefs.InvalidArgument("truncate: unsupported size")
-            await self._copy_up(0)
-            return
-        await self.backend_writer.truncate(size)
+        try:
+            if self.backend_writer is None:
+                if size != 0:
+                    raise errdefs.InvalidArgument("truncate: unsupported size")
+                await self._copy_up(0)
+                return
+            await self.backend_writer.truncate(size)
+        except errdefs.Error as exc:
+            raise self._own_words(exc) from None
 
     async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> None:
         await self._store._commit(self, size, expected, labels)
