@@ -27,17 +27,21 @@ from grpclib.client import Channel
 from grpclib.client import Handler as ClientHandler
 from grpclib.protocol import Connection, EventsProcessor, H2Protocol, _set_nodelay
 from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
 from h2.events import PingAckReceived, PingReceived, WindowUpdated
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import FrameTooLargeError, ProtocolError, StreamClosedError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy, StreamState
 from hpack import Decoder, Encoder
 from hpack.table import HeaderTable
-from hyperframe.frame import DataFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PushPromiseFrame
 
 __all__ = [
     "DIRECT_BODY_MIN",
     "MAX_FRAME_SIZE",
+    "MAX_HEADER_BLOCK",
+    "BoundedFrameBuffer",
     "CtrdConnection",
     "LargeFrameChannel",
     "LargeFrameProtocol",
@@ -160,6 +164,28 @@ _OPEN_STATES: Final = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
 _RECEIVING: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
 
 
+MAX_HEADER_BLOCK: Final = 128 << 10
+"""The largest encoded header block accepted (HEADERS plus its CONTINUATIONs): twice the
+64 KiB of decoded headers h2 allows, far above what a gRPC request carries."""
+
+
+class BoundedFrameBuffer(FrameBuffer):
+    """h2's frame buffer, refusing header blocks larger than :data:`MAX_HEADER_BLOCK`.
+
+    h2 gathers up to 64 CONTINUATION frames of a header block before decoding it:
+    with 2 MiB frames (:data:`MAX_FRAME_SIZE`) that is 128 MiB per connection. A
+    larger block is a protocol error here (the connection ends with GOAWAY, as h2
+    ends it for too many CONTINUATION frames).
+    """
+
+    def _update_header_buffer(self, f: Any) -> Any:
+        if isinstance(f, (HeadersFrame, PushPromiseFrame, ContinuationFrame)):
+            size = len(f.data) + sum(len(x.data) for x in self._headers_buffer)
+            if size > MAX_HEADER_BLOCK:
+                raise ProtocolError(f"header block of more than {MAX_HEADER_BLOCK} bytes")
+        return super()._update_header_buffer(f)
+
+
 class CtrdConnection(H2Connection):
     """h2's connection as ctrd's server and SDK use it.
 
@@ -192,10 +218,12 @@ class CtrdConnection(H2Connection):
     _frame: DataFrame | None = None  # a large DATA frame whose body is arriving
     _body: bytearray
     _filled = 0
+    _refused = 0  # the length of an overlong frame whose header arrived: the next read ends the connection
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         memoize_hpack(self)
+        self.incoming_buffer = BoundedFrameBuffer(server=not self.config.client_side)
 
     def receive_data(self, data: Any) -> list[Any]:
         """h2's ``receive_data``; the body of a large DATA frame is gathered with one copy.
@@ -207,6 +235,8 @@ class CtrdConnection(H2Connection):
         which the following reads fill; the frame then goes through h2's own
         processing with that buffer as its data. Nothing changes for small frames.
         """
+        if self._refused:
+            self._refuse()
         if self._frame is not None:
             return self._fill(data)
         buf = self.incoming_buffer
@@ -265,9 +295,26 @@ class CtrdConnection(H2Connection):
     def _receive_h2(self, data: Any) -> list[Any]:
         events: list[Any] = super().receive_data(data)
         pending = self.incoming_buffer._data
-        if len(pending) > 9 and pending[3] == DataFrame.type and not pending[4] & 0x08:
-            self._start(pending)
+        if len(pending) >= 9:
+            length = (pending[0] << 16) | (pending[1] << 8) | pending[2]
+            if length > self.max_inbound_frame_size:
+                # h2 refuses a frame over the limit once it has all of it (up to 16 MiB
+                # gathered for nothing); the limit cannot change before this frame is
+                # complete, so it is refused as soon as its header is here
+                self._refused = length
+                if not events:
+                    self._refuse()
+            elif len(pending) > 9 and pending[3] == DataFrame.type and not pending[4] & 0x08:
+                self._start(pending)
         return events
+
+    def _refuse(self) -> None:
+        """End the connection for the overlong frame :meth:`_receive_h2` found, as h2 would."""
+        length, self._refused = self._refused, 0
+        self._terminate_connection(ErrorCodes.FRAME_SIZE_ERROR)
+        raise FrameTooLargeError(
+            f"Received overlong frame: length {length}, max {self.max_inbound_frame_size}"
+        )
 
     def _data(self, data: Any, pos: int, end: int, events: list[Any]) -> bool:
         """Take the DATA frame at *pos* as h2 would; ``False``: leave it to h2.

@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from _daemon import version_of
@@ -202,3 +203,44 @@ def pushing_writers(path: str, streams: int, size: int, seconds: float = 20.0) -
 def _varint4(n: int) -> bytes:
     """*n* as a 4-byte varint (padded, so a message's layout does not depend on its size)."""
     return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21 & 0x7F))
+
+
+PING, RST_STREAM, CONTINUATION = 0x6, 0x3, 0x9
+
+
+def flood(path: str, make: Callable[[int], bytes], seconds: float, read: bool = False) -> tuple[int, bool]:
+    """Send the frames ``make(i)`` for i = 0, 1, ... on one connection for *seconds* (or until
+    the server closes it), reading nothing unless *read*. Returns (how many were sent,
+    whether the server closed the connection)."""
+    sock = raw_connection(path)
+    sock.setblocking(False)
+    sent = 0
+    closed = False
+    end = time.monotonic() + seconds
+    pending = b""
+    try:
+        while time.monotonic() < end:
+            if not pending:
+                pending = b"".join(make(sent + k) for k in range(64))
+                sent += 64
+            try:
+                n = sock.send(pending)
+                pending = pending[n:]
+            except BlockingIOError:
+                select.select([sock], [sock], [], 0.01)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if read:
+                try:
+                    if sock.recv(1 << 16) == b"":
+                        closed = True
+                        break
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    closed = True
+                    break
+    finally:
+        sock.close()
+    return sent, closed
