@@ -192,7 +192,12 @@ class Daemon:
         ]
 
     async def start(self) -> None:
-        """Load plugins, then listen. The socket appears only when everything is ready."""
+        """Load plugins, then listen. The socket appears only when everything is ready.
+
+        Listeners start in this order: ``[metrics]``, ``[debug]``, the TCP address,
+        then the unix socket, so a failing listener leaves no socket behind; on any
+        failure whatever was started is stopped and the plugins closed again.
+        """
         from ctrd.server.grpc import GrpcListener
 
         cfg = self.config
@@ -200,6 +205,7 @@ class Daemon:
             cfg.validate_paths()
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
+        tls = self._tls()  # before anything opens: a bad certificate path is a start-up error
         for d in (cfg.root, cfg.state):
             os.makedirs(d, mode=0o711, exist_ok=True)
             os.chmod(d, 0o711)
@@ -218,6 +224,12 @@ class Daemon:
             )
             for starter in self._http_starters():
                 self._http.append(await starter())
+            if cfg.grpc.tcp_address:
+                try:
+                    await self._grpc.start_tcp(cfg.grpc.tcp_address, tls=tls)
+                except (errdefs.Error, OSError, ValueError) as exc:
+                    raise StartupError(f"failed to listen on {cfg.grpc.tcp_address}: {exc}") from exc
+                log.info("serving... address=%s", cfg.grpc.tcp_address)
             try:
                 await self._grpc.start_unix(cfg.grpc.address, uid=cfg.grpc.uid, gid=cfg.grpc.gid)
             except (errdefs.Error, OSError) as exc:
@@ -228,10 +240,6 @@ class Daemon:
             await self.stop()
             raise
         log.info("serving... address=%s", cfg.grpc.address)
-        if cfg.grpc.tcp_address:
-            tls = self._tls()
-            await self._grpc.start_tcp(cfg.grpc.tcp_address, tls=tls)
-            log.info("serving... address=%s", cfg.grpc.tcp_address)
         log.info("ctrd successfully booted in %.6fs", time.monotonic() - t0)
 
     def _http_starters(self) -> list[Callable[[], Awaitable[Any]]]:
@@ -281,13 +289,39 @@ class Daemon:
         task.add_done_callback(self._dumps.discard)
 
     def _tls(self) -> ssl.SSLContext | None:
+        """The TLS context of the TCP listener (``None``: plain TCP or no TCP address).
+
+        :raises StartupError: a certificate, key or CA file cannot be read or used
+            (the message names the key and the file).
+        """
         g = self.config.grpc
-        if not (g.tcp_tls_cert and g.tcp_tls_key):
+        if not (g.tcp_address and g.tcp_tls_cert and g.tcp_tls_key):
             return None
+        files = (
+            ("tcp_tls_cert", g.tcp_tls_cert),
+            ("tcp_tls_key", g.tcp_tls_key),
+            ("tcp_tls_ca", g.tcp_tls_ca),
+        )
+        for key, path in files:
+            if not path:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise StartupError(f"[grpc] {key} {path}: {exc.strerror or exc}") from None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(g.tcp_tls_cert, g.tcp_tls_key)
+        try:
+            ctx.load_cert_chain(g.tcp_tls_cert, g.tcp_tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise StartupError(
+                f"[grpc] tcp_tls_cert {g.tcp_tls_cert} / tcp_tls_key {g.tcp_tls_key}: {exc}"
+            ) from None
         if g.tcp_tls_ca:
-            ctx.load_verify_locations(g.tcp_tls_ca)
+            try:
+                ctx.load_verify_locations(g.tcp_tls_ca)
+            except (ssl.SSLError, OSError) as exc:
+                raise StartupError(f"[grpc] tcp_tls_ca {g.tcp_tls_ca}: {exc}") from None
             ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.set_alpn_protocols(["h2"])
         return ctx
