@@ -37,6 +37,7 @@ from ctrd.server.config import Config, ConfigError, format_validation_error
 
 if TYPE_CHECKING:
     from ctrd.server.metrics import Metrics
+    from ctrd.server.rootlock import RootLock
 
 __all__ = ["Daemon", "StartupError"]
 
@@ -64,6 +65,7 @@ class Daemon:
         self.started_at = time.time()
         self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._root_lock: RootLock | None = None
 
     # -- plugins -------------------------------------------------------------------------
 
@@ -209,6 +211,7 @@ class Daemon:
         for d in (cfg.root, cfg.state):
             os.makedirs(d, mode=0o711, exist_ok=True)
             os.chmod(d, 0o711)
+        self._lock_root()
         t0 = time.monotonic()
         try:
             await self.load_plugins()
@@ -241,6 +244,22 @@ class Daemon:
             raise
         log.info("serving... address=%s", cfg.grpc.address)
         log.info("ctrd successfully booted in %.6fs", time.monotonic() - t0)
+
+    def _lock_root(self) -> None:
+        """Hold ``<root>/ctrd.lock`` until :meth:`stop` (:mod:`ctrd.server.rootlock`).
+
+        :raises StartupError: another daemon holds the root (the message names its pid).
+        """
+        from ctrd.server.rootlock import RootInUse, RootLock
+
+        lock = RootLock(self.config.root)
+        try:
+            lock.acquire()
+        except RootInUse as exc:
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(f"cannot lock {lock.path}: {exc.strerror or exc}") from None
+        self._root_lock = lock
 
     def _http_starters(self) -> list[Callable[[], Awaitable[Any]]]:
         """What listens before the gRPC socket: ``[metrics]``, then ``[debug]`` (each when configured).
@@ -349,6 +368,9 @@ class Daemon:
                 log.exception("error stopping http listener")
         self._http.clear()
         await self.close_plugins()
+        if self._root_lock is not None:
+            self._root_lock.release()
+            self._root_lock = None
         self._stopped.set()
 
     def request_stop(self) -> None:
