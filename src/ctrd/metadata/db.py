@@ -23,11 +23,13 @@ import contextlib
 import datetime as _dt
 import json
 import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import aiosqlite
 
@@ -224,8 +226,14 @@ class DB:
         self.blob_epoch = 0
 
     async def open(self) -> None:
-        """Open (creating and migrating as needed)."""
-        self.path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        """Open (creating and migrating as needed).
+
+        The database is private: it is created 0600 (SQLite gives its ``-wal`` and
+        ``-shm`` files the database's mode), and a database an older ctrd left
+        0644 is set to 0600, with its ``-wal`` and ``-shm``.
+        """
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_files(self.path)
         # check_same_thread=False: inline transactions use the connection from the loop
         # thread (never at the same time as aiosqlite's thread: see update())
         self._w = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -329,6 +337,26 @@ class DB:
         if r is None:
             raise errdefs.Unavailable("metadata database is closed")
         return list(await r.execute_fetchall(sql, tuple(params)))
+
+
+_FILE_MODE: Final = 0o600
+
+
+def _private_files(path: Path) -> None:
+    """Create *path* 0600 if missing; set it and its ``-wal``/``-shm`` to 0600 if they are not."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != _FILE_MODE:
+            os.fchmod(fd, _FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        try:
+            if stat.S_IMODE(os.stat(side).st_mode) != _FILE_MODE:
+                os.chmod(side, _FILE_MODE)
+        except FileNotFoundError:
+            pass
 
 
 def _split(script: str) -> list[str]:

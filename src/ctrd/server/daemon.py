@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
@@ -39,9 +39,15 @@ if TYPE_CHECKING:
     from ctrd.server.metrics import Metrics
     from ctrd.server.rootlock import RootLock
 
-__all__ = ["Daemon", "StartupError"]
+__all__ = ["ROOT_MODE", "STATE_MODE", "Daemon", "StartupError"]
 
 log = logging.getLogger("ctrd")
+
+ROOT_MODE: Final = 0o700
+"""Mode of the root directory (set at every start): nobody else reaches the data under it."""
+
+STATE_MODE: Final = 0o711
+"""Mode of the state directory: others may traverse it to a socket whose own mode lets them in."""
 
 
 class StartupError(Exception):
@@ -208,9 +214,11 @@ class Daemon:
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
         tls = self._tls()  # before anything opens: a bad certificate path is a start-up error
-        for d in (cfg.root, cfg.state):
-            os.makedirs(d, mode=0o711, exist_ok=True)
-            os.chmod(d, 0o711)
+        # as containerd: the root is the owner's alone (also fixes up a root an older ctrd
+        # made 0711), the state directory can be traversed to reach the sockets
+        for d, mode in ((cfg.root, ROOT_MODE), (cfg.state, STATE_MODE)):
+            os.makedirs(d, mode=mode, exist_ok=True)
+            os.chmod(d, mode)
         self._lock_root()
         t0 = time.monotonic()
         try:
