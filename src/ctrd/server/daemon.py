@@ -72,6 +72,8 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._root_lock: RootLock | None = None
+        #: the signal that cut the drain short (a second SIGINT/SIGTERM), else ``None``
+        self.forced_by: int | None = None
 
     # -- plugins -------------------------------------------------------------------------
 
@@ -385,10 +387,33 @@ class Daemon:
         """Ask :meth:`run` to stop (signal handlers call this)."""
         self._stop_requested.set()
 
+    def _on_stop_signal(self, signo: int) -> None:
+        """SIGINT/SIGTERM: the first one stops gracefully, another one during the stop cuts the drain."""
+        if not self._stop_requested.is_set():
+            self._stop_requested.set()
+            return
+        if self.forced_by is not None:
+            return
+        self.forced_by = signo
+        import signal
+
+        inflight = self.grpc_inflight or 0
+        log.warning(
+            "received %s while stopping: not waiting for %d in-flight call(s)",
+            signal.Signals(signo).name,
+            inflight,
+        )
+        if self._grpc is not None:
+            self._grpc.cut_drain()
+
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM (or :meth:`request_stop`), then stop.
 
-        SIGUSR1 (from before start-up) logs every task's and thread's stack.
+        SIGUSR1 (from before start-up) logs every task's and thread's stack. The
+        stop drains in-flight calls (up to its bound); a second SIGINT/SIGTERM meanwhile
+        ends the wait: the remaining calls are cancelled, the plugins closed as usual,
+        and :attr:`forced_by` tells the caller which signal did it (the exit status is then
+        non-zero).
         """
         import signal
 
@@ -400,13 +425,15 @@ class Daemon:
             # move it out of the collector's generations so full collections skip it.
             gc.freeze()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._stop_requested.set)
+                loop.add_signal_handler(sig, self._on_stop_signal, sig)
             try:
                 await self._stop_requested.wait()
                 log.info("stopping ctrd")
             finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
-                await self.stop()
+                try:
+                    await self.stop()
+                finally:
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(sig)
         finally:
             loop.remove_signal_handler(signal.SIGUSR1)
