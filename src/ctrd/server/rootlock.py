@@ -59,20 +59,34 @@ class RootLock:
                     f"root {os.path.dirname(self.path)} is in use by {who} (it holds {self.path}); "
                     "one daemon per root"
                 ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _write_pid(fd)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
 
     def release(self) -> None:
-        """Give the lock up (the file stays; see the module docstring). Idempotent."""
+        """Give the lock up (the file and the pid in it stay; see the module docstring). Idempotent."""
         fd, self._fd = self._fd, None
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            os.close(fd)
+            os.close(fd)  # the pid stays: the next holder writes its own over it, needing no free space
+
+
+def _write_pid(fd: int) -> None:
+    """Write this process's pid over the file's content (best effort: a full disk leaves it unnamed).
+
+    Written before the file is cut to its length, so the blocks an earlier holder's
+    pid occupies are reused: no free byte is needed for that.
+    """
+    text = f"{os.getpid()}\n".encode()
+    try:
+        os.pwrite(fd, text, 0)
+        os.ftruncate(fd, len(text))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
 
 
 def _read_pid(fd: int) -> int | None:
