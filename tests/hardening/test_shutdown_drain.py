@@ -2,7 +2,9 @@
 
 * An ingest whose Write stream was open when the signal came goes on: its later
   WRITEs and its COMMIT are served, the commit succeeds and the blob is there
-  after a restart. New calls meanwhile get UNAVAILABLE.
+  after a restart. New calls meanwhile get UNAVAILABLE, among them the lookup
+  the SDK's ``ingest`` made after its commit: that used to fail the ingest with
+  "server is shutting down" although the blob was stored.
 * A second SIGINT/SIGTERM during a long drain stops the daemon at once (exit
   status 128 + signal), plugins closed, no traceback. Before, a second SIGINT hit
   Python's default handler mid-drain and the process hung.
@@ -15,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from _daemon import DaemonProc, Launcher, run_sync
@@ -61,6 +64,38 @@ def test_open_write_stream_commits_after_the_signal(daemon: Launcher, sig: int) 
     assert d.proc.wait(15) == 0
     assert "Traceback" not in d.log()
 
+    again = daemon(tmp=d.tmp)
+
+    async def read_back() -> bytes:
+        async with Client(again.socket, namespace="drain", timeout=30) as c:
+            return await c.content.read_all(dgst)
+
+    assert run_sync(read_back) == data
+
+
+def test_sdk_ingest_interrupted_by_a_signal_succeeds(daemon: Launcher) -> None:
+    """``Client.content.ingest`` commits, then looks the blob up: the lookup is a new call the
+    draining server refuses, which must not turn the committed ingest into an error."""
+    d = daemon()
+    data = os.urandom(3 << 20)
+    dgst = sha256_of(data)
+
+    async def ingest() -> str:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data[: 1 << 20]
+            d.send_signal(signal.SIGINT)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, lambda: d.wait_for_log("waiting for 1 in-flight call"))
+            yield data[1 << 20 :]
+
+        async with Client(d.socket, namespace="drain", timeout=30) as c:
+            labels = {"containerd.io/gc.root": "x"}
+            info = await c.content.ingest("sdk", chunks(), size=len(data), labels=labels)
+            assert info.size == len(data) and info.labels == labels
+            return info.digest
+
+    assert run_sync(ingest) == dgst
+    assert d.proc.wait(15) == 0
     again = daemon(tmp=d.tmp)
 
     async def read_back() -> bytes:
