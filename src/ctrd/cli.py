@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    if daemon.forced_by is not None:
+        return 128 + daemon.forced_by  # stopped without waiting for every call: as killed by it
     return 0
 
 

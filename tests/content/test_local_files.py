@@ -25,7 +25,7 @@ def test_write_file_atomic_mode_and_content(tmp_path: Path) -> None:
     write_file_atomic(target, b"one")
     write_file_atomic(str(target), b"two")  # replaces
     assert target.read_bytes() == b"two"
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_umask()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 & ~_umask()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stamp"]  # no temp file left
 
 
@@ -64,7 +64,7 @@ async def test_ingest_creation_leaves_only_the_layout(tmp_path: Path) -> None:
     assert sorted(p.name for p in d.iterdir()) == ["data", "ref", "startedat", "total", "updatedat"]
     assert (d / "startedat").read_bytes() == (d / "updatedat").read_bytes()
     for name in ("ref", "startedat", "updatedat", "total", "data"):
-        assert stat.S_IMODE((d / name).stat().st_mode) == 0o666 & ~_umask(), name
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600 & ~_umask(), name
     await w.close()
 
 

@@ -1,0 +1,1 @@
+"""Tests: hardening (failure modes of a real daemon)."""

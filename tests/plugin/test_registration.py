@@ -185,15 +185,15 @@ def test_plugin_set_rejects_duplicates() -> None:
     assert ps.get("io.t.v1.y") is None
 
 
-def test_init_context_dirs_are_per_plugin_and_0711(tmp_path: Path) -> None:
+def test_init_context_dirs_are_per_plugin_root_0700_state_0711(tmp_path: Path) -> None:
     ps = PluginSet()
     ic = _ctx(ps, Registration(type="io.t.v1", id="x", init=_init), tmp_path)
     assert not (tmp_path / "root").exists()  # created on first access only
     assert ic.root == tmp_path / "root" / "io.t.v1.x"
     assert ic.state == tmp_path / "state" / "io.t.v1.x"
-    for d in (ic.root, ic.state):
+    for d, mode in ((ic.root, 0o700), (ic.state, 0o711)):
         assert d.is_dir()
-        assert stat.S_IMODE(d.stat().st_mode) == 0o711
+        assert stat.S_IMODE(d.stat().st_mode) == mode
     ic.exports["a"] = "b"
     ic.capabilities.append("cap")
     ic.platforms.append("linux/amd64")

@@ -423,7 +423,11 @@ def test_config_default_is_complete_commented_and_loads(daemon: Launcher) -> Non
     ):
         assert key in data, key
     assert data["grpc"]["max_recv_message_size"] == 16 * MiB
-    assert data["plugins"][SQLITE] == {"content_sharing_policy": "shared", "content_plugin": ""}
+    assert data["plugins"][SQLITE] == {
+        "content_sharing_policy": "shared",
+        "content_plugin": "",
+        "reserve_bytes": 16 << 20,
+    }
     assert data["plugins"]["io.ctrd.test.config.v1.configured"] == {"greeting": "hello", "level": 1}
     assert data["authorization"] == {"enabled": False}
     assert "# [[authorization.principals]]" in text  # an example, commented out
@@ -464,7 +468,11 @@ def test_config_dump_reflects_merged_values_and_overrides(daemon: Launcher) -> N
     assert data["grpc"]["max_recv_message_size"] == 4096  # from the import
     assert data["grpc"]["max_send_message_size"] == 16 * MiB  # default filled in
     assert data["plugins"]["io.ctrd.test.config.v1.configured"] == {"greeting": "hi", "level": 1}
-    assert data["plugins"][SQLITE] == {"content_sharing_policy": "shared", "content_plugin": ""}
+    assert data["plugins"][SQLITE] == {
+        "content_sharing_policy": "shared",
+        "content_plugin": "",
+        "reserve_bytes": 16 << 20,
+    }
     assert data["plugins"]["io.containerd.grpc.v1.cri"] == {"sandbox_image": "pause"}
     assert data["authorization"]["enabled"] is True
     assert data["authorization"]["principals"] == [

@@ -383,7 +383,7 @@ async def test_in_process_start_serve_stop() -> None:
         cfg = make_config(tmp)
         d = Daemon(cfg, [version_grpc, log.reg(A, "a")])
         await d.start()
-        assert stat.S_IMODE(os.stat(tmp / "root").st_mode) == 0o711
+        assert stat.S_IMODE(os.stat(tmp / "root").st_mode) == 0o700
         assert stat.S_IMODE(os.stat(tmp / "state").st_mode) == 0o711
         assert await version_of(cfg.grpc.address) == __version__
         await d.stop()
@@ -495,7 +495,7 @@ def test_socket_mode_is_0660(daemon: Launcher) -> None:
     st = os.stat(d.socket)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o660
-    assert stat.S_IMODE(os.stat(d.root).st_mode) == 0o711
+    assert stat.S_IMODE(os.stat(d.root).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(d.state).st_mode) == 0o711
     assert re.search(rf"serving\.\.\. address={re.escape(d.socket)}", d.log())
     assert d.stop() == 0

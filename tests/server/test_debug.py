@@ -237,29 +237,31 @@ def test_profile_sampler_stops_promptly() -> None:
     assert 5 <= p.samples <= 30
 
 
-async def test_heap_starts_tracemalloc_on_demand() -> None:
+async def test_heap_reports_running_tracing_and_leaves_it_on() -> None:
+    """Tracing started by somebody else (PYTHONTRACEMALLOC): reported at once, left on."""
     was = tracemalloc.is_tracing()
-    tracemalloc.stop()
+    tracemalloc.start(5)
     try:
         async with client() as c:
-            first = await (await c.get("/debug/pprof/heap")).text()
-            assert first.startswith("tracemalloc was not running: started now")
-            assert tracemalloc.is_tracing()
             keep = [bytearray(1000) for _ in range(2000)]  # ~2 MB from this line
             resp = await c.get("/debug/pprof/heap?limit=5")
             assert resp.status == 200
             text = await resp.text()
-            assert "started now" not in text
+            assert text.startswith("tracemalloc was running already")
             assert re.search(r"^traced: \d+ bytes now", text, re.M)
             assert len(re.findall(r"^#\d+: \d+ bytes in \d+ blocks", text, re.M)) == 5
             assert "keep = [bytearray(1000)" in text
             del keep
+            assert tracemalloc.is_tracing()
             resp = await c.get("/debug/pprof/heap?key=traceback&limit=1")
             assert resp.status == 200
             assert (await c.get("/debug/pprof/heap?key=size")).status == 400
+            assert (await c.get("/debug/pprof/heap?seconds=0")).status == 400
+            assert (await c.get("/debug/pprof/heap?seconds=x")).status == 400
             assert await (await c.get("/debug/pprof/heap?stop=1")).text() == "tracemalloc stopped\n"
             assert not tracemalloc.is_tracing()
     finally:
+        tracemalloc.stop()
         if was:
             tracemalloc.start()
 
@@ -359,8 +361,8 @@ def test_debug_on_a_unix_socket_and_metrics_on_tcp(daemon: Launcher) -> None:
     assert status == 200
     assert "task 'Task-1' (Daemon.run):" in body.decode()
     assert "thread 'MainThread'" in body.decode()
-    status, _, body = get(dbg, "/debug/pprof/heap")
-    assert status == 200 and body.startswith(b"tracemalloc was not running: started now")
+    status, _, body = get(dbg, "/debug/pprof/heap?seconds=0.1")
+    assert status == 200 and body.startswith(b"allocations made during 0.1 s of tracing")
     status, _, body = get(dbg, "/debug/pprof/")
     assert status == 200 and b'href="/debug/pprof/goroutine"' in body
 

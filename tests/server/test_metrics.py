@@ -487,8 +487,8 @@ def test_metrics_address_must_be_tcp(address: str) -> None:
 def test_metrics_and_debug_addresses_accepted() -> None:
     cfg = from_mapping({"metrics": {"address": "[::1]:1338"}, "debug": {"address": "/run/ctrd/debug.sock"}})
     assert cfg.metrics.address == "[::1]:1338"
-    cfg = from_mapping({"debug": {"address": ":6060"}})
-    assert cfg.debug == DebugConfig(address=":6060")
+    cfg = from_mapping({"debug": {"address": "0.0.0.0:6060"}})
+    assert cfg.debug == DebugConfig(address="0.0.0.0:6060")
     with pytest.raises(ConfigError, match=r"debug\.address: must be an absolute unix socket path or a TCP"):
         from_mapping({"debug": {"address": "debug.sock"}})
 

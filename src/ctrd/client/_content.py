@@ -355,7 +355,11 @@ class RemoteWriter:
     async def _recv(self) -> api.WriteContentResponse:
         resp = await self._stream.recv_message()
         if resp is None:
-            # the server ended the stream: surface its status
+            # the server ended the stream: surface its status (read from the trailers directly
+            # while our side is still open: grpclib's recv_trailing_metadata refuses then)
+            err = self._trailer_error()
+            if err is not None:
+                raise err
             await self._stream.recv_trailing_metadata()
             raise errdefs.Unknown("write stream ended unexpectedly")
         assert isinstance(resp, api.WriteContentResponse)

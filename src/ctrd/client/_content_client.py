@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import datetime
 import hashlib
 import random
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping, Sequence
@@ -324,6 +325,11 @@ class ContentClient:
             stays active: abort it or retry), or a stream that is shorter than, or
             differs from, what the ingest already holds.
         :raises errdefs.Unavailable: the ref stayed locked by another writer.
+
+        A server that starts shutting down during the upload lets the Write stream
+        finish but refuses new calls: when the commit succeeded and only the lookup
+        of the new blob's :class:`Info` is refused, the Info returned is made from
+        the commit (its times are this client's clock), not an error.
         """
         reader = open_source(source, size)
         try:
@@ -352,6 +358,7 @@ class ContentClient:
                 try:
                     await w.commit(total or w.offset, expected or "", labels)
                     dgst = w.digest()
+                    committed = w.offset
                 except errdefs.AlreadyExists:
                     dgst = expected or w.digest()
                     return await self._existing(dgst, labels, total, None)
@@ -359,7 +366,15 @@ class ContentClient:
                 await w.close()
         finally:
             await reader.close()
-        return await self.info(dgst)
+        try:
+            return await self.info(dgst)
+        except errdefs.Unavailable:
+            # Committed, but the server takes no new call any more (it is shutting down, its
+            # drain refuses the lookup): the blob is stored, so this is no failure. Its Info
+            # is what the commit established; the times are this client's.
+            now = datetime.datetime.now(datetime.UTC)
+            kept = {k: v for k, v in (labels or {}).items() if v}
+            return Info(digest=dgst, size=committed, created_at=now, updated_at=now, labels=kept)
 
     @staticmethod
     async def _position(w: RemoteWriter, reader: _Reader, total: int) -> int:

@@ -238,7 +238,8 @@ class GCScheduler:
         except Exception as exc:
             end = self._clock()
             self.failures += 1
-            log.error("garbage collection failed: %s", exc, exc_info=True)
+            # a domain error (a full disk) is one line; anything else keeps its traceback
+            log.error("garbage collection failed: %s", exc, exc_info=not isinstance(exc, errdefs.Error))
             self._last_end = end
             # retry after the usual spacing plus a second (containerd)
             self._retry_at = self._next_tick = end + self.interval + _RETRY_PENALTY

@@ -17,6 +17,11 @@ caller's namespace but is in the backend):
 
 Knowing a digest never reveals anything under ``isolated``: Info, Read, Update,
 Delete, Status, Abort and List consult only the caller's own rows.
+
+A full disk: a backend write, open or commit failing with ``ResourceExhausted``
+tells the database's :class:`~ctrd.metadata._reserve.SpaceReserve`, which gives
+its space back for deletions; until space returns, opening an ingest and writing
+to one fail with ``ResourceExhausted`` at once (commits, deletions and reads go on).
 """
 
 from __future__ import annotations
@@ -266,6 +271,18 @@ class NamespacedContentStore:
         """The store holding the bytes."""
         return self._backend
 
+    def _gate(self, what: str) -> None:
+        """Refuse new data while the disk is full (see :mod:`ctrd.metadata._reserve`)."""
+        reserve = self._db.reserve
+        if reserve is not None and reserve.low:
+            reserve.gate(what)
+
+    def _out_of_space(self) -> None:
+        """A backend write failed with ``ResourceExhausted``: maybe the disk is full."""
+        reserve = self._db.reserve
+        if reserve is not None:
+            reserve.full()
+
     # -- provider / info -----------------------------------------------------------------
 
     async def info(self, dgst: str) -> Info:
@@ -489,6 +506,7 @@ class NamespacedContentStore:
         if expected:
             _digest.validate(expected)
         lease = namespaces.current_lease()
+        self._gate(f"open ref {ref}")
         async with self._ref_locks.hold((ns, ref)):
             return await self._open(ns, ref, total, expected, lease)
 
@@ -519,7 +537,9 @@ class NamespacedContentStore:
             try:
                 # the digest is deliberately not passed: the caller must prove possession
                 bw = await self._backend.writer(opened.bref, total=total)
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, errdefs.ResourceExhausted):
+                    self._out_of_space()
                 await asyncio.shield(self._undo_open(opened.undo))
                 raise
             finally:
@@ -617,6 +637,8 @@ class NamespacedContentStore:
                     await _leases.remove_resource(tx, ns, undo.lease, "ingests", ref)
                 if undo.ns_created:
                     await tx.run(_DELETE_UNUSED_NAMESPACE, (ns,) * 5)
+        except errdefs.Error as exc:
+            log.warning("could not undo the ingest record of %s in %s: %s", ref, ns, exc)
         except Exception:
             log.warning("could not undo the ingest record of %s in %s", ref, ns, exc_info=True)
 
@@ -667,6 +689,9 @@ class NamespacedContentStore:
                 await w.backend_writer.commit(size, expected)
             except errdefs.AlreadyExists:
                 reupload = True
+            except errdefs.ResourceExhausted as exc:
+                self._out_of_space()
+                raise w._own_words(exc) from None
             except errdefs.Error as exc:
                 raise w._own_words(exc) from None
             actual = w.backend_writer.digest()
@@ -802,6 +827,10 @@ class _NamespacedWriter:
         return exc
 
     async def write(self, data: bytes | memoryview) -> int:
+        store = self._store
+        reserve = store._db.reserve
+        if reserve is not None and reserve.low:
+            reserve.gate(f"write to ref {self.ref}")
         bw = self.backend_writer
         try:
             if bw is None:
@@ -809,9 +838,12 @@ class _NamespacedWriter:
                     return 0
                 bw = await self._copy_up(self.size)
             n = await bw.write(data)
+        except errdefs.ResourceExhausted as exc:
+            store._out_of_space()
+            raise self._own_words(exc) from None
         except errdefs.Error as exc:
             raise self._own_words(exc) from None
-        self._store.content_stats.ingested_bytes += n
+        store.content_stats.ingested_bytes += n
         return n
 
     async def truncate(self, size: int) -> None:

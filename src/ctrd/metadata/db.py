@@ -14,6 +14,16 @@ Connections:
   (:meth:`DB.view_all`);
 * a reader on the event loop thread for single-row point lookups of committed
   data (:meth:`DB.view_one`; a WAL reader never waits for the writer).
+
+A full disk (``SQLITE_FULL``, or an I/O error while the filesystem has no space)
+becomes :class:`errdefs.ResourceExhausted`. SQLite rolls back a transaction
+whose COMMIT failed for lack of space, so it cannot be retried; with a
+:class:`~ctrd.metadata._reserve.SpaceReserve`, every write transaction first
+checks the free space (one ``statvfs``) and gives the reserve back when less than
+:data:`HEADROOM` is left, so deletions and the collector still commit on a full
+disk. A transaction that failed anyway gives it back too (the next one then
+succeeds). A database that cannot open for lack of space at start-up gets the
+whole reserve.
 """
 
 from __future__ import annotations
@@ -23,23 +33,29 @@ import contextlib
 import datetime as _dt
 import json
 import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import aiosqlite
 
 from ctrd import errdefs
+from ctrd.metadata._reserve import SpaceReserve
 from ctrd.metadata._schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DB", "Tx", "from_us", "labels_from_json", "labels_to_json", "to_us"]
+__all__ = ["DB", "HEADROOM", "Tx", "from_us", "labels_from_json", "labels_to_json", "to_us"]
 
 log = logging.getLogger("ctrd.metadata")
 
 _CLOSE_WAIT = 5.0
 """Seconds :meth:`DB.close` waits for a transaction in progress."""
+
+HEADROOM: Final = 4 << 20
+"""Free bytes below which a write transaction first takes the space of the reserve."""
 
 
 def to_us(t: _dt.datetime) -> int:
@@ -122,6 +138,11 @@ class Tx:
     async def _rollback(self) -> None:
         await self.conn.execute("ROLLBACK")
 
+    @property
+    def _active(self) -> bool:
+        """Whether the transaction is still open (SQLite may roll it back by itself on a full disk)."""
+        return bool(self.conn.in_transaction)
+
 
 class _InlineTx(Tx):
     """A :class:`Tx` whose statements run synchronously on the calling thread (no thread hop)."""
@@ -165,6 +186,10 @@ class _InlineTx(Tx):
     async def _rollback(self) -> None:
         self._raw.execute("ROLLBACK").close()
 
+    @property
+    def _active(self) -> bool:
+        return self._raw.in_transaction
+
 
 class _Update:
     """The context manager of :meth:`DB.update` (a class: it is on every write's path)."""
@@ -182,6 +207,9 @@ class _Update:
             w = db._w
             if w is None:
                 raise errdefs.Unavailable("metadata database is closed")
+            reserve = db.reserve
+            if reserve is not None and reserve.held:
+                reserve.headroom(HEADROOM)
             tx = _InlineTx(w, w._conn) if self._inline else Tx(w)
             await tx._begin()
         except BaseException:
@@ -196,9 +224,13 @@ class _Update:
         db, tx = self._db, self._tx
         try:
             if exc_type is not None:
-                await tx._rollback()
+                if tx._active:
+                    await tx._rollback()
+                if isinstance(exc, sqlite3.Error) and db._disk_full(exc):
+                    db._out_of_space()
+                    raise db._exhausted(exc) from exc
                 return
-            await tx._commit()
+            await self._commit(db, tx)
             db.mutations += 1
             if tx.blobs_changed:
                 db.blob_epoch += 1
@@ -207,12 +239,28 @@ class _Update:
         for fn in tx.after_commit:
             fn()
 
+    @staticmethod
+    async def _commit(db: DB, tx: Tx) -> None:
+        """COMMIT; a failed one is rolled back (unless SQLite did), a full disk is ResourceExhausted."""
+        try:
+            await tx._commit()
+        except BaseException as exc:
+            if tx._active:
+                with contextlib.suppress(sqlite3.Error):
+                    await tx._rollback()
+            if isinstance(exc, sqlite3.Error) and db._disk_full(exc):
+                db._out_of_space()  # for the next transaction
+                raise db._exhausted(exc) from exc
+            raise
+
 
 class DB:
     """The metadata database."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reserve: SpaceReserve | None = None) -> None:
         self.path = path
+        #: headroom for commits on a full disk (see :mod:`ctrd.metadata._reserve`)
+        self.reserve = reserve
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._ri: sqlite3.Connection | None = None
@@ -224,8 +272,34 @@ class DB:
         self.blob_epoch = 0
 
     async def open(self) -> None:
-        """Open (creating and migrating as needed)."""
-        self.path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        """Open (creating and migrating as needed).
+
+        The database is private: it is created 0600 (SQLite gives its ``-wal`` and
+        ``-shm`` files the database's mode), and a database an older ctrd left
+        0644 is set to 0600, with its ``-wal`` and ``-shm``.
+        """
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.reserve is not None:
+            self.reserve.startup()
+        try:
+            await self._open()
+        except sqlite3.Error as exc:
+            await self._close_connections()
+            if not self._disk_full(exc):
+                raise
+            # e.g. no room for the -shm and -wal files: the floor of the reserve is for this
+            if self.reserve is None or not self.reserve.release_all():
+                raise self._exhausted(exc) from exc
+            try:
+                await self._open()
+            except sqlite3.Error as exc2:
+                await self._close_connections()
+                if self._disk_full(exc2):
+                    raise self._exhausted(exc2) from exc2
+                raise
+
+    async def _open(self) -> None:
+        _private_files(self.path)
         # check_same_thread=False: inline transactions use the connection from the loop
         # thread (never at the same time as aiosqlite's thread: see update())
         self._w = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -277,12 +351,48 @@ class DB:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CLOSE_WAIT):
                     await stack.enter_async_context(self._lock)
-            w, r = self._w, self._r
-            self._r = self._w = None
-            for c in (r, w):
-                if c is not None:
-                    with contextlib.suppress(Exception):
-                        await c.close()
+            await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        ri, self._ri = self._ri, None
+        if ri is not None:
+            with contextlib.suppress(Exception):
+                ri.close()
+        w, r = self._w, self._r
+        self._r = self._w = None
+        for c in (r, w):
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    await c.close()
+
+    def _disk_full(self, exc: sqlite3.Error) -> bool:
+        """Whether *exc* means the disk is full: ``SQLITE_FULL``, or an I/O error with no space left."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None:
+            return "database or disk is full" in str(exc)
+        primary = code & 0xFF
+        if primary == sqlite3.SQLITE_FULL:
+            return True
+        if primary != sqlite3.SQLITE_IOERR:
+            return False
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < _IOERR_FULL
+
+    def _out_of_space(self) -> bool:
+        """Tell the reserve the disk is full; whether it gave space back (a retry may succeed)."""
+        reserve = self.reserve
+        if reserve is None:
+            return False
+        if reserve.full():
+            return True
+        return reserve.low and reserve.release_all()  # the floor too: freeing space comes first
+
+    @staticmethod
+    def _exhausted(exc: sqlite3.Error) -> errdefs.ResourceExhausted:
+        return errdefs.ResourceExhausted(f"metadata database: no space left on device ({exc})")
 
     def update(self, *, inline: bool = False) -> _Update:
         """A serialised write transaction; commits on success, rolls back on error.
@@ -329,6 +439,29 @@ class DB:
         if r is None:
             raise errdefs.Unavailable("metadata database is closed")
         return list(await r.execute_fetchall(sql, tuple(params)))
+
+
+_FILE_MODE: Final = 0o600
+
+_IOERR_FULL: Final = 1 << 20
+"""An SQLite I/O error while fewer bytes than this are free counts as a full disk."""
+
+
+def _private_files(path: Path) -> None:
+    """Create *path* 0600 if missing; set it and its ``-wal``/``-shm`` to 0600 if they are not."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != _FILE_MODE:
+            os.fchmod(fd, _FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        try:
+            if stat.S_IMODE(os.stat(side).st_mode) != _FILE_MODE:
+                os.chmod(side, _FILE_MODE)
+        except FileNotFoundError:
+            pass
 
 
 def _split(script: str) -> list[str]:

@@ -252,6 +252,9 @@ class GarbageCollector:
                 await self._clean_backend(query, stats)
             finally:
                 await conn.close()
+            reserve = self._db.reserve
+            if reserve is not None and reserve.low:
+                reserve.recover()  # what was freed may be enough to accept new data again
             stats.duration = time.monotonic() - t0
         if stats.removed_anything():
             log.info("garbage collected %s", stats.summary())

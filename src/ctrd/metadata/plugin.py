@@ -25,6 +25,13 @@ class SqliteConfig(BaseModel):
         default="",
         description="URI of the content plugin to use; empty = the single enabled content plugin",
     )
+    reserve_bytes: int = Field(
+        default=16 << 20,
+        ge=0,
+        description="disk space kept allocated in <root>/io.containerd.metadata.v1.sqlite/reserve and "
+        "given back when the disk fills, so deletions and garbage collection still commit; new data "
+        "is refused until twice this much is free again (0: no reserve)",
+    )
 
     @field_validator("content_sharing_policy")
     @classmethod
@@ -59,6 +66,7 @@ async def _init(ic: InitContext) -> MetadataInstance:
         SqliteLeaseStore,
         SqliteNamespaceStore,
     )
+    from ctrd.metadata._reserve import SpaceReserve
 
     cfg = ic.config
     assert isinstance(cfg, SqliteConfig)
@@ -70,7 +78,7 @@ async def _init(ic: InitContext) -> MetadataInstance:
     else:
         backend = ic.get_single(types.CONTENT, Store)
     path = ic.root / "meta.db"
-    db = DB(path)
+    db = DB(path, SpaceReserve(ic.root / "reserve", cfg.reserve_bytes))
     await db.open()
     policy = SharingPolicy(cfg.content_sharing_policy)
     content = NamespacedContentStore(db, backend, policy)

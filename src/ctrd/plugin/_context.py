@@ -77,7 +77,8 @@ class InitContext:
     """What a plugin's init function receives.
 
     ``root`` and ``state`` are the plugin's own directories (``<root>/<uri>``,
-    ``<state>/<uri>``), created on first access with mode 0711. ``config`` is the
+    ``<state>/<uri>``), created on first access: ``root`` with mode 0700 (and set
+    to it when it exists with another mode), ``state`` with 0711. ``config`` is the
     validated config model instance (or ``None``). ``exports`` and
     ``capabilities`` are reported through introspection. ``properties`` carries
     server-wide facts (e.g. ``grpc.address``).
@@ -96,6 +97,7 @@ class InitContext:
         self._plugin = plugin
         self._plugins = plugins
         self._root = root / plugin.uri
+        self._root_made = False
         self._state = state / plugin.uri
         self.config = config
         self.properties = dict(properties)
@@ -107,8 +109,12 @@ class InitContext:
 
     @property
     def root(self) -> Path:
-        """The plugin's persistent directory (created on access)."""
-        self._root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        """The plugin's persistent directory (created on access, mode 0700)."""
+        if not self._root_made:
+            self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self._root.stat().st_mode & 0o077:  # made by an older ctrd (0711)
+                self._root.chmod(0o700)
+            self._root_made = True
         return self._root
 
     @property

@@ -77,6 +77,19 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _explicit_host(address: str) -> None:
+    """Refuse ``:port``: an empty host would listen on every interface without saying so.
+
+    :raises ValueError: the host part of *address* is empty.
+    """
+    host, port = split_host_port(address)
+    if not host:
+        raise ValueError(
+            f"{address!r} has no host, which would listen on every interface: write "
+            f"0.0.0.0:{port} or [::]:{port} if that is meant, or 127.0.0.1:{port} for this machine only"
+        )
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -118,6 +131,7 @@ class DebugConfig(_Strict):
                 split_host_port(v)
             except ValueError as exc:
                 raise ValueError(f"must be an absolute unix socket path or a TCP host:port: {exc}") from None
+            _explicit_host(v)
         return v
 
 
@@ -137,6 +151,7 @@ class MetricsConfig(_Strict):
                 raise ValueError(
                     f"must be a TCP host:port (metrics are served on TCP only, as in containerd): {exc}"
                 ) from None
+            _explicit_host(v)
         return v
 
 

@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
@@ -38,10 +38,17 @@ from ctrd.server.config import Config, ConfigError, format_validation_error
 if TYPE_CHECKING:
     from ctrd.server.authz import Authorizer
     from ctrd.server.metrics import Metrics
+    from ctrd.server.rootlock import RootLock
 
-__all__ = ["Daemon", "StartupError"]
+__all__ = ["ROOT_MODE", "STATE_MODE", "Daemon", "StartupError"]
 
 log = logging.getLogger("ctrd")
+
+ROOT_MODE: Final = 0o700
+"""Mode of the root directory (set at every start): nobody else reaches the data under it."""
+
+STATE_MODE: Final = 0o711
+"""Mode of the state directory: others may traverse it to a socket whose own mode lets them in."""
 
 
 class StartupError(Exception):
@@ -65,6 +72,9 @@ class Daemon:
         self.started_at = time.time()
         self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._root_lock: RootLock | None = None
+        #: the signal that cut the drain short (a second SIGINT/SIGTERM), else ``None``
+        self.forced_by: int | None = None
 
     # -- plugins -------------------------------------------------------------------------
 
@@ -193,7 +203,12 @@ class Daemon:
         ]
 
     async def start(self) -> None:
-        """Load plugins, then listen. The socket appears only when everything is ready."""
+        """Load plugins, then listen. The socket appears only when everything is ready.
+
+        Listeners start in this order: ``[metrics]``, ``[debug]``, the TCP address,
+        then the unix socket, so a failing listener leaves no socket behind; on any
+        failure whatever was started is stopped and the plugins closed again.
+        """
         from ctrd.server.grpc import GrpcListener
 
         cfg = self.config
@@ -201,9 +216,13 @@ class Daemon:
             cfg.validate_paths()
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
-        for d in (cfg.root, cfg.state):
-            os.makedirs(d, mode=0o711, exist_ok=True)
-            os.chmod(d, 0o711)
+        tls = self._tls()  # before anything opens: a bad certificate path is a start-up error
+        # as containerd: the root is the owner's alone (also fixes up a root an older ctrd
+        # made 0711), the state directory can be traversed to reach the sockets
+        for d, mode in ((cfg.root, ROOT_MODE), (cfg.state, STATE_MODE)):
+            os.makedirs(d, mode=mode, exist_ok=True)
+            os.chmod(d, mode)
+        self._lock_root()
         t0 = time.monotonic()
         try:
             await self.load_plugins()
@@ -220,6 +239,12 @@ class Daemon:
             )
             for starter in self._http_starters():
                 self._http.append(await starter())
+            if cfg.grpc.tcp_address:
+                try:
+                    await self._grpc.start_tcp(cfg.grpc.tcp_address, tls=tls)
+                except (errdefs.Error, OSError, ValueError) as exc:
+                    raise StartupError(f"failed to listen on {cfg.grpc.tcp_address}: {exc}") from exc
+                log.info("serving... address=%s", cfg.grpc.tcp_address)
             try:
                 await self._grpc.start_unix(cfg.grpc.address, uid=cfg.grpc.uid, gid=cfg.grpc.gid)
             except (errdefs.Error, OSError) as exc:
@@ -230,10 +255,6 @@ class Daemon:
             await self.stop()
             raise
         log.info("serving... address=%s", cfg.grpc.address)
-        if cfg.grpc.tcp_address:
-            tls = self._tls()
-            await self._grpc.start_tcp(cfg.grpc.tcp_address, tls=tls)
-            log.info("serving... address=%s", cfg.grpc.tcp_address)
         log.info("ctrd successfully booted in %.6fs", time.monotonic() - t0)
 
     def _authorizer(self) -> Authorizer | None:
@@ -263,6 +284,22 @@ class Daemon:
                 g.tcp_address,
             )
         return Authorizer(policy)
+
+    def _lock_root(self) -> None:
+        """Hold ``<root>/ctrd.lock`` until :meth:`stop` (:mod:`ctrd.server.rootlock`).
+
+        :raises StartupError: another daemon holds the root (the message names its pid).
+        """
+        from ctrd.server.rootlock import RootInUse, RootLock
+
+        lock = RootLock(self.config.root)
+        try:
+            lock.acquire()
+        except RootInUse as exc:
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(f"cannot lock {lock.path}: {exc.strerror or exc}") from None
+        self._root_lock = lock
 
     def _http_starters(self) -> list[Callable[[], Awaitable[Any]]]:
         """What listens before the gRPC socket: ``[metrics]``, then ``[debug]`` (each when configured).
@@ -311,13 +348,39 @@ class Daemon:
         task.add_done_callback(self._dumps.discard)
 
     def _tls(self) -> ssl.SSLContext | None:
+        """The TLS context of the TCP listener (``None``: plain TCP or no TCP address).
+
+        :raises StartupError: a certificate, key or CA file cannot be read or used
+            (the message names the key and the file).
+        """
         g = self.config.grpc
-        if not (g.tcp_tls_cert and g.tcp_tls_key):
+        if not (g.tcp_address and g.tcp_tls_cert and g.tcp_tls_key):
             return None
+        files = (
+            ("tcp_tls_cert", g.tcp_tls_cert),
+            ("tcp_tls_key", g.tcp_tls_key),
+            ("tcp_tls_ca", g.tcp_tls_ca),
+        )
+        for key, path in files:
+            if not path:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise StartupError(f"[grpc] {key} {path}: {exc.strerror or exc}") from None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(g.tcp_tls_cert, g.tcp_tls_key)
+        try:
+            ctx.load_cert_chain(g.tcp_tls_cert, g.tcp_tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise StartupError(
+                f"[grpc] tcp_tls_cert {g.tcp_tls_cert} / tcp_tls_key {g.tcp_tls_key}: {exc}"
+            ) from None
         if g.tcp_tls_ca:
-            ctx.load_verify_locations(g.tcp_tls_ca)
+            try:
+                ctx.load_verify_locations(g.tcp_tls_ca)
+            except (ssl.SSLError, OSError) as exc:
+                raise StartupError(f"[grpc] tcp_tls_ca {g.tcp_tls_ca}: {exc}") from None
             ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.set_alpn_protocols(["h2"])
         return ctx
@@ -345,16 +408,42 @@ class Daemon:
                 log.exception("error stopping http listener")
         self._http.clear()
         await self.close_plugins()
+        if self._root_lock is not None:
+            self._root_lock.release()
+            self._root_lock = None
         self._stopped.set()
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop (signal handlers call this)."""
         self._stop_requested.set()
 
+    def _on_stop_signal(self, signo: int) -> None:
+        """SIGINT/SIGTERM: the first one stops gracefully, another one during the stop cuts the drain."""
+        if not self._stop_requested.is_set():
+            self._stop_requested.set()
+            return
+        if self.forced_by is not None:
+            return
+        self.forced_by = signo
+        import signal
+
+        inflight = self.grpc_inflight or 0
+        log.warning(
+            "received %s while stopping: not waiting for %d in-flight call(s)",
+            signal.Signals(signo).name,
+            inflight,
+        )
+        if self._grpc is not None:
+            self._grpc.cut_drain()
+
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM (or :meth:`request_stop`), then stop.
 
-        SIGUSR1 (from before start-up) logs every task's and thread's stack.
+        SIGUSR1 (from before start-up) logs every task's and thread's stack. The
+        stop drains in-flight calls (up to its bound); a second SIGINT/SIGTERM meanwhile
+        ends the wait: the remaining calls are cancelled, the plugins closed as usual,
+        and :attr:`forced_by` tells the caller which signal did it (the exit status is then
+        non-zero).
         """
         import signal
 
@@ -366,13 +455,15 @@ class Daemon:
             # move it out of the collector's generations so full collections skip it.
             gc.freeze()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._stop_requested.set)
+                loop.add_signal_handler(sig, self._on_stop_signal, sig)
             try:
                 await self._stop_requested.wait()
                 log.info("stopping ctrd")
             finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
-                await self.stop()
+                try:
+                    await self.stop()
+                finally:
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(sig)
         finally:
             loop.remove_signal_handler(signal.SIGUSR1)

@@ -9,9 +9,15 @@
                                stacks (flamegraph.pl, speedscope, inferno); ``?format=pstats``
                                for a :mod:`pstats` file (snakeviz, ``python -m pstats``)
 ``/debug/pprof/goroutine``     every asyncio task's await stack and every thread's stack (text)
-``/debug/pprof/heap``          :mod:`tracemalloc` top allocations; tracing starts on the first
-                               request (``?stop=1`` stops it)
+``/debug/pprof/heap``          ``?seconds=N`` (default 10): :mod:`tracemalloc` traces for N
+                               seconds, then the top sites of what was allocated meanwhile
+                               and is still alive; tracing is stopped again before the reply
 =============================  ==========================================================
+
+Tracing allocations slows every allocation down (small ingests run several times
+slower), so nothing here leaves it on: a heap profile traces for its ``seconds``
+only. When tracing was on already (``PYTHONTRACEMALLOC``, ``-X tracemalloc``), the
+report is taken at once and tracing left as it was; ``?stop=1`` stops it.
 
 Nothing here blocks the event loop for long: the profile is taken by a sampler
 thread reading :func:`sys._current_frames` every :data:`SAMPLE_INTERVAL` while the
@@ -48,6 +54,7 @@ from ctrd import __version__
 from ctrd.plugin import PluginSet
 
 __all__ = [
+    "DEFAULT_HEAP_SECONDS",
     "DEFAULT_PROFILE_SECONDS",
     "MAX_PROFILE_SECONDS",
     "SAMPLE_INTERVAL",
@@ -67,6 +74,10 @@ DEFAULT_PROFILE_SECONDS: Final = 30
 """``/debug/pprof/profile`` without ``seconds`` (Go's default)."""
 
 MAX_PROFILE_SECONDS: Final = 600
+"""Longest CPU or heap profile (seconds)."""
+
+DEFAULT_HEAP_SECONDS: Final = 10
+"""``/debug/pprof/heap`` without ``seconds``: how long allocations are traced."""
 
 _TRACEMALLOC_FRAMES: Final = 25
 
@@ -343,7 +354,18 @@ def _short_path_fn() -> Callable[[str], str]:
 # -- heap -----------------------------------------------------------------------------------
 
 
-def _heap_report(limit: int, key: str, started: bool) -> str:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Heap:
+    """A filtered :mod:`tracemalloc` snapshot and the tracer's counters at that moment."""
+
+    snapshot: tracemalloc.Snapshot
+    current: int
+    peak: int
+    own: int
+    frames: int
+
+
+def _take_heap() -> _Heap:
     snap = tracemalloc.take_snapshot().filter_traces(
         (
             tracemalloc.Filter(False, tracemalloc.__file__),
@@ -351,20 +373,19 @@ def _heap_report(limit: int, key: str, started: bool) -> str:
             tracemalloc.Filter(False, "<unknown>"),
         )
     )
-    stats = snap.statistics(key)
     current, peak = tracemalloc.get_traced_memory()
-    lines = []
-    if started:
-        lines.append(
-            "tracemalloc was not running: started now; only allocations from now on are traced, "
-            "request again later (?stop=1 stops tracing)"
-        )
-    lines.append(
-        f"traced: {current} bytes now, {peak} bytes peak; tracemalloc's own use: "
-        f"{tracemalloc.get_tracemalloc_memory()} bytes; {tracemalloc.get_traceback_limit()} frames kept"
-    )
-    lines.append(f"top {min(limit, len(stats))} of {len(stats)} allocation sites by size (key={key}):")
-    lines.append("")
+    return _Heap(snap, current, peak, tracemalloc.get_tracemalloc_memory(), tracemalloc.get_traceback_limit())
+
+
+def _heap_report(heap: _Heap, limit: int, key: str, header: str) -> str:
+    stats = heap.snapshot.statistics(key)
+    lines = [
+        header,
+        f"traced: {heap.current} bytes now, {heap.peak} bytes peak; tracemalloc's own use: "
+        f"{heap.own} bytes; {heap.frames} frames kept",
+        f"top {min(limit, len(stats))} of {len(stats)} allocation sites by size (key={key}):",
+        "",
+    ]
     for i, st in enumerate(stats[:limit], 1):
         avg = st.size // st.count if st.count else 0
         lines.append(f"#{i}: {st.size} bytes in {st.count} blocks (avg {avg} B)")
@@ -469,8 +490,8 @@ _PROFILES: Final = (
     (
         "heap",
         "heap",
-        "Top allocation sites from tracemalloc (started on the first request; limit=N, "
-        "key=lineno|filename|traceback, stop=1).",
+        "Top allocation sites of what was allocated during `seconds` and is still alive "
+        "(tracemalloc runs for that long only; limit=N, key=lineno|filename|traceback).",
     ),
 )
 
@@ -481,6 +502,7 @@ class DebugApp:
     def __init__(self, daemon: _Daemon) -> None:
         self._daemon = daemon
         self._profiling = False
+        self._tracing = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -563,14 +585,49 @@ class DebugApp:
             )
         try:
             limit = int(q.get("limit", "50"))
+            seconds = float(q.get("seconds", DEFAULT_HEAP_SECONDS))
         except ValueError:
-            raise web.HTTPBadRequest(text="limit must be an integer\n") from None
+            raise web.HTTPBadRequest(text="limit must be an integer, seconds a number\n") from None
         key = q.get("key", "lineno")
         if key not in ("lineno", "filename", "traceback") or limit < 1:
             raise web.HTTPBadRequest(text="key must be lineno, filename or traceback; limit >= 1\n")
-        started = not tracemalloc.is_tracing()
-        if started:
-            tracemalloc.start(_TRACEMALLOC_FRAMES)
-            log.info("tracemalloc started by a /debug/pprof/heap request")
-        text = await asyncio.to_thread(_heap_report, limit, key, started)
+        if not 0 < seconds <= MAX_PROFILE_SECONDS:
+            raise web.HTTPBadRequest(text=f"seconds must be in (0, {MAX_PROFILE_SECONDS}]\n")
+        if tracemalloc.is_tracing() and not self._tracing:
+            # somebody else's tracing (PYTHONTRACEMALLOC, -X tracemalloc): report now, leave it on
+            heap = await asyncio.to_thread(_take_heap)
+            header = "tracemalloc was running already: everything traced since it started; left running"
+            text = await asyncio.to_thread(_heap_report, heap, limit, key, header)
+            return web.Response(text=text, content_type="text/plain")
+        if self._tracing:
+            raise web.HTTPConflict(text="a heap profile is already being taken\n")
+        heap = await self._trace(seconds)
+        header = (
+            f"allocations made during {seconds:g} s of tracing and still alive at its end "
+            "(tracemalloc is stopped again)"
+        )
+        text = await asyncio.to_thread(_heap_report, heap, limit, key, header)
         return web.Response(text=text, content_type="text/plain")
+
+    async def _trace(self, seconds: float) -> _Heap:
+        """Trace allocations for *seconds*, snapshot, stop tracing (also when the request is dropped)."""
+        self._tracing = True
+        tracemalloc.start(_TRACEMALLOC_FRAMES)
+        log.info("tracemalloc started for %g s by a /debug/pprof/heap request", seconds)
+        snap: asyncio.Future[_Heap] | None = None
+        try:
+            await asyncio.sleep(seconds)
+            snap = asyncio.get_running_loop().run_in_executor(None, _take_heap)
+            return await asyncio.shield(snap)
+        finally:
+            if snap is None or snap.done():
+                self._stop_tracing()
+            else:  # dropped while the snapshot is taken: stop once it is
+                snap.add_done_callback(self._stop_tracing)
+
+    def _stop_tracing(self, snap: asyncio.Future[_Heap] | None = None) -> None:
+        if snap is not None and not snap.cancelled():
+            snap.exception()  # nobody awaits it any more: not "never retrieved"
+        tracemalloc.stop()
+        self._tracing = False
+        log.info("tracemalloc stopped")

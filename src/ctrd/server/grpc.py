@@ -425,6 +425,8 @@ class _Tracker:
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
+        #: set to stop waiting for in-flight calls (:meth:`GrpcListener.cut_drain`)
+        self.cut = asyncio.Event()
 
     def add(self, task: asyncio.Task[Any]) -> None:
         """Track *task* (grpclib's per-request task) until it is done.
@@ -738,16 +740,30 @@ class GrpcListener:
         await srv.start(host.strip("[]") or None, int(port), ssl=tls)
         self._servers.append(srv)
 
+    def cut_drain(self) -> None:
+        """Make a :meth:`stop` in progress (or to come) stop waiting for in-flight calls."""
+        self._tracker.cut.set()
+
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, let in-flight calls finish within *timeout*, then close."""
-        self._tracker.draining = True
+        """Stop accepting, let in-flight calls finish within *timeout*, then close.
+
+        New calls get UNAVAILABLE meanwhile; calls already running (a Write stream's
+        later messages and its COMMIT included) go on until they end. The wait
+        ends early when :meth:`cut_drain` is called; closing then cancels the calls.
+        """
+        tracker = self._tracker
+        tracker.draining = True
         for srv in self._servers:
             if srv._server is not None:
                 srv._server.close()
-        if self._tracker.inflight:
-            log.info("waiting for %d in-flight call(s)", len(self._tracker.inflight))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tracker.idle.wait(), timeout)
+        if tracker.inflight and not tracker.cut.is_set():
+            log.info("waiting for %d in-flight call(s)", len(tracker.inflight))
+            waits = {asyncio.ensure_future(tracker.idle.wait()), asyncio.ensure_future(tracker.cut.wait())}
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
         for srv in self._servers:
             srv.close()
         for srv in self._servers:

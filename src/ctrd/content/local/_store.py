@@ -3,7 +3,7 @@
 ::
 
     <root>/
-      blobs/<alg>/<hex>           committed blob, read-only (mode & ~0o333, e.g. 0444)
+      blobs/<alg>/<hex>           committed blob, read-only for its owner (0400)
       ingest/<sha256hex(ref)>/    one directory per ingest in progress
           ref                     the ref string (UTF-8)
           data                    the bytes written so far
@@ -13,6 +13,12 @@
 
 A root written by containerd can be read and resumed by ctrd and vice versa
 (the timestamp files accept any RFC 3339 offset and up to nine fraction digits).
+
+The data is private: directories are made 0700 and files 0600 (blobs 0400),
+whatever the umask (containerd makes them 0755, 0644 and 0444 under umask 022
+and relies on its 0700 root alone). Opening a store sets the directories it
+knows (``<root>``, ``blobs``, ``blobs/<alg>``, ``ingest``) to 0700; files an
+older ctrd or containerd wrote keep their modes.
 
 The store has no namespaces and no labels (labels live in the metadata store),
 so :meth:`LocalStore.update` always fails. Digests are validated before any
@@ -39,6 +45,8 @@ from ctrd.content import digest as _digest
 from ctrd.content._store import Info, Status, utcnow
 from ctrd.content.local._locks import RefLocks
 from ctrd.content.local._writer import (
+    DIR_MODE,
+    FILE_MODE,
     INLINE_MAX,
     LocalWriter,
     datetime_from_ns,
@@ -53,7 +61,6 @@ from ctrd.content.local._writer import (
 __all__ = ["LocalReaderAt", "LocalStore"]
 
 _REHASH_CHUNK: Final = 1 << 20
-_DIR_MODE: Final = 0o755
 #: open blob fds kept for reuse while no reader holds them (see :class:`_BlobFds`)
 FD_CACHE_MAX: Final = 64
 
@@ -271,8 +278,9 @@ class LocalStore:
         self._ingest = self._root / "ingest"
         self._ingest_str = os.fspath(self._ingest)
         self._blobs_str = os.fspath(self._blobs)
-        self._root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        self._ingest.mkdir(exist_ok=True)
+        self._root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        self._ingest.mkdir(mode=DIR_MODE, exist_ok=True)
+        _private_dirs([self._root, self._ingest, self._blobs, *(self._blobs / a for a in _digest.ALGORITHMS)])
         self._locks = RefLocks()
         self._fds = _BlobFds()
         weakref.finalize(self, self._fds.close)
@@ -576,7 +584,7 @@ class LocalStore:
     def _open_ingest_sync(self, ref: str, total: int, ingest_dir: str) -> _Ingest:
         try:
             try:
-                os.mkdir(ingest_dir, _DIR_MODE)
+                os.mkdir(ingest_dir, DIR_MODE)
             except FileExistsError:
                 st = self._status_sync(Path(ingest_dir))
                 if st is not None:
@@ -591,7 +599,7 @@ class LocalStore:
         if total > 0 and st.total > 0 and total != st.total:
             raise errdefs.Unknown(f"provided total differs from status: {total} != {st.total}")
         if total > 0 and st.total == 0:
-            (ingest_dir / "total").write_text(str(total), encoding="ascii")
+            write_file(os.fspath(ingest_dir / "total"), str(total).encode("ascii"))
         else:
             total = st.total
         fd = os.open(ingest_dir / "data", os.O_RDWR | os.O_CLOEXEC)
@@ -621,8 +629,19 @@ class LocalStore:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{ingest_dir}/total")
-        fd = os.open(f"{ingest_dir}/data", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        fd = os.open(f"{ingest_dir}/data", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         return _Ingest(fd, 0, max(total, 0), hashlib.sha256(), now, now)
+
+
+def _private_dirs(paths: Sequence[Path]) -> None:
+    """Set existing directories among *paths* to :data:`DIR_MODE` (an older ctrd made them 0755)."""
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) != DIR_MODE:
+            os.chmod(path, DIR_MODE)
 
 
 def _read_timestamp(path: Path) -> _dt.datetime | None:

@@ -34,6 +34,9 @@ from ctrd.content.local._direct import ALIGN, DIRECT_MIN, STAGE_SIZE, DirectAppe
 from ctrd.content.local._locks import RefLocks
 
 __all__ = [
+    "BLOB_MODE",
+    "DIR_MODE",
+    "FILE_MODE",
     "INLINE_MAX",
     "LocalWriter",
     "datetime_from_ns",
@@ -52,7 +55,14 @@ _T = TypeVar("_T")
 INLINE_MAX: Final = 64 * 1024
 """Writes and reads up to this many bytes run on the event loop; larger ones in a thread."""
 
-_FILE_MODE: Final = 0o666
+FILE_MODE: Final = 0o600
+"""Mode of every file the store creates (ingest files; a committed blob then loses the write bit)."""
+
+BLOB_MODE: Final = 0o400
+"""Mode of a committed blob."""
+
+DIR_MODE: Final = 0o700
+"""Mode of every directory the store creates."""
 _TIMESTAMP_RE: Final = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
 
 
@@ -150,7 +160,7 @@ def parse_timestamp(text: str) -> _dt.datetime | None:
 def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write *data* to *path* via a temp file in the same directory, fsync and rename.
 
-    Blocking; the equivalent of continuity's ``AtomicWriteFile`` (mode 0666 before umask).
+    Blocking; the equivalent of continuity's ``AtomicWriteFile`` (mode :data:`FILE_MODE`).
     The temp file is ``.<name>.<random>`` next to *path*.
     """
     write_files_atomic([(path, data)])
@@ -195,19 +205,19 @@ _TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O
 
 
 def _create_temp(parent: str, name: str) -> tuple[int, str]:
-    """A new file ``<parent>/.<name>.<random>``, mode 0666 before umask (as ``mkstemp``, but no chmod)."""
+    """A new file ``<parent>/.<name>.<random>``, mode :data:`FILE_MODE` (as ``mkstemp``, but no chmod)."""
     for _ in range(100):
         tmp = f"{parent}/.{name}.{os.urandom(6).hex()}"
         try:
-            return os.open(tmp, _TEMP_FLAGS, _FILE_MODE), tmp
+            return os.open(tmp, _TEMP_FLAGS, FILE_MODE), tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no usable temporary file name found")
 
 
 def write_file(path: str, data: bytes) -> None:
-    """Create or truncate *path* (mode 0666 before umask) and write *data*; no fsync (``os.WriteFile``)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+    """Create or truncate *path* (mode :data:`FILE_MODE`) and write *data*; no fsync (``os.WriteFile``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         view = memoryview(data)
         while view:
@@ -405,8 +415,9 @@ class LocalWriter:
         Steps (containerd's order): fsync and close ``data``; check *size* (when
         > 0) and *expected* (when non-empty); if the blob exists already, remove
         the ingest; else rename ``data`` into place, fsync the blobs directory,
-        set the blob's mtime to now, make it read-only (``mode & ~0o333``) and
-        remove the ingest directory. *labels* are ignored: the local store keeps
+        set the blob's mtime to now, make it read-only for its owner
+        (:data:`BLOB_MODE`; containerd keeps ``mode & ~0o333``) and remove the
+        ingest directory. *labels* are ignored: the local store keeps
         no labels. The ref's lock is released in every case.
 
         :raises errdefs.FailedPrecondition: ``cannot commit on closed writer``;
@@ -450,7 +461,9 @@ class LocalWriter:
         _faults.point("content.commit.before_rename")
         try:
             if not os.path.isdir(target_dir):
-                os.makedirs(target_dir, exist_ok=True)
+                for d in (self._blobs_dir, target_dir):  # makedirs would make blobs/ 0777 - umask
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(d, DIR_MODE)
             if os.path.exists(target):
                 remove_ingest_dir(self._ingest_dir)
                 raise errdefs.AlreadyExists(f"content {dgst}")
@@ -459,8 +472,8 @@ class LocalWriter:
             _faults.point("content.commit.after_rename")
             now = time.time_ns()
             os.utime(target, ns=(now, now))
-            # the mode is the data file's (fstat above): the rename keeps the inode
-            os.chmod(target, st.st_mode & 0o7777 & ~0o333)
+            # private whatever mode the data file had (an ingest resumed from containerd's 0644)
+            os.chmod(target, BLOB_MODE)
         except OSError as exc:
             raise map_os_error(exc, f"commit ref {self._ref}") from None
         remove_ingest_dir(self._ingest_dir)
