@@ -207,13 +207,15 @@ class _Holder:
 
     *ended* is the call stream's ``request_ended`` (see
     :meth:`ctrd.server.grpc.CallStream.request_ended`); *released* is created by
-    the first call waiting for the ref and resolved once the holder let it go.
+    the first call waiting for the ref and resolved once the holder let it go;
+    *gone* is set then.
     """
 
-    __slots__ = ("ended", "released")
+    __slots__ = ("ended", "gone", "released")
 
     def __init__(self, ended: Callable[[], bool]) -> None:
         self.ended = ended
+        self.gone = False
         self.released: asyncio.Future[None] | None = None
 
 
@@ -437,14 +439,11 @@ class ContentService(api.ContentBase):
         key = (namespaces.current(), ref)
 
         wr: Writer | None
+        prior = self._holders.get(key)
         try:
             wr = await store.writer(ref, total=total, expected=expected)
         except errdefs.Unavailable as exc:
-            wr = await self._open_released(key, total, expected, exc)
-        ended: Callable[[], bool] | None = getattr(messages, "request_ended", None)
-        holder = None
-        if ended is not None:
-            holder = self._holders[key] = _Holder(ended)
+            wr = await self._open_released(key, prior, total, expected, exc)
         msg = api.WriteContentResponse()
         finished = False
         early = self.early_write_ack
@@ -460,6 +459,12 @@ class ContentService(api.ContentBase):
                 if n != pending_len:
                     raise errdefs.DataLoss(f"wrote {n} of {pending_len} bytes")
 
+        # the ref is this call's now: registered (until let go) when its stream can tell
+        # whether the client has ended its side, so a reopening call may wait for it
+        ended: Callable[[], bool] | None = getattr(messages, "request_ended", None)
+        holder: _Holder | None = None
+        if ended is not None:
+            holder = self._holders[key] = _Holder(ended)
         try:
             while True:
                 assert wr is not None
@@ -542,10 +547,18 @@ class ContentService(api.ContentBase):
             yield msg
 
     async def _open_released(
-        self, key: tuple[str | None, str], total: int, expected: str, error: errdefs.Unavailable
+        self,
+        key: tuple[str | None, str],
+        prior: _Holder | None,
+        total: int,
+        expected: str,
+        error: errdefs.Unavailable,
     ) -> Writer:
         """The store's writer for *key*'s ref once the ``Write`` call holding it has let it go.
 
+        The holder is the call registered for *key* now or, failing that, *prior*
+        (the one registered when the failed attempt started: the store may have
+        awaited after finding the ref locked, and the holder may be gone since).
         Only a holder whose client has ended its side of the call (it half-closed,
         or the call was cancelled) is waited for, and for at most
         :data:`RELEASE_WAIT` seconds in all; otherwise the store's *error* (``ref
@@ -554,16 +567,19 @@ class ContentService(api.ContentBase):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RELEASE_WAIT
         while True:
-            holder = self._holders.get(key)
-            remaining = deadline - loop.time()
-            if holder is None or remaining <= 0 or not holder.ended():
+            holder = self._holders.get(key, prior)
+            if holder is None or loop.time() >= deadline:
                 raise error
-            released = holder.released
-            if released is None:
-                released = holder.released = loop.create_future()
-            await asyncio.wait((released,), timeout=remaining)
-            if not released.done():
-                raise error
+            if not holder.gone:
+                if not holder.ended():
+                    raise error
+                released = holder.released
+                if released is None:
+                    released = holder.released = loop.create_future()
+                await asyncio.wait((released,), timeout=deadline - loop.time())
+                if not released.done():
+                    raise error
+            prior = self._holders.get(key)
             try:
                 return await self._store.writer(key[1], total=total, expected=expected)
             except errdefs.Unavailable as exc:
@@ -578,6 +594,7 @@ class ContentService(api.ContentBase):
                 await _close_quietly(wr, f"writer for {ref}")
         finally:
             if holder is not None:
+                holder.gone = True
                 if self._holders.get(key) is holder:
                     del self._holders[key]
                 released = holder.released
