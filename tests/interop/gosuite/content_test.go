@@ -50,6 +50,8 @@ const (
 	callTimeout = 30 * time.Second
 	// the leases protect a test's data for at least this long
 	leaseLifetime = time.Hour
+	// tries of an Abort in the clean-up (5 ms, doubling, between them)
+	abortAttempts = 6
 )
 
 // testSeq numbers the tests of one run (one store per test, as the suite asks).
@@ -175,7 +177,7 @@ func (s *testStore) empty(ns string) error {
 		return fmt.Errorf("list ingests of %s: %w", ns, err)
 	}
 	for _, st := range statuses {
-		if err := s.d.store.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
+		if err := s.abort(ctx, st.Ref); err != nil {
 			return fmt.Errorf("abort %s in %s: %w", st.Ref, ns, err)
 		}
 	}
@@ -198,6 +200,29 @@ func (s *testStore) empty(ns string) error {
 		}
 	}
 	return nil
+}
+
+// abort drops the ingest ref, trying a few times: the test may have
+// half-closed its writer just before, and the daemon may still be closing it
+// (containerd's Abort does not wait for that and can fail with "directory not
+// empty" while the writer records its last update in the ingest).
+func (s *testStore) abort(ctx context.Context, ref string) error {
+	delay := 5 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := s.d.store.Abort(ctx, ref)
+		if err == nil || errdefs.IsNotFound(err) {
+			return nil
+		}
+		if attempt == abortAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
 }
 
 // init is the suite's StoreInitFn: one testStore per test; the root
