@@ -129,6 +129,8 @@ class FakeWriter:
     async def close(self) -> None:
         assert not self.closed, "writer closed twice"
         self.closed = True
+        if self._store.close_delay:
+            await asyncio.sleep(self._store.close_delay)  # the local store fsyncs before unlocking
         self._ingest.locked = False
         self._store.closed_writers += 1
 
@@ -144,6 +146,7 @@ class FakeStore:
         self.fail_writes_after: int | None = None  # ingest size past which writes fail (disk full)
         self.truncate_error: Exception | None = None
         self.status_error: Exception | None = None
+        self.close_delay = 0.0  # seconds a writer's close keeps its ref locked
         self.open_readers = 0
         self.closed_writers = 0
         self.reads: list[tuple[int, int]] = []
@@ -934,6 +937,85 @@ async def test_write_locked_ref_unavailable(channel: Channel, store: FakeStore) 
         rest = [m async for m in stream]
         assert len(rest) == 1
     assert not store.ingests[NS]["lock"].locked
+
+
+async def _hold(channel: Channel, ref: str, data: bytes) -> Any:
+    """A Write call (opened with ``__aenter__``) that wrote *data* to *ref* and holds it."""
+    stream = channel.request(
+        WRITE, Cardinality.STREAM_STREAM, api.WriteContentRequest, api.WriteContentResponse, metadata=MD
+    )
+    await stream.__aenter__()
+    await stream.send_request()
+    await stream.send_message(_write(ref=ref, data=data))
+    reply = await stream.recv_message()
+    assert reply is not None and reply.offset == len(data)
+    return stream
+
+
+async def test_write_reopen_after_half_close_waits_for_release(channel: Channel, store: FakeStore) -> None:
+    # containerd's Go client closes a writer with a half-close and reopens the ref at once;
+    # the first call still holds the ref while its writer closes
+    store.close_delay = 0.05
+    first = await _hold(channel, "hc", b"abc")
+    try:
+        await first.end()
+        replies, err = await exchange(channel, [_stat(ref="hc"), _write(offset=3, data=b"de")])
+        assert err is None, err
+        assert [(r.action, r.offset) for r in replies] == [(STAT_A, 3), (WRITE_A, 5), (WRITE_A, 5)]
+        assert [m.offset async for m in first] == [3]  # the first call's pumped reply
+        await first.recv_trailing_metadata()
+    finally:
+        await first.__aexit__(None, None, None)
+    assert bytes(store.ingests[NS]["hc"].data) == b"abcde"
+    assert store.closed_writers == 2
+
+
+async def test_write_reopen_after_cancel_waits_for_release(channel: Channel, store: FakeStore) -> None:
+    store.close_delay = 0.05
+    first = await _hold(channel, "cc", b"abc")
+    try:
+        await first.cancel()
+        replies, err = await exchange(channel, [_stat(ref="cc")])
+        assert err is None, err
+        assert [r.offset for r in replies] == [3, 3]
+    finally:
+        await first.__aexit__(None, None, None)
+    assert store.closed_writers == 2
+
+
+async def test_write_live_holder_fails_at_once_even_with_slow_close(
+    channel: Channel, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # only a holder whose client ended its side is waited for
+    monkeypatch.setattr("ctrd.services.content.RELEASE_WAIT", 3600.0)
+    store.close_delay = 0.05
+    first = await _hold(channel, "live", b"abc")
+    try:
+        _, err = await exchange(channel, [_stat(ref="live")])
+        assert err is not None and err.status is G.UNAVAILABLE
+        assert err.message == "ref live locked: unavailable"
+        await first.end()
+        assert [m.offset async for m in first] == [3]
+    finally:
+        await first.__aexit__(None, None, None)
+
+
+async def test_write_wait_for_release_is_bounded(
+    channel: Channel, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ctrd.services.content.RELEASE_WAIT", 0.02)
+    store.close_delay = 0.5  # a close far slower than the wait
+    first = await _hold(channel, "stuck", b"abc")
+    try:
+        await first.end()
+        _, err = await exchange(channel, [_stat(ref="stuck")])
+        assert err is not None and err.status is G.UNAVAILABLE
+        assert err.message == "ref stuck locked: unavailable"
+        assert store.closed_writers == 0
+        assert [m.offset async for m in first] == [3]  # the first call ends once closed
+    finally:
+        await first.__aexit__(None, None, None)
+    assert store.closed_writers == 1
 
 
 async def test_write_unknown_action_is_echoed(channel: Channel, store: FakeStore) -> None:

@@ -150,7 +150,8 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
       send events and grpclib would not have to wait (connection writable,
       flow-control windows open): the first message with the headers in one write;
     * :meth:`send_last` sends a call's final message with the OK trailers (and
-      the headers if not sent yet) in one write.
+      the headers if not sent yet) in one write;
+    * :meth:`request_ended` tells whether the client has ended its side of the call.
     """
 
     recv_limit: int = 4 << 20
@@ -286,6 +287,22 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
             if self._recv_held:
                 self._release_recv()
             self._release_send()
+
+    def request_ended(self) -> bool:
+        """Whether the client will send nothing more on this call.
+
+        True once the request's END_STREAM has been received (a half-close),
+        or once the call was cancelled (reset by the client, deadline, lost
+        connection). A connection's frames are processed in order, so a
+        half-close sent before a later call's HEADERS is seen here before that
+        call's handler starts. Handlers use it to tell a call that is finishing
+        from a live one.
+        """
+        h2s = self._stream
+        if h2s.buffer._eof:
+            return True
+        wrapper = h2s.wrapper
+        return wrapper is not None and bool(wrapper.cancelled)
 
     async def send_message(self, message: Any) -> None:
         """grpclib's ``send_message``; one direct write (with the headers the first time) if it can."""

@@ -16,6 +16,13 @@ Behaviour kept from containerd 1.6 because clients see it on the wire:
   and sends the last response once more when it finishes without error (so a
   client sees the COMMIT reply twice).
 
+A ``Write`` that finds its ref held by another ``Write`` call whose client has
+ended its side of that call (a half-close, as containerd's own Go client does
+before reopening the ref at once, or a cancel) waits up to
+:data:`RELEASE_WAIT` for that call to release it; a ref held by a live writer
+fails at once with ``Unavailable`` (containerd's local store instead retries
+any holder for up to about a second).
+
 Deliberate deviations: ``List`` fills ``updated_at`` (1.6 sent the zero time),
 and an empty Write stream is answered with InvalidArgument (1.6: Unknown ``EOF``).
 
@@ -47,7 +54,7 @@ from ctrd.events import Publisher
 from ctrd.services import _wire
 from ctrd.services.convert import info_from_proto, info_to_proto, status_to_proto, to_utc
 
-__all__ = ["LIST_BATCH", "READ_CHUNK", "TOPIC_CREATE", "TOPIC_DELETE", "ContentService"]
+__all__ = ["LIST_BATCH", "READ_CHUNK", "RELEASE_WAIT", "TOPIC_CREATE", "TOPIC_DELETE", "ContentService"]
 
 log = logging.getLogger("ctrd.services.content")
 
@@ -56,6 +63,9 @@ LIST_BATCH: Final = 100
 
 READ_CHUNK: Final = 1 << 20
 """Maximum data per ``ReadContentResponse`` (containerd's 1 MiB copy buffer)."""
+
+RELEASE_WAIT: Final = 5.0
+"""Longest wait, in seconds, for a ref held by a ``Write`` call whose client has ended its side."""
 
 TOPIC_DELETE: Final = "/content/delete"
 """Event topic published after a successful Delete."""
@@ -192,6 +202,23 @@ class _Last:
         self.repeat = repeat
 
 
+class _Holder:
+    """A ``Write`` call holding its ref: whether its client is done sending, and its waiters.
+
+    *ended* is the call stream's ``request_ended`` (see
+    :meth:`ctrd.server.grpc.CallStream.request_ended`); *released* is created by
+    the first call waiting for the ref and resolved once the holder let it go;
+    *gone* is set then.
+    """
+
+    __slots__ = ("ended", "gone", "released")
+
+    def __init__(self, ended: Callable[[], bool]) -> None:
+        self.ended = ended
+        self.gone = False
+        self.released: asyncio.Future[None] | None = None
+
+
 class ContentService(api.ContentBase):
     """The Content gRPC service over a namespaced content :class:`~ctrd.content.Store`.
 
@@ -208,6 +235,9 @@ class ContentService(api.ContentBase):
         self._publisher = publisher
         self.early_write_ack = early_write_ack
         """Reply to a ``WRITE`` before its chunk is on disk (see :meth:`write`)."""
+        #: the Write calls holding a ref, by (namespace, ref), when their stream can tell
+        #: whether the client has ended its side (see :meth:`_open_released`)
+        self._holders: dict[tuple[str | None, str], _Holder] = {}
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """The generated mapping, with List/Read/Write driven by :func:`_serve_stream`."""
@@ -422,8 +452,14 @@ class ContentService(api.ContentBase):
         total: int = req.total
         expected: str = req.expected
         store = self._store
+        key = (namespaces.current(), ref)
 
-        wr: Writer | None = await store.writer(ref, total=total, expected=expected)
+        wr: Writer | None
+        prior = self._holders.get(key)
+        try:
+            wr = await store.writer(ref, total=total, expected=expected)
+        except errdefs.Unavailable as exc:
+            wr = await self._open_released(key, prior, total, expected, exc)
         msg = api.WriteContentResponse()
         finished = False
         early = self.early_write_ack
@@ -439,6 +475,12 @@ class ContentService(api.ContentBase):
                 if n != pending_len:
                     raise errdefs.DataLoss(f"wrote {n} of {pending_len} bytes")
 
+        # the ref is this call's now: registered (until let go) when its stream can tell
+        # whether the client has ended its side, so a reopening call may wait for it
+        ended: Callable[[], bool] | None = getattr(messages, "request_ended", None)
+        holder: _Holder | None = None
+        if ended is not None:
+            holder = self._holders[key] = _Holder(ended)
         try:
             while True:
                 assert wr is not None
@@ -517,11 +559,66 @@ class ContentService(api.ContentBase):
         finally:
             if pending is not None:
                 await asyncio.shield(_settle(pending, ref))
-            if wr is not None:
-                await asyncio.shield(_close_quietly(wr, f"writer for {ref}"))
+            if wr is not None or holder is not None:
+                await asyncio.shield(self._let_go(wr, ref, key, holder))
         if not finished:
             # containerd's deferred "pump": the last response once more on success.
             yield msg
+
+    async def _open_released(
+        self,
+        key: tuple[str | None, str],
+        prior: _Holder | None,
+        total: int,
+        expected: str,
+        error: errdefs.Unavailable,
+    ) -> Writer:
+        """The store's writer for *key*'s ref once the ``Write`` call holding it has let it go.
+
+        The holder is the call registered for *key* now or, failing that, *prior*
+        (the one registered when the failed attempt started: the store may have
+        awaited after finding the ref locked, and the holder may be gone since).
+        Only a holder whose client has ended its side of the call (it half-closed,
+        or the call was cancelled) is waited for, and for at most
+        :data:`RELEASE_WAIT` seconds in all; otherwise the store's *error* (``ref
+        ... locked``) is raised at once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RELEASE_WAIT
+        while True:
+            holder = self._holders.get(key, prior)
+            if holder is None or loop.time() >= deadline:
+                raise error
+            if not holder.gone:
+                if not holder.ended():
+                    raise error
+                released = holder.released
+                if released is None:
+                    released = holder.released = loop.create_future()
+                await asyncio.wait((released,), timeout=deadline - loop.time())
+                if not released.done():
+                    raise error
+            prior = self._holders.get(key)
+            try:
+                return await self._store.writer(key[1], total=total, expected=expected)
+            except errdefs.Unavailable as exc:
+                error = exc
+
+    async def _let_go(
+        self, wr: Writer | None, ref: str, key: tuple[str | None, str], holder: _Holder | None
+    ) -> None:
+        """Close *wr* (quietly), then wake the calls waiting for *ref* (:meth:`_open_released`)."""
+        try:
+            if wr is not None:
+                await _close_quietly(wr, f"writer for {ref}")
+        finally:
+            if holder is not None:
+                holder.gone = True
+                if self._holders.get(key) is holder:
+                    del self._holders[key]
+                released = holder.released
+                if released is not None and not released.done():
+                    released.set_result(None)
 
     async def _committed(self, dgst: str) -> bool:
         """Whether *dgst* is committed in the caller's namespace (any error: no)."""
