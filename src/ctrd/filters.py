@@ -106,7 +106,7 @@ MAX_REGEXP_PROGRAM: Final = 3000
 """RE2 instructions in a compiled pattern (forward and reverse programs each): ``\\pL`` is
 about 1200, ``^sha256:[0-9a-f]{64}$`` about 130."""
 
-REGEXP_MAX_MEM: Final = 2 << 20
+REGEXP_MAX_MEM: Final = 1 << 20
 """RE2's ``max_mem`` per compiled pattern: its programs and the DFA states it caches (past
 that, RE2 falls back to its NFA: still linear, slower)."""
 
@@ -680,15 +680,19 @@ _C_ESCAPES: Final = frozenset("afnrtv")
 _OCTAL_DIGITS: Final = frozenset("01234567")
 
 
-def _re2_options() -> Any:
+def _re2_options(max_mem: int) -> Any:
     options = re2.Options()
-    options.max_mem = REGEXP_MAX_MEM
+    options.max_mem = max_mem
     options.log_errors = False  # errors are raised, not written to the daemon's stderr
     options.never_capture = True  # groups are not reported: matching needs no submatches
     return options
 
 
-_RE2_OPTIONS: Final = _re2_options()
+_RE2_OPTIONS: Final = _re2_options(REGEXP_MAX_MEM)
+# Room for programs of MAX_REGEXP_PROGRAM instructions (forward and reverse) and little
+# more: a pattern far over the bound fails to compile within a millisecond, where
+# REGEXP_MAX_MEM would let RE2 build tens of thousands of instructions first.
+_RE2_SIZE_PROBE: Final = _re2_options(128 << 10)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1058,8 +1062,8 @@ def compile_regexp(pattern: str) -> Regexp:
     classes, Unicode classes (``\\pL``, ``\\p{Greek}``, ``\\PN``), ``(?imsU)``
     flags, ``\\Q..\\E``; backreferences, lookarounds and ``\\C`` are rejected,
     with Go's message for the first error Go finds. The cost is bounded: at
-    most :data:`MAX_REGEXP_LENGTH` bytes of pattern, a program of at most
-    :data:`MAX_REGEXP_PROGRAM` RE2 instructions within :data:`REGEXP_MAX_MEM`.
+    most :data:`MAX_REGEXP_LENGTH` bytes of pattern, programs of at most
+    :data:`MAX_REGEXP_PROGRAM` RE2 instructions, :data:`REGEXP_MAX_MEM` of memory.
 
     :raises errdefs.InvalidArgument: ``error parsing regexp: <reason>: `<expr>```.
     """
@@ -1080,12 +1084,14 @@ def compile_regexp(pattern: str) -> Regexp:
     except _RegexpError as exc:
         raise errdefs.InvalidArgument(str(exc)) from None
     try:
+        probe = re2.compile(pattern, _RE2_SIZE_PROBE)
+        # Both programs are built (RE2 would build the reverse one at the first match,
+        # and fail that match if it did not fit) and must be within the bound.
+        sizes = (probe.programsize, probe.reverseprogramsize)
+        if min(sizes) < 0 or max(sizes) > MAX_REGEXP_PROGRAM:
+            raise _LimitExceeded(f"error parsing regexp: expression too large: `{_shown(pattern)}`")
         compiled = re2.compile(pattern, _RE2_OPTIONS)
-        # Both programs are built now (RE2 would build the reverse one at the first
-        # match, and fail that match if it did not fit) and are bounded.
-        sizes = (compiled.programsize, compiled.reverseprogramsize)
+        compiled.reverseprogramsize  # noqa: B018 (builds the reverse program now)
     except re2.error as exc:
         raise _re2_error(pattern, exc) from None
-    if min(sizes) < 0 or max(sizes) > MAX_REGEXP_PROGRAM:
-        raise _LimitExceeded(f"error parsing regexp: expression too large: `{_shown(pattern)}`")
     return Regexp(pattern, compiled)
