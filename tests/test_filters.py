@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ctrd import errdefs, filters
+from ctrd import errdefs, filters, limits
 from ctrd.filters import Adaptor, Filter, Operator, Selector
 
 
@@ -625,7 +625,9 @@ def test_filter_length_bound() -> None:
     message = bound_error(fits + "a")
     assert message == (
         f"filters: filter longer than {filters.MAX_FILTER_LENGTH} bytes ({filters.MAX_FILTER_LENGTH + 1}): "
-        f'"name==' + "a" * (filters.ECHOED_INPUT - 6) + '…"'
+        + '"name=='
+        + "a" * (limits.ECHO_CHARS - 6)
+        + f'"…({filters.MAX_FILTER_LENGTH + 1} characters)'
     )
     # bytes, not characters
     message = bound_error("name==" + "é" * (filters.MAX_FILTER_LENGTH // 2))
@@ -640,7 +642,9 @@ def test_regexp_length_bound() -> None:
     # not wrapped with the position: the message quotes only the start of the pattern
     assert message == (
         f"filters: error parsing regexp: expression longer than {filters.MAX_REGEXP_LENGTH} bytes "
-        f"({filters.MAX_REGEXP_LENGTH + 1}): `" + "a" * filters.ECHOED_INPUT + "…`"
+        f"({filters.MAX_REGEXP_LENGTH + 1}): `"
+        + "a" * limits.ECHO_CHARS
+        + f"…({filters.MAX_REGEXP_LENGTH + 1} characters)`"
     )
     with pytest.raises(errdefs.InvalidArgument, match="expression longer than"):
         filters.compile_regexp("é" * (filters.MAX_REGEXP_LENGTH // 2 + 1))
@@ -655,7 +659,9 @@ def test_regexp_program_bound() -> None:
     assert bound_error("a~=\\pL{3}") == "filters: error parsing regexp: expression too large: `\\pL{3}`"
     long = "(?s)" + "." * 600  # 600 UTF-8 automata
     assert bound_error(f"a~={long}") == (
-        "filters: error parsing regexp: expression too large: `" + long[: filters.ECHOED_INPUT] + "…`"
+        "filters: error parsing regexp: expression too large: `"
+        + long[: limits.ECHO_CHARS]
+        + f"…({len(long)} characters)`"
     )
 
 

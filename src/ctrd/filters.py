@@ -40,8 +40,8 @@ Differences from containerd, on purpose:
   :func:`compile_regexp`).
 - The cost of a filter is bounded (containerd bounds nothing): see the limits
   below, all listed in ``docs/limits.md``. A filter over a bound is an
-  :class:`~ctrd.errdefs.InvalidArgument` whose message echoes at most
-  :data:`ECHOED_INPUT` characters of it.
+  :class:`~ctrd.errdefs.InvalidArgument` whose message echoes only the start
+  of it (:func:`ctrd.limits.echo`).
 - Positions in error messages count characters, not bytes.
 
 The parsed structure is public (:attr:`Filter.alternatives`, :class:`Selector`)
@@ -62,10 +62,10 @@ import re2
 
 from ctrd import errdefs
 from ctrd.identifiers import go_quote
+from ctrd.limits import echo
 
 __all__ = [
     "ALWAYS",
-    "ECHOED_INPUT",
     "MAX_FILTER_LENGTH",
     "MAX_REGEXPS",
     "MAX_REGEXP_INPUT",
@@ -113,9 +113,6 @@ that, RE2 falls back to its NFA: still linear, slower)."""
 MAX_REGEXP_INPUT: Final = 4096
 """Bytes (UTF-8) of a value a regexp is matched against; a longer value never matches. Label
 keys and values together are at most 4096 bytes, digests and identifiers far less."""
-
-ECHOED_INPUT: Final = 64
-"""Characters of a filter or pattern quoted in a bound error, followed by ``…``."""
 
 Adaptor: TypeAlias = Callable[[Sequence[str]], tuple[str, bool]]
 """Maps a field path (already unquoted field names) to ``(value, present)``."""
@@ -248,7 +245,7 @@ def _parse(s: str, budget: _Budget) -> Filter:
     size = _utf8_len(s)
     if size > MAX_FILTER_LENGTH:
         raise errdefs.InvalidArgument(
-            f"filters: filter longer than {MAX_FILTER_LENGTH} bytes ({size}): {go_quote(_shown(s))}"
+            f"filters: filter longer than {MAX_FILTER_LENGTH} bytes ({size}): {go_quote(s)}"
         )
     if s == "":
         budget.take(None)
@@ -643,11 +640,6 @@ class _LimitExceeded(errdefs.InvalidArgument):
     """A filter or regexp over one of the cost bounds (not wrapped with the filter's text)."""
 
 
-def _shown(s: str) -> str:
-    """*s* as echoed in a bound error: at most :data:`ECHOED_INPUT` characters."""
-    return s if len(s) <= ECHOED_INPUT else s[:ECHOED_INPUT] + "…"
-
-
 def _utf8_len(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
@@ -1011,11 +1003,11 @@ def _re2_error(pattern: str, exc: Exception) -> errdefs.InvalidArgument:
     raw = exc.args[0] if exc.args else b""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     if text.startswith("pattern too large"):
-        return _LimitExceeded(f"error parsing regexp: expression too large: `{_shown(pattern)}`")
+        return _LimitExceeded(f"error parsing regexp: expression too large: `{echo(pattern)}`")
     for re2_code, go_code in _RE2_CODES:
         if text.startswith(re2_code + ": "):
             return errdefs.InvalidArgument(f"error parsing regexp: {go_code}: `{text[len(re2_code) + 2 :]}`")
-    return errdefs.InvalidArgument(f"error parsing regexp: {text}: `{_shown(pattern)}`")
+    return errdefs.InvalidArgument(f"error parsing regexp: {text}: `{echo(pattern)}`")
 
 
 class Regexp:
@@ -1071,7 +1063,7 @@ def compile_regexp(pattern: str) -> Regexp:
     if size > MAX_REGEXP_LENGTH:
         raise _LimitExceeded(
             f"error parsing regexp: expression longer than {MAX_REGEXP_LENGTH} bytes "
-            f"({size}): `{_shown(pattern)}`"
+            f"({size}): `{echo(pattern)}`"
         )
     try:
         pattern.encode("utf-8")
@@ -1089,7 +1081,7 @@ def compile_regexp(pattern: str) -> Regexp:
         # and fail that match if it did not fit) and must be within the bound.
         sizes = (probe.programsize, probe.reverseprogramsize)
         if min(sizes) < 0 or max(sizes) > MAX_REGEXP_PROGRAM:
-            raise _LimitExceeded(f"error parsing regexp: expression too large: `{_shown(pattern)}`")
+            raise _LimitExceeded(f"error parsing regexp: expression too large: `{echo(pattern)}`")
         compiled = re2.compile(pattern, _RE2_OPTIONS)
         compiled.reverseprogramsize  # noqa: B018 (builds the reverse program now)
     except re2.error as exc:
