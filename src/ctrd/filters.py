@@ -42,6 +42,8 @@ Differences from containerd, on purpose:
   below, all listed in ``docs/limits.md``. A filter over a bound is an
   :class:`~ctrd.errdefs.InvalidArgument` whose message echoes only the start
   of it (:func:`ctrd.limits.echo`).
+- A ``~=`` is matched against at most :data:`MAX_REGEXP_INPUT` bytes: a longer
+  value never matches.
 - Positions in error messages count characters, not bytes.
 
 The parsed structure is public (:attr:`Filter.alternatives`, :class:`Selector`)
