@@ -32,9 +32,19 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"unicode"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "names" {
+		for name := range unicode.Categories {
+			fmt.Println(name)
+		}
+		for name := range unicode.Scripts {
+			fmt.Println(name)
+		}
+		return
+	}
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 1<<24)
 	for in.Scan() {
@@ -121,3 +131,16 @@ def test_explicit_cases_agree_with_go(go_regexp: Path) -> None:
         ("\\x{e9}+", "ééé"),
     ]
     assert [ask_ctrd(p, t) for p, t in cases] == ask_go(go_regexp, cases)
+
+
+def test_every_unicode_class_go_knows_is_accepted(go_regexp: Path) -> None:
+    out = subprocess.run([go_regexp, "names"], capture_output=True, text=True, check=True, timeout=60)
+    names = out.stdout.split()
+    assert len(names) > 150
+    refused = []
+    for name in names:
+        try:
+            filters.compile_regexp(f"\\p{{{name}}}")
+        except errdefs.InvalidArgument:
+            refused.append(name)
+    assert refused == []

@@ -695,7 +695,7 @@ def _unicode_class_known(name: str) -> bool:
     if not name or name[0] == "^":
         return False
     try:
-        re2.compile("\\p{" + name + "}", _RE2_OPTIONS)
+        re2.compile("\\p{" + name + "}", _RE2_SIZE_PROBE)
     except re2.error:
         return False
     return True
