@@ -670,7 +670,7 @@ _POSIX_CLASS_NAMES: Final = frozenset(
         "xdigit",
     )
 )
-_C_ESCAPES: Final = frozenset("afnrtv")
+_C_ESCAPES: Final = {"a": 0x07, "f": 0x0C, "n": 0x0A, "r": 0x0D, "t": 0x09, "v": 0x0B}
 _OCTAL_DIGITS: Final = frozenset("01234567")
 
 
@@ -978,8 +978,7 @@ def _escaped_rune(esc: str) -> int:
         return int(esc[3:-1] if esc[2] == "{" else esc[2:], 16)
     if c.isdigit():
         return int(esc[1:], 8)
-    simple = {"a": 0x07, "f": 0x0C, "n": 0x0A, "r": 0x0D, "t": 0x09, "v": 0x0B}
-    return simple.get(c, ord(c))
+    return _C_ESCAPES.get(c, ord(c))
 
 
 # RE2's error codes, as Go words them (RE2 gives the same argument as Go).
