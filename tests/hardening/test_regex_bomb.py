@@ -28,6 +28,7 @@ BOMB = "^(a+)+$"
 LABEL = "a" * 4000 + "b"  # key "x" and value: 4002 bytes, within the 4096 of a label
 VERSION_BOUND = 1.0
 LIST_BOUND = 5.0
+ROOT = {"containerd.io/gc.root": "yes"}  # kept from the garbage collector
 
 
 @pytest.mark.parametrize(
@@ -60,9 +61,9 @@ def test_list_with_a_bomb_filter_keeps_the_daemon_responsive(daemon: Launcher, f
 
     async def ingest() -> tuple[str, str]:
         async with Client(d.socket, namespace="bomb", timeout=30) as writer:
-            bad = await writer.content.ingest("bad", b"bad", labels={"x": LABEL})
-            good = await writer.content.ingest("good", b"good", labels={"x": "a" * 4000})
-            await writer.content.ingest("other", b"other", labels={"y": LABEL})
+            bad = await writer.content.ingest("bad", b"bad", labels={"x": LABEL, **ROOT})
+            good = await writer.content.ingest("good", b"good", labels={"x": "a" * 4000, **ROOT})
+            await writer.content.ingest("other", b"other", labels={"y": LABEL, **ROOT})
         return bad.digest, good.digest
 
     async def lists() -> tuple[list[float], list[list[str]]]:
