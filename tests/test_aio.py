@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from ctrd._aio import shield_eager
+from ctrd._aio import TimeSlice, shield_eager
 
 
 async def test_completes_inline_without_a_task() -> None:
@@ -70,3 +70,17 @@ async def test_caller_cancellation_does_not_interrupt_the_rest() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
     assert steps == ["start", "end"]
+
+
+async def test_time_slice_yields_only_when_used_up() -> None:
+    ran: list[int] = []
+
+    async def other() -> None:
+        ran.append(1)
+
+    task = asyncio.create_task(other())
+    await TimeSlice(3600).tick()  # within its slice: returns without letting the task run
+    assert ran == []
+    await TimeSlice(0).tick()  # used up: the loop runs the task
+    assert ran == [1]
+    await task

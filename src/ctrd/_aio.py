@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
-__all__ = ["shield_eager"]
+__all__ = ["SLICE", "TimeSlice", "shield_eager"]
 
 _T = TypeVar("_T")
 
@@ -49,3 +50,30 @@ async def shield_eager(coro: Coroutine[Any, Any, _T]) -> _T:
         return result
     result = await asyncio.shield(_finish(_Rest(coro, pending)))
     return result
+
+
+SLICE: Final = 0.01
+"""Seconds a :class:`TimeSlice` loop runs before it lets other tasks in."""
+
+
+class TimeSlice:
+    """Cooperative time slices for a loop of costly steps on the event loop.
+
+    ``await slices.tick()`` before each step returns at once until *budget*
+    seconds have passed since the slice began, then lets the loop run other
+    tasks (``asyncio.sleep(0)``) and begins a new slice. The loop is then held
+    at most *budget* plus one step at a time (filtering rows with regexps:
+    :mod:`ctrd.filters` bounds the cost of a step).
+    """
+
+    __slots__ = ("_budget", "_until")
+
+    def __init__(self, budget: float = SLICE) -> None:
+        self._budget = budget
+        self._until = time.monotonic() + budget
+
+    async def tick(self) -> None:
+        """Yield to the event loop when the slice is used up."""
+        if time.monotonic() >= self._until:
+            await asyncio.sleep(0)
+            self._until = time.monotonic() + self._budget

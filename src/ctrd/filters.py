@@ -35,8 +35,15 @@ Differences from containerd, on purpose:
 
 - ``~=`` values are compiled at parse time; a bad regexp is an
   :class:`~ctrd.errdefs.InvalidArgument` (containerd logs it and matches nothing).
-- Regexps use Go RE2 syntax, translated to Python :mod:`re` (see
-  :func:`compile_regexp`); Unicode classes ``\\p{..}``/``\\P{..}`` are rejected.
+- Regexps are Go's (RE2 syntax), checked with Go's messages and run by RE2
+  (the ``google-re2`` binding), in time linear in the input (see
+  :func:`compile_regexp`).
+- The cost of a filter is bounded (containerd bounds nothing): see the limits
+  below, all listed in ``docs/limits.md``. A filter over a bound is an
+  :class:`~ctrd.errdefs.InvalidArgument` whose message echoes only the start
+  of it (:func:`ctrd.limits.echo`).
+- A ``~=`` is matched against at most :data:`MAX_REGEXP_INPUT` bytes: a longer
+  value never matches.
 - Positions in error messages count characters, not bytes.
 
 The parsed structure is public (:attr:`Filter.alternatives`, :class:`Selector`)
@@ -46,26 +53,68 @@ so a store may translate simple selectors into SQL.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
+
+import re2
 
 from ctrd import errdefs
 from ctrd.identifiers import go_quote
+from ctrd.limits import echo
 
 __all__ = [
     "ALWAYS",
+    "MAX_FILTER_LENGTH",
+    "MAX_REGEXPS",
+    "MAX_REGEXP_INPUT",
+    "MAX_REGEXP_LENGTH",
+    "MAX_REGEXP_PROGRAM",
+    "MAX_SELECTORS",
+    "REGEXP_MAX_MEM",
     "Adaptor",
     "Filter",
     "Operator",
+    "Regexp",
     "Selector",
     "adaptor_from_mapping",
     "compile_regexp",
     "parse",
     "parse_all",
 ]
+
+# Cost bounds (docs/limits.md, "Filters"). The per-row cost of a filter is at most
+# MAX_SELECTORS comparisons, MAX_REGEXPS of them regexp matches; one match costs
+# time linear in its input (at most MAX_REGEXP_INPUT bytes), with a factor bounded
+# by the program size (at most MAX_REGEXP_PROGRAM instructions).
+
+MAX_FILTER_LENGTH: Final = 8192
+"""Bytes (UTF-8) in one filter string: room for an ``==`` on any valid label (key and value
+within 4096 bytes) with its quoting."""
+
+MAX_SELECTORS: Final = 64
+"""Selectors in all the filter strings of one call together (an empty string counts as one)."""
+
+MAX_REGEXPS: Final = 4
+"""``~=`` selectors among them."""
+
+MAX_REGEXP_LENGTH: Final = 1024
+"""Bytes (UTF-8) in one ``~=`` pattern, after unquoting."""
+
+MAX_REGEXP_PROGRAM: Final = 3000
+"""RE2 instructions in a compiled pattern (forward and reverse programs each): ``\\pL`` is
+about 1200, ``^sha256:[0-9a-f]{64}$`` about 130."""
+
+REGEXP_MAX_MEM: Final = 1 << 20
+"""RE2's ``max_mem`` per compiled pattern: its programs and the DFA states it caches (past
+that, RE2 falls back to its NFA: still linear, slower)."""
+
+MAX_REGEXP_INPUT: Final = 4096
+"""Bytes (UTF-8) of a value a regexp is matched against; a longer value never matches. Label
+keys and values together are at most 4096 bytes, digests and identifiers far less."""
 
 Adaptor: TypeAlias = Callable[[Sequence[str]], tuple[str, bool]]
 """Maps a field path (already unquoted field names) to ``(value, present)``."""
@@ -92,7 +141,7 @@ class Selector:
     fieldpath: tuple[str, ...]
     op: Operator | None = None
     value: str = ""
-    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _regex: Regexp | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fieldpath", tuple(self.fieldpath))
@@ -100,8 +149,8 @@ class Selector:
             object.__setattr__(self, "_regex", compile_regexp(self.value))
 
     @property
-    def regex(self) -> re.Pattern[str] | None:
-        """The compiled (Python) pattern of a ``~=`` selector, else ``None``."""
+    def regex(self) -> Regexp | None:
+        """The compiled pattern of a ``~=`` selector, else ``None``."""
         return self._regex
 
     def match(self, adaptor: Adaptor) -> bool:
@@ -114,7 +163,7 @@ class Selector:
         if self.op is Operator.NOT_EQUAL:
             return value != self.value
         assert self._regex is not None
-        return self._regex.search(value) is not None
+        return self._regex.matches(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +181,11 @@ class Filter:
         """Whether the filter matches every object (some alternative is empty)."""
         return any(not alternative for alternative in self.alternatives)
 
+    @property
+    def has_regexp(self) -> bool:
+        """Whether some selector is a ``~=`` (the costly kind to evaluate)."""
+        return any(s.op is Operator.MATCHES for alternative in self.alternatives for s in alternative)
+
     def match(self, adaptor: Adaptor) -> bool:
         """Report whether the object behind ``adaptor`` passes the filter."""
         return any(
@@ -146,24 +200,59 @@ ALWAYS: Final = Filter(((),))
 def parse(s: str) -> Filter:
     """Parse one filter string (an AND of selectors); ``""`` matches everything.
 
-    :raises errdefs.InvalidArgument: ``filters: parse error: [...]: <reason>``.
+    :raises errdefs.InvalidArgument: ``filters: parse error: [...]: <reason>``, or
+        ``filters: ...`` for a filter over a bound (:data:`MAX_FILTER_LENGTH`,
+        :data:`MAX_SELECTORS`, :data:`MAX_REGEXPS`, the regexp bounds).
     """
-    if s == "":
-        return ALWAYS
-    return Filter((_Parser(s).parse(),))
+    return _parse(s, _Budget())
 
 
 def parse_all(*ss: str) -> Filter:
     """Parse several filter strings, OR-ed; no strings match everything.
 
+    The bounds on selectors (:data:`MAX_SELECTORS`, :data:`MAX_REGEXPS`) hold for
+    all the strings together.
+
     :raises errdefs.InvalidArgument: as :func:`parse`, for the first bad string.
     """
     if not ss:
         return ALWAYS
+    if len(ss) > MAX_SELECTORS:
+        raise errdefs.InvalidArgument(f"filters: more than {MAX_SELECTORS} filters ({len(ss)})")
+    budget = _Budget()
     alternatives: list[tuple[Selector, ...]] = []
     for s in ss:
-        alternatives.extend(parse(s).alternatives)
+        alternatives.extend(_parse(s, budget).alternatives)
     return Filter(tuple(alternatives))
+
+
+@dataclass(slots=True)
+class _Budget:
+    """What is left of the bounds for the filter strings of one call."""
+
+    selectors: int = MAX_SELECTORS
+    regexps: int = MAX_REGEXPS
+
+    def take(self, op: Operator | None) -> None:
+        self.selectors -= 1
+        if self.selectors < 0:
+            raise errdefs.InvalidArgument(f"filters: more than {MAX_SELECTORS} selectors")
+        if op is Operator.MATCHES:
+            self.regexps -= 1
+            if self.regexps < 0:
+                raise errdefs.InvalidArgument(f"filters: more than {MAX_REGEXPS} regexp (~=) selectors")
+
+
+def _parse(s: str, budget: _Budget) -> Filter:
+    size = _utf8_len(s)
+    if size > MAX_FILTER_LENGTH:
+        raise errdefs.InvalidArgument(
+            f"filters: filter longer than {MAX_FILTER_LENGTH} bytes ({size}): {go_quote(s)}"
+        )
+    if s == "":
+        budget.take(None)
+        return ALWAYS
+    return Filter((_Parser(s, budget).parse(),))
 
 
 def adaptor_from_mapping(fields: Mapping[str, str], labels: Mapping[str, str]) -> Adaptor:
@@ -445,9 +534,10 @@ def _rune_str(r: int) -> str:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, budget: _Budget) -> None:
         self.input = text
         self.scanner = _Scanner(text)
+        self.budget = budget
 
     def mkerr(self, pos: int, msg: str) -> errdefs.InvalidArgument:
         if pos < len(self.input):
@@ -476,11 +566,15 @@ class _Parser:
     def selector(self) -> Selector:
         fieldpath = self.fieldpath()
         if self.scanner.peek() in (ord(","), _EOF):
+            self.budget.take(None)
             return Selector(fieldpath)
         op = self.operator()
         pos, value = self.value(allow_alt_quotes=op is Operator.MATCHES)
+        self.budget.take(op)  # before compiling: the compilations of one call are bounded too
         try:
             return Selector(fieldpath, op, value)
+        except _LimitExceeded as exc:
+            raise errdefs.InvalidArgument(f"filters: {exc.context}") from None
         except errdefs.InvalidArgument as exc:
             raise self.mkerr(pos, exc.context) from None
 
@@ -534,7 +628,7 @@ class _Parser:
 
 
 # --------------------------------------------------------------------------
-# Go (RE2) regexp syntax, translated to Python's re
+# Go regexps: Go's syntax checked with Go's messages, then compiled by RE2
 
 
 class _RegexpError(Exception):
@@ -544,185 +638,173 @@ class _RegexpError(Exception):
         super().__init__(f"error parsing regexp: {code}: `{expr}`")
 
 
-_MAX_RUNE: Final = 0x10FFFF
-_Ranges: TypeAlias = tuple[tuple[int, int], ...]
+class _LimitExceeded(errdefs.InvalidArgument):
+    """A filter or regexp over one of the cost bounds (not wrapped with the filter's text)."""
 
 
-def _negate(ranges: _Ranges) -> _Ranges:
-    out: list[tuple[int, int]] = []
-    nxt = 0
-    for lo, hi in sorted(ranges):
-        if lo > nxt:
-            out.append((nxt, lo - 1))
-        nxt = max(nxt, hi + 1)
-    if nxt <= _MAX_RUNE:
-        out.append((nxt, _MAX_RUNE))
-    return tuple(out)
+def _utf8_len(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
-def _chars(spec: str) -> _Ranges:
-    """``"a-z_"``-style spec (pairs and singles, no escapes) to ranges."""
-    out: list[tuple[int, int]] = []
-    i = 0
-    while i < len(spec):
-        if i + 2 < len(spec) and spec[i + 1] == "-":
-            out.append((ord(spec[i]), ord(spec[i + 2])))
-            i += 3
-        else:
-            out.append((ord(spec[i]), ord(spec[i])))
-            i += 1
-    return tuple(out)
-
-
-_PERL_CLASSES: Final[dict[str, _Ranges]] = {
-    "d": _chars("0-9"),
-    "s": _chars("\t\n\f\r "),
-    "w": _chars("0-9A-Za-z_"),
-}
-_PERL_CLASSES.update({k.upper(): _negate(v) for k, v in list(_PERL_CLASSES.items())})
-
-_POSIX_CLASSES: Final[dict[str, _Ranges]] = {
-    "alnum": _chars("0-9A-Za-z"),
-    "alpha": _chars("A-Za-z"),
-    "ascii": ((0x00, 0x7F),),
-    "blank": _chars("\t "),
-    "cntrl": ((0x00, 0x1F), (0x7F, 0x7F)),
-    "digit": _chars("0-9"),
-    "graph": _chars("!-~"),
-    "lower": _chars("a-z"),
-    "print": _chars(" -~"),
-    "punct": _chars("!-/:-@[-`{-~"),
-    "space": _chars("\t\n\v\f\r "),
-    "upper": _chars("A-Z"),
-    "word": _chars("0-9A-Za-z_"),
-    "xdigit": _chars("0-9A-Fa-f"),
-}
-_POSIX_GROUPS: Final[dict[str, _Ranges]] = {f"[:{k}:]": v for k, v in _POSIX_CLASSES.items()} | {
-    f"[:^{k}:]": _negate(v) for k, v in _POSIX_CLASSES.items()
-}
-
-_C_ESCAPES: Final = {"a": 0x07, "f": 0x0C, "n": 0x0A, "r": 0x0D, "t": 0x09, "v": 0x0B}
 _REPEAT_RE: Final = re.compile(r"\{(0|[1-9][0-9]*)(?:(,)(0|[1-9][0-9]*)?)?\}")
 _MAX_REPEAT: Final = 1000
-_PY_FLAGS: Final = frozenset("ims")
+_MAX_RUNE: Final = 0x10FFFF
+_PERL_CLASS_ESCAPES: Final = frozenset("dDsSwW")
+_POSIX_CLASS_NAMES: Final = frozenset(
+    f"[:{neg}{name}:]"
+    for neg in ("", "^")
+    for name in (
+        "alnum",
+        "alpha",
+        "ascii",
+        "blank",
+        "cntrl",
+        "digit",
+        "graph",
+        "lower",
+        "print",
+        "punct",
+        "space",
+        "upper",
+        "word",
+        "xdigit",
+    )
+)
+_C_ESCAPES: Final = {"a": 0x07, "f": 0x0C, "n": 0x0A, "r": 0x0D, "t": 0x09, "v": 0x0B}
+_OCTAL_DIGITS: Final = frozenset("01234567")
 
-_NOTHING: Final = 0  # at the start of a group or alternative: nothing to repeat
-_ATOM: Final = 1
-_REPEAT: Final = 2
+
+def _re2_options(max_mem: int) -> Any:
+    options = re2.Options()
+    options.max_mem = max_mem
+    options.log_errors = False  # errors are raised, not written to the daemon's stderr
+    options.never_capture = True  # groups are not reported: matching needs no submatches
+    return options
 
 
-def _esc(cp: int) -> str:
-    if cp < 0x100:
-        return f"\\x{cp:02x}"
-    if cp < 0x10000:
-        return f"\\u{cp:04x}"
-    return f"\\U{cp:08x}"
+_RE2_OPTIONS: Final = _re2_options(REGEXP_MAX_MEM)
+# Room for programs of MAX_REGEXP_PROGRAM instructions (forward and reverse) and little
+# more: a pattern far over the bound fails to compile within a millisecond, where
+# REGEXP_MAX_MEM would let RE2 build tens of thousands of instructions first.
+_RE2_SIZE_PROBE: Final = _re2_options(128 << 10)
 
 
-def _class(ranges: _Ranges, *, negated: bool = False) -> str:
-    if not ranges:
-        return "(?s:.)" if negated else "(?!)"
-    items = "".join(_esc(lo) if lo == hi else f"{_esc(lo)}-{_esc(hi)}" for lo, hi in ranges)
-    return f"[{'^' if negated else ''}{items}]"
-
-
-def _flag_group(flags: frozenset[str]) -> str:
-    on = "".join(f for f in "ims" if f in flags)
-    off = "".join(f for f in "ims" if f not in flags)
-    return f"(?{on}-{off}:" if off else f"(?{on}:"
+@functools.lru_cache(maxsize=256)
+def _unicode_class_known(name: str) -> bool:
+    """Whether ``\\p{name}`` names a Unicode class (RE2's tables: Go's names and newer scripts)."""
+    if not name or name[0] == "^":
+        return False
+    try:
+        re2.compile("\\p{" + name + "}", _RE2_SIZE_PROBE)
+    except re2.error:
+        return False
+    return True
 
 
 @dataclass(slots=True)
-class _Frame:
-    saved: frozenset[str]  # Go flags to restore when the group closes
-    base: frozenset[str]  # Python flags in effect at the start of the group
-    extra: int = 0  # scoped flag groups opened by mid-group (?flags)
+class _Group:
+    need: int = 0  # the largest repeat budget an item of the group needs (see _GoSyntax.repeat)
 
 
-class _RegexpTranslator:
+class _GoSyntax:
+    """Go's ``regexp/syntax`` parser (Perl flags), kept to its checks and its errors.
+
+    It walks the pattern as Go does and raises the first error Go would, with
+    Go's text. What it tracks: whether the parse stack has an operand to repeat,
+    whether the previous token was a repetition (Go rejects ``a**``), and the
+    repeat budget each operand needs (Go rejects nested counted repetitions that
+    expand to more than 1000 copies, ``(a{100}){11}``).
+    """
+
     def __init__(self, pattern: str) -> None:
         self.p = pattern
-        self.i = 0
-        self.out: list[str] = []
-        self.flags: frozenset[str] = frozenset()
-        self.frames = [_Frame(frozenset(), frozenset())]
-        self.names: set[str] = set()
-        self.last = _NOTHING
+        self.groups = [_Group()]
+        self.operand = False  # something on top of the stack for a repetition to apply to
+        self.top_need = 0  # that operand's repeat budget
+        self.last_repeat = -1  # start of the previous token when it was a repetition
 
-    def translate(self) -> str:
+    def check(self) -> None:
         p = self.p
-        while self.i < len(p):
-            c = p[self.i]
+        i = 0
+        while i < len(p):
+            repeat = -1
+            c = p[i]
             if c == "(":
-                self.open_group()
-            elif c == ")":
-                self.close_group()
+                i = self.open_group(i)
             elif c == "|":
-                frame = self.frames[-1]
-                self.out.append(")" * frame.extra + "|")
-                frame.extra = 0
-                if self.py_flags() != frame.base:
-                    self.out.append(_flag_group(self.flags))
-                    frame.extra = 1
-                self.i += 1
-                self.last = _NOTHING
+                self.fold()
+                self.operand = False
+                i += 1
+            elif c == ")":
+                if len(self.groups) == 1:
+                    raise _RegexpError("unexpected )", p)
+                self.fold()
+                need = self.groups.pop().need
+                self.push(need)
+                i += 1
             elif c in "*+?":
-                self.repeat(c, self.i + 1)
-            elif c == "{" and (m := _REPEAT_RE.match(p, self.i)):
+                repeat = i
+                i = self.repeat(i, i + 1, None)
+            elif c == "{" and (m := _REPEAT_RE.match(p, i)):
                 lo = int(m.group(1))
                 hi = lo if m.group(2) is None else (int(m.group(3)) if m.group(3) else -1)
                 if lo > _MAX_REPEAT or hi > _MAX_REPEAT or (hi >= 0 and lo > hi):
                     raise _RegexpError("invalid repeat count", m.group(0))
-                q = f"{{{lo}}}" if m.group(2) is None else f"{{{lo},{'' if hi < 0 else hi}}}"
-                self.repeat(q, m.end())
+                repeat = i
+                i = self.repeat(i, m.end(), (lo, hi))
             elif c == "[":
-                self.out.append(self.char_class())
-                self.last = _ATOM
+                i = self.char_class(i)
+                self.push(0)
             elif c == "\\":
-                self.escape()
+                i = self.escape(i)
             else:
-                if c == "^":
-                    self.out.append("(?:^)")
-                elif c == "$":
-                    self.out.append("(?:$)" if "m" in self.flags else "(?:\\Z)")
-                elif c == ".":
-                    self.out.append(".")
-                else:
-                    self.out.append(re.escape(c))
-                self.i += 1
-                self.last = _ATOM
-        if len(self.frames) > 1:
+                self.push(0)
+                i += 1
+            self.last_repeat = repeat
+        if len(self.groups) > 1:
             raise _RegexpError("missing closing )", p)
-        self.out.append(")" * self.frames[0].extra)
-        return "".join(self.out)
 
-    def py_flags(self) -> frozenset[str]:
-        return self.flags & _PY_FLAGS
+    def fold(self) -> None:
+        """The top operand is complete: count its budget in its group's."""
+        if self.operand:
+            group = self.groups[-1]
+            group.need = max(group.need, self.top_need)
 
-    def repeat(self, op: str, end: int) -> None:
-        start = self.i
-        if self.last == _NOTHING:
-            raise _RegexpError("missing argument to repetition operator", self.p[start:end])
-        lazy = False
-        if end < len(self.p) and self.p[end] == "?":
-            lazy = True
+    def push(self, need: int) -> None:
+        self.fold()
+        self.operand = True
+        self.top_need = need
+
+    def repeat(self, start: int, end: int, counts: tuple[int, int] | None) -> int:
+        """A repetition ``p[start:end]`` (``counts``: ``(min, max)`` of ``{..}``, max -1 if open)."""
+        p = self.p
+        if end < len(p) and p[end] == "?":
             end += 1
-        if self.last == _REPEAT:
-            raise _RegexpError("invalid nested repetition operator", self.p[start:end])
-        if "U" in self.flags:
-            lazy = not lazy
-        self.out.append(op + ("?" if lazy else ""))
-        self.i = end
-        self.last = _REPEAT
+        if self.last_repeat >= 0:
+            raise _RegexpError("invalid nested repetition operator", p[self.last_repeat : end])
+        if not self.operand:
+            raise _RegexpError("missing argument to repetition operator", p[start:end])
+        if counts is not None:
+            # Go's repeatIsValid, as the smallest budget that passes it: x{m} of
+            # an operand needing k copies needs m*max(k, 1); x{0} needs none.
+            lo, hi = counts
+            if hi == 0:
+                need = 0
+            else:
+                m = hi if hi > 0 else lo
+                need = self.top_need if m == 0 else min(m * max(self.top_need, 1), _MAX_REPEAT + 1)
+            if (lo >= 2 or hi >= 2) and need > _MAX_REPEAT:
+                raise _RegexpError("invalid repeat count", p[start:end])
+            self.top_need = need
+        return end
 
-    def open_group(self) -> None:
-        p, i = self.p, self.i
+    def open_group(self, i: int) -> int:
+        p = self.p
         if not p.startswith("(?", i):
-            self.frames.append(_Frame(self.flags, self.py_flags()))
-            self.out.append("(")
-            self.i += 1
-            self.last = _NOTHING
-            return
+            self.groups.append(_Group())
+            self.operand = False
+            return i + 1
+        # Named groups: (?P<name>re), and (?<name>re) as Go 1.22 accepts.
         if (p.startswith("(?P<", i) and len(p) - i > 4) or (p.startswith("(?<", i) and len(p) - i > 3):
             begin = i + (4 if p[i + 2] == "P" else 3)
             end = p.find(">", i)
@@ -731,16 +813,10 @@ class _RegexpTranslator:
             name = p[begin:end]
             if not name or not all(ch == "_" or (ch.isascii() and ch.isalnum()) for ch in name):
                 raise _RegexpError("invalid named capture", p[i : end + 1])
-            if name in self.names:
-                raise _RegexpError("duplicate capture group name", p[i : end + 1])
-            self.names.add(name)
-            self.frames.append(_Frame(self.flags, self.py_flags()))
-            self.out.append("(")
-            self.i = end + 1
-            self.last = _NOTHING
-            return
+            self.groups.append(_Group())
+            self.operand = False
+            return end + 1
         # Flags and non-capturing groups: (?flags) (?flags:re), flags := [imsU]* [- [imsU]+]
-        flags = set(self.flags)
         negate = False
         saw_flag = False
         j = i + 2
@@ -748,10 +824,6 @@ class _RegexpTranslator:
             c = p[j]
             j += 1
             if c in "imsU":
-                if negate:
-                    flags.discard(c)
-                else:
-                    flags.add(c)
                 saw_flag = True
             elif c == "-" and not negate:
                 negate = True
@@ -759,174 +831,260 @@ class _RegexpTranslator:
             elif c in ":)":
                 if negate and not saw_flag:
                     break
-                new = frozenset(flags)
                 if c == ":":
-                    self.frames.append(_Frame(self.flags, new & _PY_FLAGS))
-                    self.out.append(_flag_group(new) if new & _PY_FLAGS != self.py_flags() else "(?:")
-                    self.last = _NOTHING
-                elif new & _PY_FLAGS != self.py_flags():
-                    self.out.append(_flag_group(new))
-                    self.frames[-1].extra += 1
-                    self.last = _NOTHING
-                self.flags = new
-                self.i = j
-                return
+                    self.groups.append(_Group())
+                    self.operand = False
+                return j  # (?flags) pushes nothing: the operand stays
             else:
                 break
         raise _RegexpError("invalid or unsupported Perl syntax", p[i:j])
 
-    def close_group(self) -> None:
-        if len(self.frames) == 1:
-            raise _RegexpError("unexpected )", self.p)
-        frame = self.frames.pop()
-        self.out.append(")" * frame.extra + ")")
-        self.flags = frame.saved
-        self.i += 1
-        self.last = _ATOM
+    def escape(self, i: int) -> int:
+        p = self.p
+        if i + 1 < len(p):
+            c = p[i + 1]
+            if c in "AbBz":
+                self.push(0)
+                return i + 2
+            if c == "C":
+                raise _RegexpError("invalid escape sequence", "\\C")
+            if c == "Q":
+                end = p.find("\\E", i + 2)
+                literal_end = len(p) if end < 0 else end
+                if literal_end > i + 2:  # an empty \Q\E pushes nothing
+                    self.push(0)
+                return len(p) if end < 0 else end + 2
+            if c in "pP":
+                i = self.unicode_class(i)
+                self.push(0)
+                return i
+            if c in _PERL_CLASS_ESCAPES:
+                self.push(0)
+                return i + 2
+        i = self.single_escape(i)
+        self.push(0)
+        return i
 
-    def escape(self) -> None:
-        p, i = self.p, self.i
-        if i + 1 >= len(p):
-            raise _RegexpError("trailing backslash at end of expression", "")
-        c = p[i + 1]
-        assertions = {"A": "(?:\\A)", "z": "(?:\\Z)", "b": "(?a:\\b)", "B": "(?a:\\B)"}
-        if c in assertions:
-            self.out.append(assertions[c])
-            self.i += 2
-        elif c == "C":
-            raise _RegexpError("invalid escape sequence", "\\C")
-        elif c == "Q":
-            end = p.find("\\E", i + 2)
-            literal = p[i + 2 :] if end < 0 else p[i + 2 : end]
-            self.i = len(p) if end < 0 else end + 2
-            if literal:
-                # Escaped character by character, so a following repetition
-                # applies to the last character only, as in Go.
-                self.out.append(re.escape(literal))
-                self.last = _ATOM
-            return
-        elif c in "pP":
-            raise _RegexpError("unsupported Unicode class (\\p, \\P) in ctrd", p[i : i + 2])
-        elif c in _PERL_CLASSES:
-            self.out.append(_class(_PERL_CLASSES[c]))
-            self.i += 2
+    def unicode_class(self, i: int) -> int:
+        """``\\pL``, ``\\p{Name}``, ``\\P{^Name}`` at ``p[i]``; the index after it."""
+        p = self.p
+        if i + 2 >= len(p):  # "\p" at the very end: an empty name
+            raise _RegexpError("invalid character class range", p[i:])
+        if p[i + 2] != "{":
+            seq = p[i : i + 3]
+            name = p[i + 2]
         else:
-            cp, self.i = self.parse_escape(i)
-            self.out.append(_esc(cp))
-        self.last = _ATOM
+            end = p.find("}", i)
+            if end < 0:
+                raise _RegexpError("invalid character class range", p[i:])
+            seq = p[i : end + 1]
+            name = p[i + 3 : end]
+        if name.startswith("^"):
+            name = name[1:]
+        if name != "Any" and not _unicode_class_known(name):
+            raise _RegexpError("invalid character class range", seq)
+        return i + len(seq)
 
-    def parse_escape(self, i: int) -> tuple[int, int]:
-        """Decode the single-character escape at ``p[i] == "\\"``; return (rune, next index)."""
+    def single_escape(self, i: int) -> int:
+        """The escape of one character at ``p[i] == "\\"``; the index after it."""
         p = self.p
         if i + 1 >= len(p):
             raise _RegexpError("trailing backslash at end of expression", "")
         c = p[i + 1]
         j = i + 2
         if c.isascii() and not c.isalnum():
-            return ord(c), j
-        if "1" <= c <= "7" and not (j < len(p) and "0" <= p[j] <= "7"):
+            return j
+        if "1" <= c <= "7" and not (j < len(p) and p[j] in _OCTAL_DIGITS):
             pass  # a single non-zero digit would be a backreference: unsupported
         elif "0" <= c <= "7":
-            r = ord(c) - 0x30
             for _ in range(2):
-                if j < len(p) and "0" <= p[j] <= "7":
-                    r = r * 8 + ord(p[j]) - 0x30
+                if j < len(p) and p[j] in _OCTAL_DIGITS:
                     j += 1
-            return r, j
+            return j
         elif c == "x" and j < len(p):
-            if p[j] == "{":  # \x{h...}: one or more hex digits
-                k = j + 1
-                r = 0
-                nhex = 0
-                while k < len(p):
-                    d = p[k]
-                    k += 1
+            if p[j] == "{":  # \x{h...}: one or more hex digits, at most U+10FFFF
+                j += 1
+                value = 0
+                digits = 0
+                while j < len(p):
+                    d = p[j]
+                    j += 1
                     if d == "}":
-                        if nhex:
-                            return r, k
+                        if digits:
+                            return j
                         break
                     if d not in _HEX_DIGITS:
                         break
-                    r = r * 16 + int(d, 16)
-                    if r > _MAX_RUNE:
+                    value = value * 16 + int(d, 16)
+                    if value > _MAX_RUNE:
                         break
-                    nhex += 1
-                j = k
+                    digits += 1
             else:  # \xhh: exactly two hex digits
                 two = p[j : j + 2]
                 if len(two) == 2 and all(d in _HEX_DIGITS for d in two):
-                    return int(two, 16), j + 2
+                    return j + 2
                 j += len(two)
         elif c in _C_ESCAPES:
-            return _C_ESCAPES[c], j
+            return j
         raise _RegexpError("invalid escape sequence", p[i:j])
 
-    def char_class(self) -> str:
+    def char_class(self, start: int) -> int:
+        """The class ``[...]`` at ``p[start]``; the index after it."""
         p = self.p
-        start = self.i
         i = start + 1
-        negated = False
         if i < len(p) and p[i] == "^":
-            negated = True
             i += 1
-        ranges: list[tuple[int, int]] = []
-        first = True
+        first = True  # "]" is a literal as the first item
         while i >= len(p) or p[i] != "]" or first:
-            if i >= len(p):
-                raise _RegexpError("missing closing ]", p[start:])
             first = False
             if p.startswith("[:", i) and len(p) - i > 2:
                 end = p.find(":]", i + 2)
                 if end >= 0:
                     name = p[i : end + 2]
-                    if name not in _POSIX_GROUPS:
+                    if name not in _POSIX_CLASS_NAMES:
                         raise _RegexpError("invalid character class range", name)
-                    ranges.extend(_POSIX_GROUPS[name])
                     i = end + 2
                     continue
-            if p[i] == "\\" and i + 1 < len(p):
+            if p.startswith("\\", i) and i + 1 < len(p):
                 if p[i + 1] in "pP":
-                    raise _RegexpError("unsupported Unicode class (\\p, \\P) in ctrd", p[i : i + 2])
-                if p[i + 1] in _PERL_CLASSES:
-                    ranges.extend(_PERL_CLASSES[p[i + 1]])
+                    i = self.unicode_class(i)
+                    continue
+                if p[i + 1] in _PERL_CLASS_ESCAPES:
                     i += 2
                     continue
-            item_start = i
+            item = i
             lo, i = self.class_char(i, start)
-            hi = lo
             if len(p) - i >= 2 and p[i] == "-" and p[i + 1] != "]":
                 hi, i = self.class_char(i + 1, start)
                 if hi < lo:
-                    raise _RegexpError("invalid character class range", p[item_start:i])
-            ranges.append((lo, hi))
-        self.i = i + 1
-        return _class(tuple(ranges), negated=negated)
+                    raise _RegexpError("invalid character class range", p[item:i])
+        return i + 1
 
     def class_char(self, i: int, start: int) -> tuple[int, int]:
-        if i >= len(self.p):
-            raise _RegexpError("missing closing ]", self.p[start:])
-        if self.p[i] == "\\":
-            return self.parse_escape(i)
-        return ord(self.p[i]), i + 1
+        """The character at ``p[i]`` in a class (maybe escaped): ``(code point, next index)``."""
+        p = self.p
+        if i >= len(p):
+            raise _RegexpError("missing closing ]", p[start:])
+        if p[i] != "\\":
+            return ord(p[i]), i + 1
+        j = self.single_escape(i)
+        return _escaped_rune(p[i:j]), j
 
 
-def compile_regexp(pattern: str) -> re.Pattern[str]:
-    """Compile a Go (RE2) regexp into an equivalent Python pattern.
+def _escaped_rune(esc: str) -> int:
+    """The code point of a valid single-character escape (``\\n``, ``\\101``, ``\\x{263a}``...)."""
+    c = esc[1]
+    if c == "x":
+        return int(esc[3:-1] if esc[2] == "{" else esc[2:], 16)
+    if c.isdigit():
+        return int(esc[1:], 8)
+    return _C_ESCAPES.get(c, ord(c))
 
-    Go's semantics are kept where Python's differ: ``$`` (without ``(?m)``) and
-    ``\\z`` match only at the very end; ``\\d \\s \\w \\b`` and POSIX classes
-    (``[[:alpha:]]``) are ASCII; octal ``\\123`` and ``\\x{..}`` escapes;
-    ``\\Q..\\E``; ``{,n}`` is literal; flags ``(?imsU)`` may appear mid-pattern;
-    backreferences, lookarounds, possessive and nested repetitions are
-    rejected, as Go rejects them. Unicode classes (``\\pL``, ``\\p{Greek}``)
-    are not supported.
+
+# RE2's error codes, as Go words them (RE2 gives the same argument as Go).
+_RE2_CODES: Final = (
+    ("bad repetition operator", "invalid nested repetition operator"),
+    ("no argument for repetition operator", "missing argument to repetition operator"),
+    ("invalid repetition size", "invalid repeat count"),
+    ("missing )", "missing closing )"),
+    ("unexpected )", "unexpected )"),
+    ("missing ]", "missing closing ]"),
+    ("invalid escape sequence", "invalid escape sequence"),
+    ("invalid character class range", "invalid character class range"),
+    ("invalid character class", "invalid character class"),
+    ("trailing \\", "trailing backslash at end of expression"),
+    ("invalid named capture group", "invalid named capture"),
+    ("invalid perl operator", "invalid or unsupported Perl syntax"),
+    ("invalid UTF-8", "invalid UTF-8"),
+)
+
+
+def _re2_error(pattern: str, exc: Exception) -> errdefs.InvalidArgument:
+    """An RE2 compile failure as Go would word it."""
+    raw = exc.args[0] if exc.args else b""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if text.startswith("pattern too large"):
+        return _LimitExceeded(f"error parsing regexp: expression too large: `{echo(pattern)}`")
+    for re2_code, go_code in _RE2_CODES:
+        if text.startswith(re2_code + ": "):
+            return errdefs.InvalidArgument(f"error parsing regexp: {go_code}: `{text[len(re2_code) + 2 :]}`")
+    return errdefs.InvalidArgument(f"error parsing regexp: {text}: `{echo(pattern)}`")
+
+
+class Regexp:
+    """A compiled ``~=`` value: a Go regexp run by RE2 (linear time in the input).
+
+    Built by :func:`compile_regexp`. It matches ``str`` values as Go matches
+    strings, on their UTF-8 bytes; a value longer than :data:`MAX_REGEXP_INPUT`
+    bytes never matches (the bound on the cost of one match).
+    """
+
+    __slots__ = ("_re", "pattern")
+
+    def __init__(self, pattern: str, compiled: Any) -> None:
+        self.pattern = pattern
+        """The Go source of the regexp."""
+        self._re = compiled
+
+    def __repr__(self) -> str:
+        return f"Regexp({self.pattern!r})"
+
+    def matches(self, text: str) -> bool:
+        """Whether the regexp matches somewhere in *text* (Go's ``MatchString``)."""
+        if len(text) > MAX_REGEXP_INPUT:
+            return False
+        data = text.encode("utf-8", "surrogatepass")
+        return len(data) <= MAX_REGEXP_INPUT and self._re.search(data) is not None
+
+    def find(self, text: str) -> str | None:
+        """The leftmost match in *text* (Go's ``FindString``), ``None`` when there is none."""
+        if len(text) > MAX_REGEXP_INPUT:
+            return None
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) > MAX_REGEXP_INPUT:
+            return None
+        m = self._re.search(data)
+        return None if m is None else bytes(m.group(0)).decode("utf-8", "surrogatepass")
+
+
+def compile_regexp(pattern: str) -> Regexp:
+    """Compile a Go regexp (what ``regexp.Compile`` accepts) with RE2.
+
+    Go's syntax and semantics: leftmost-first matching, ``$`` and ``\\z`` only
+    at the very end without ``(?m)``, ASCII ``\\d \\s \\w \\b`` and POSIX
+    classes, Unicode classes (``\\pL``, ``\\p{Greek}``, ``\\PN``), ``(?imsU)``
+    flags, ``\\Q..\\E``; backreferences, lookarounds and ``\\C`` are rejected,
+    with Go's message for the first error Go finds. The cost is bounded: at
+    most :data:`MAX_REGEXP_LENGTH` bytes of pattern, programs of at most
+    :data:`MAX_REGEXP_PROGRAM` RE2 instructions, :data:`REGEXP_MAX_MEM` of memory.
 
     :raises errdefs.InvalidArgument: ``error parsing regexp: <reason>: `<expr>```.
     """
+    size = _utf8_len(pattern)
+    if size > MAX_REGEXP_LENGTH:
+        raise _LimitExceeded(
+            f"error parsing regexp: expression longer than {MAX_REGEXP_LENGTH} bytes "
+            f"({size}): `{echo(pattern)}`"
+        )
     try:
-        translated = _RegexpTranslator(pattern).translate()
-        return re.compile(translated)
+        pattern.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise errdefs.InvalidArgument(
+            f"error parsing regexp: invalid UTF-8: `{pattern[exc.start :]}`"
+        ) from None
+    try:
+        _GoSyntax(pattern).check()
     except _RegexpError as exc:
         raise errdefs.InvalidArgument(str(exc)) from None
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise errdefs.InvalidArgument(f"error parsing regexp: {exc}: `{pattern}`") from None
+    try:
+        probe = re2.compile(pattern, _RE2_SIZE_PROBE)
+        # Both programs are built (RE2 would build the reverse one at the first match,
+        # and fail that match if it did not fit) and must be within the bound.
+        sizes = (probe.programsize, probe.reverseprogramsize)
+        if min(sizes) < 0 or max(sizes) > MAX_REGEXP_PROGRAM:
+            raise _LimitExceeded(f"error parsing regexp: expression too large: `{echo(pattern)}`")
+        compiled = re2.compile(pattern, _RE2_OPTIONS)
+        compiled.reverseprogramsize  # noqa: B018 (builds the reverse program now)
+    except re2.error as exc:
+        raise _re2_error(pattern, exc) from None
+    return Regexp(pattern, compiled)

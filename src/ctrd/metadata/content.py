@@ -35,7 +35,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
-from ctrd import _faults, errdefs, filters, limits, namespaces
+from ctrd import _aio, _faults, errdefs, filters, limits, namespaces
 from ctrd import labels as _labels
 from ctrd.content import Info, InfoRecord, ReaderAt, Status, Store, Writer, utcnow
 from ctrd.content import digest as _digest
@@ -390,6 +390,8 @@ class NamespacedContentStore:
         )
         match = flt.match
         adaptor = filters.adaptor_from_mapping
+        # regexps cost up to milliseconds a row (ctrd.filters bounds it): let other calls in
+        slices = _aio.TimeSlice() if flt.has_regexp else None
         # blobs listed together mostly carry the same few label sets: parse each once
         parsed: dict[str, dict[str, str]] = {}
         last = ""
@@ -410,6 +412,8 @@ class NamespacedContentStore:
                         parsed.clear()
                     known = parsed[labels_json] = labels_from_json(labels_json)
                 labels = dict(known)  # each record owns its labels
+                if slices is not None:
+                    await slices.tick()
                 if exact and not match(adaptor({"digest": d}, labels)):
                     continue
                 add(_new_record((d, size, created, updated, labels)))
@@ -474,7 +478,10 @@ class NamespacedContentStore:
             "SELECT ref, backend_ref FROM ingests WHERE namespace = ? AND expected = '' ORDER BY ref", (ns,)
         )
         out = []
+        slices = _aio.TimeSlice() if flt.has_regexp else None
         for ref, bref in rows:
+            if slices is not None:
+                await slices.tick()
             if not flt.match(filters.adaptor_from_mapping({"ref": str(ref)}, {})):
                 continue
             try:

@@ -45,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol, runtime_checkable
 
-from ctrd import errdefs, filters, identifiers, namespaces
+from ctrd import _aio, errdefs, filters, identifiers, namespaces
 from ctrd import labels as _labels
 from ctrd.content import digest as _digest
 from ctrd.content import utcnow
@@ -250,8 +250,11 @@ class SqliteLeaseStore:
             "SELECT id, created_at, labels FROM leases WHERE namespace = ? ORDER BY id", (ns,)
         )
         out = []
+        slices = _aio.TimeSlice() if flt.has_regexp else None
         for lid, created, labels in rows:
             lease = Lease(id=str(lid), created_at=from_us(int(created)), labels=labels_from_json(str(labels)))
+            if slices is not None:
+                await slices.tick()
             if flt.match(_adaptor(lease)):
                 out.append(lease)
         return out

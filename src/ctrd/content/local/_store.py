@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from ctrd import errdefs, filters
+from ctrd import _aio, errdefs, filters
 from ctrd.content import digest as _digest
 from ctrd.content._store import Info, Status, utcnow
 from ctrd.content.local._locks import RefLocks
@@ -340,7 +340,10 @@ class LocalStore:
         """
         flt = filters.parse_all(*filters_)
         infos = await run_blocking(self._list_blobs_sync)
+        slices = _aio.TimeSlice() if flt.has_regexp else None
         for info in infos:
+            if slices is not None:
+                await slices.tick()
             if flt.match(filters.adaptor_from_mapping({"digest": info.digest}, info.labels)):
                 yield info
 
@@ -465,7 +468,14 @@ class LocalStore:
         """
         flt = filters.parse_all(*filters_)
         statuses = await run_blocking(self._list_statuses_sync)
-        return [s for s in statuses if flt.match(filters.adaptor_from_mapping({"ref": s.ref}, {}))]
+        slices = _aio.TimeSlice() if flt.has_regexp else None
+        out = []
+        for st in statuses:
+            if slices is not None:
+                await slices.tick()
+            if flt.match(filters.adaptor_from_mapping({"ref": st.ref}, {})):
+                out.append(st)
+        return out
 
     def _list_statuses_sync(self) -> list[Status]:
         try:
