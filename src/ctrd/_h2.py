@@ -651,6 +651,20 @@ def memoize_hpack(h2_connection: Any) -> None:
     h2_connection.encoder, h2_connection.decoder = memo_encoder, memo_decoder
 
 
+class _Events(EventsProcessor):
+    """grpclib's event processing, ignoring DATA frames that carry nothing.
+
+    grpclib queues an empty, unpadded DATA frame as a stream's end-of-data marker:
+    the call's next read then fails with an ``AssertionError`` (a zero-length DATA
+    frame without END_STREAM is legal HTTP/2). Such a frame changes nothing: no
+    data, no flow control; its END_STREAM, if any, is a separate event.
+    """
+
+    def process_data_received(self, event: Any) -> None:
+        if event.flow_controlled_length or event.data:
+            super().process_data_received(event)
+
+
 class LargeFrameProtocol(H2Protocol):
     """grpclib's protocol over a :class:`CtrdConnection`, advertising :data:`MAX_FRAME_SIZE`."""
 
@@ -674,7 +688,7 @@ class LargeFrameProtocol(H2Protocol):
         self.connection = Connection(conn, transport, config=self.config)
         self.connection.flush()
         self.connection.initialize()
-        self.processor = EventsProcessor(self.handler, self.connection)
+        self.processor = _Events(self.handler, self.connection)
 
 
 class LargeFrameChannel(Channel):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 import time
 from typing import Any
 
 import grpc
 import pytest
-from _daemon import Launcher, rss_kib
+from _daemon import Launcher, rss_kib, version_of
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -19,7 +20,20 @@ from ctrd import limits
 from ctrd.api.containerd.services.content import v1 as content_api
 
 from ._figures import Figures
-from ._probe import DATA, Victim, frame, pushing_writers, raw_connection, silent_readers
+from ._probe import (
+    DATA,
+    HEADERS,
+    PING,
+    RST_STREAM,
+    SETTINGS,
+    Victim,
+    flood,
+    frame,
+    grpc_request,
+    pushing_writers,
+    raw_connection,
+    silent_readers,
+)
 
 MiB = 1 << 20
 NS = (("containerd-namespace", "hardening"),)
@@ -218,4 +232,59 @@ def test_many_large_messages_on_one_connection_are_bounded(daemon: Launcher, fig
     assert refused >= 1, statuses
     assert grown < 160, f"RSS grew by {grown:.1f} MiB (sent {sent >> 20} MiB)"
     assert victim.worst < 1.0 and not victim.errors
+    assert "Traceback" not in d.log()
+
+
+def _version_block() -> bytes:
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+
+    enc = H2Connection(H2Configuration(client_side=True, header_encoding="ascii"))
+    headers, _ = grpc_request("/containerd.services.version.v1.Version/Version", b"")
+    return enc.encoder.encode(headers)
+
+
+FLOODS = {
+    # a PING (each answered with an ACK the client never reads)
+    "ping": lambda i: frame(PING, 0, 0, b"12345678"),
+    # an empty SETTINGS (each answered with an ACK)
+    "settings": lambda i: frame(SETTINGS, 0, 0),
+    # a call opened and reset at once, again and again (CVE-2023-44487)
+    "rapid-reset": None,
+    # zero-length DATA frames on a stream that stays open (CVE-2019-9518)
+    "empty-data": None,
+}
+
+
+@pytest.mark.parametrize("kind", list(FLOODS))
+def test_frame_floods_stall_nobody(daemon: Launcher, figures: Figures, kind: str, long_run: bool) -> None:
+    """A connection floods the daemon with one kind of frame for 3 s (20 s in the long run),
+    reading nothing back: another client's Version stays under 1 s, the daemon's RSS grows
+    by less than 64 MiB, and it answers normally afterwards."""
+    d = daemon()
+    block = _version_block()
+    if kind == "rapid-reset":
+
+        def make(i: int) -> bytes:
+            sid = 2 * i + 1
+            return frame(HEADERS, 0x4, sid, block) + frame(RST_STREAM, 0, sid, struct.pack(">I", 8))
+
+    elif kind == "empty-data":
+        opened = frame(HEADERS, 0x4, 1, block)
+
+        def make(i: int) -> bytes:
+            return opened + frame(DATA, 0, 1) if i == 0 else frame(DATA, 0, 1)
+
+    else:
+        make = FLOODS[kind]  # type: ignore[assignment]
+    before = rss_kib(d.pid)
+    with Victim(d.socket) as victim:
+        sent, closed = flood(d.socket, make, 20.0 if long_run else 3.0)
+        grown = (rss_kib(d.pid) - before) / 1024
+    figures.add("frame floods", f"{kind}: frames tried", sent)
+    figures.add("frame floods", f"{kind}: RSS growth (MiB)", grown)
+    figures.add("stall probes", f"{kind} flood: max victim latency (ms)", victim.worst * 1000)
+    assert victim.worst < 1.0 and not victim.errors, (victim.worst, victim.errors)
+    assert grown < 64, f"RSS grew by {grown:.1f} MiB ({sent} frames, closed={closed})"
+    assert asyncio.run(version_of(d.socket)) != ""
     assert "Traceback" not in d.log()

@@ -103,6 +103,11 @@ ON_SEND: Final = "ctrd_on_send"
 """Attribute of a server stream holding a callable run once per sent message (see :data:`ON_RECV`)."""
 
 _OK_TRAILERS: Final = (("grpc-status", "0"),)
+_MAX_LIVE_CALLS: Final = 256
+"""Calls of one connection whose handlers may run at once before its socket is read no further
+(twice HTTP/2's limit of 100 open streams, which reset streams escape)."""
+_MAX_UNSENT: Final = 32 << 20
+"""Bytes a connection's transport may hold unsent before the connection is closed."""
 _REPLY_FRAMING: Final = 64
 """Bytes a reply adds to its data (gRPC prefix, protobuf keys and lengths, an offset), at most."""
 _SMALLEST_REPLY: Final = 16 << 10
@@ -485,18 +490,75 @@ class _TaskWrapper(Wrapper):
             raise self._error
 
 
+class _Once:
+    """grpclib's ``release_stream`` of one call, run at most once (by the call, else when its task ends)."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], Any]) -> None:
+        self._release: Callable[[], Any] | None = release
+
+    def __call__(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def on_done(self, task: asyncio.Task[Any]) -> None:
+        self()
+
+
 class _Handler(_gs.Handler):
     """grpclib's per-connection handler, serving each call with :meth:`GrpcListener._serve`."""
 
-    def __init__(self, listener: GrpcListener, *args: Any) -> None:
+    _transport: Any = None
+    _live = 0  # handler tasks of this connection not finished yet
+    _reading_paused = False
+
+    def __init__(self, listener: GrpcListener, registry: set[Any], *args: Any) -> None:
         super().__init__(*args)
         self._listener = listener
+        self._registry = registry
+
+    def attach(self, transport: Any) -> None:
+        """The connection's transport, paused while too many of its calls are still running."""
+        self._transport = transport
 
     def accept(self, stream: Any, headers: Any, release_stream: Callable[[], Any]) -> None:
         self.__gc_step__()
-        task = self.loop.create_task(self._listener._serve(self, stream, headers, release_stream))
+        once = _Once(release_stream)
+        task = self.loop.create_task(self._listener._serve(self, stream, headers, once))
         self._tasks[stream] = task
         self._listener._tracker.add(task)
+        self._live += 1
+        # A call reset before its task first ran is cancelled without running at all (its
+        # ``finally`` neither): the stream must still be released, or grpclib keeps it forever.
+        task.add_done_callback(once.on_done)
+        task.add_done_callback(self._finished)
+        if self._live >= _MAX_LIVE_CALLS and not self._reading_paused and self._transport is not None:
+            # HTTP/2 caps open streams, not calls: a stream reset at once no longer counts,
+            # while its handler still runs. A client opening and resetting streams in a loop
+            # (CVE-2023-44487) is read no further until its calls have finished.
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._live -= 1
+        if self._reading_paused and self._live < _MAX_LIVE_CALLS // 2:
+            self._reading_paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
+        if not self._live and self.closing:
+            self.forget()
+
+    def forget(self) -> None:
+        """Leave the server's set of handlers: the connection is gone and none of its calls runs.
+
+        grpclib prunes that set only every tenth new connection, keeping each closed
+        connection's streams and h2 state (megabytes after a burst of calls) until then.
+        """
+        self._tasks.clear()
+        self._cancelled.clear()
+        self._registry.discard(self)
 
 
 class _ServerRooms:
@@ -527,15 +589,38 @@ class _ServerProtocol(LargeFrameProtocol):
         super().__init__(*args)
         self._rooms = _ConnectionRooms(rooms)
 
+    _transport: Any = None
+
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self._transport = transport
         conn = self.connection._connection
         if isinstance(conn, CtrdConnection):
             conn.rooms = self._rooms
+        if isinstance(self.handler, _Handler):
+            self.handler.attach(transport)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > _MAX_UNSENT:
+            # replies are budgeted far below this: what piles up is answers to a peer's
+            # frames (PING, SETTINGS, resets) that it never reads
+            log.warning(
+                "closing a connection that reads nothing back: %d bytes unsent",
+                transport.get_write_buffer_size(),
+            )
+            transport.abort()
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self._rooms.send.wake()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)  # cancels the calls still running
+        handler = self.handler
+        if isinstance(handler, _Handler) and not handler._live:
+            handler.forget()
 
 
 class _Server(_gs.Server):
@@ -549,7 +634,12 @@ class _Server(_gs.Server):
         # grpclib's factory, with ctrd's handler and protocol classes.
         self.__gc_step__()
         handler = _Handler(
-            self._listener, self._mapping, self._codec, self._status_details_codec, self.__dispatch__
+            self._listener,
+            self._handlers,
+            self._mapping,
+            self._codec,
+            self._status_details_codec,
+            self.__dispatch__,
         )
         self._handlers.add(handler)
         return _ServerProtocol(self._listener._rooms, handler, self._config, self._h2_config)
