@@ -458,3 +458,19 @@ async def test_backend_errors_name_the_callers_ref(env: tuple[DB, LocalStore, Pa
         assert str(ei.value) == "write to ref my-ref: No space left on device: resource exhausted"
         assert bref not in str(ei.value)
         await w.close()
+
+
+async def test_locked_ref_error_names_the_callers_ref(env: tuple[DB, LocalStore, Path]) -> None:
+    db, backend, _ = env
+    store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
+    with namespaces.with_namespace("ns"):
+        w = await open_writer(store, "held")
+        bref = w.bref  # type: ignore[attr-defined]
+        try:
+            # the metadata layer lets the second open through to the backend, whose lock refuses it
+            with pytest.raises(errdefs.Unavailable) as ei:
+                await store.writer("held")
+            assert "ref held locked" in str(ei.value), str(ei.value)
+            assert bref not in str(ei.value)
+        finally:
+            await w.close()

@@ -548,6 +548,8 @@ class NamespacedContentStore:
                 if isinstance(exc, errdefs.ResourceExhausted):
                     self._out_of_space()
                 await asyncio.shield(self._undo_open(opened.undo))
+                if isinstance(exc, errdefs.Error):
+                    raise _in_callers_words(exc, opened.bref, ref) from None
                 raise
             finally:
                 self.gate.release_ref(opened.bref)
@@ -751,6 +753,16 @@ def _with_ref(st: Status, ref: str) -> Status:
     )
 
 
+def _in_callers_words(exc: errdefs.Error, bref: str, ref: str) -> errdefs.Error:
+    """*exc* from the backend, naming the caller's *ref* instead of the backend's *bref*.
+
+    Backend refs (``<namespace-id>/<sequence>/<ref>``) are the store's internals.
+    """
+    if bref and bref in exc.context:
+        return type(exc)(exc.context.replace(bref, limits.echo(ref)))
+    return exc
+
+
 class _NamespacedWriter:
     """Writer bound to one namespace; a shared writer has no backend writer."""
 
@@ -825,13 +837,7 @@ class _NamespacedWriter:
         return bw
 
     def _own_words(self, exc: errdefs.Error) -> errdefs.Error:
-        """*exc* from the backend, naming the caller's ref instead of the backend's.
-
-        Backend refs (``<namespace-id>/<sequence>/<ref>``) are the store's internals.
-        """
-        if self.bref and self.bref in exc.context:
-            return type(exc)(exc.context.replace(self.bref, limits.echo(self.ref)))
-        return exc
+        return _in_callers_words(exc, self.bref, self.ref)
 
     async def write(self, data: bytes | memoryview) -> int:
         store = self._store
