@@ -17,11 +17,12 @@ from typing import Final
 
 from ctrd import errdefs
 
-__all__ = ["ECHO_CHARS", "MAX_REF_BYTES", "MAX_STATUS_MESSAGE", "check_ref", "echo"]
+__all__ = ["ECHO_CHARS", "MAX_REF_BYTES", "MAX_STATUS_MESSAGE", "check_length", "check_ref", "echo"]
 
 MAX_REF_BYTES: Final = 1024
-"""The longest ingest ref accepted, in bytes of UTF-8 (containerd has no limit;
-the refs its clients make, such as ``layer-sha256:<hex>``, are under 100)."""
+"""The longest ingest ref, lease id and lease resource id accepted, in bytes of UTF-8
+(containerd has no limit; the refs its clients make, such as ``layer-sha256:<hex>``,
+and the lease ids, are under 100)."""
 
 ECHO_CHARS: Final = 128
 """How many characters of a client's value an error message repeats."""
@@ -37,9 +38,17 @@ def echo(value: str, limit: int = ECHO_CHARS) -> str:
     return f"{value[:limit]}…({len(value)} characters)"
 
 
+def check_length(what: str, value: str, limit: int = MAX_REF_BYTES) -> None:
+    """Refuse *value* (a *what*, in the message) over *limit* bytes of UTF-8.
+
+    :raises errdefs.InvalidArgument:
+    """
+    if len(value) > limit // 4 and len(value.encode("utf-8", "surrogatepass")) > limit:
+        raise errdefs.InvalidArgument(f"{what} {echo(value)} is longer than the maximum of {limit} bytes")
+
+
 def check_ref(ref: str) -> None:
     """Refuse an empty ref or one over :data:`MAX_REF_BYTES`. :raises errdefs.InvalidArgument:"""
     if not ref:
         raise errdefs.InvalidArgument("ref must not be empty")
-    if len(ref) > MAX_REF_BYTES // 4 and len(ref.encode("utf-8", "surrogatepass")) > MAX_REF_BYTES:
-        raise errdefs.InvalidArgument(f"ref {echo(ref)} is longer than the maximum of {MAX_REF_BYTES} bytes")
+    check_length("ref", ref)

@@ -288,3 +288,35 @@ def test_frame_floods_stall_nobody(daemon: Launcher, figures: Figures, kind: str
     assert grown < 64, f"RSS grew by {grown:.1f} MiB ({sent} frames, closed={closed})"
     assert asyncio.run(version_of(d.socket)) != ""
     assert "Traceback" not in d.log()
+
+
+def test_overlong_lease_ids_and_resources_are_refused(daemon: Launcher) -> None:
+    from ctrd.api.containerd.services.leases import v1 as leases_api
+
+    d = daemon()
+
+    async def calls() -> list[GRPCError]:
+        ch = Channel(path=d.socket)
+        stub = leases_api.LeasesStub(ch)
+        errors = []
+        try:
+            await stub.create(leases_api.CreateRequest(id="x"), metadata=dict(NS))
+            for call in (
+                stub.create(leases_api.CreateRequest(id="l" * 5000), metadata=dict(NS)),
+                stub.add_resource(
+                    leases_api.AddResourceRequest(
+                        id="x", resource=leases_api.Resource(id="i" * 5000, type="ingests")
+                    ),
+                    metadata=dict(NS),
+                ),
+            ):
+                with pytest.raises(GRPCError) as ei:
+                    await call
+                errors.append(ei.value)
+        finally:
+            ch.close()
+        return errors
+
+    errors = asyncio.run(calls())
+    assert [e.status for e in errors] == [Status.INVALID_ARGUMENT] * 2, errors
+    assert all(len(e.message or "") < 400 for e in errors)

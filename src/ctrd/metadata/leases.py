@@ -45,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol, runtime_checkable
 
-from ctrd import _aio, errdefs, filters, identifiers, namespaces
+from ctrd import _aio, errdefs, filters, identifiers, limits, namespaces
 from ctrd import labels as _labels
 from ctrd.content import digest as _digest
 from ctrd.content import utcnow
@@ -134,23 +134,27 @@ def parse_resource(resource: Resource) -> tuple[str, str]:
     :raises errdefs.Unimplemented: an unknown type.
     """
     typ, ref = resource.type, resource.id
+    limits.check_length("resource type", typ)
+    limits.check_length("resource id", ref)
     keys = typ.split("/")
     kind = keys[0]
     if kind in (RESOURCE_CONTENT, RESOURCE_INGESTS):
         if len(keys) != 1:
-            raise errdefs.InvalidArgument(f"invalid resource type {typ}")
+            raise errdefs.InvalidArgument(f"invalid resource type {limits.echo(typ)}")
         if kind == RESOURCE_CONTENT:
             try:
                 _digest.validate(ref)
             except errdefs.InvalidArgument as exc:
-                raise errdefs.InvalidArgument(f"invalid content resource id {ref}: {exc.context}") from exc
+                raise errdefs.InvalidArgument(
+                    f"invalid content resource id {limits.echo(ref)}: {exc.context}"
+                ) from exc
     elif kind == RESOURCE_SNAPSHOTS:
         if len(keys) != 2 or not keys[1]:
-            raise errdefs.InvalidArgument(f"invalid snapshot resource type {typ}")
+            raise errdefs.InvalidArgument(f"invalid snapshot resource type {limits.echo(typ)}")
     else:
-        raise errdefs.Unimplemented(f"resource type {typ} not supported yet")
+        raise errdefs.Unimplemented(f"resource type {limits.echo(typ)} not supported yet")
     if not ref:
-        raise errdefs.InvalidArgument(f"resource id must not be empty for type {typ}")
+        raise errdefs.InvalidArgument(f"resource id must not be empty for type {limits.echo(typ)}")
     return typ, ref
 
 
@@ -197,6 +201,7 @@ class SqliteLeaseStore:
         :raises errdefs.InvalidArgument: oversize labels.
         """
         ns = namespaces.required()
+        limits.check_length("lease id", lease_id)
         clean = {k: v for k, v in (labels or {}).items() if v}
         _validate_labels(clean)
         candidates = [lease_id] if lease_id else [generate_id() for _ in range(_GENERATE_ATTEMPTS)]
