@@ -17,7 +17,7 @@ cg_start "$SRC"
 cat > "$WORK/client.py" <<'PYCLIENT'
 import asyncio, hashlib, os, sys
 from bench.sdk import BenchStore
-from ctrd._h2 import LargeFrameChannel
+from ctrd.wire._h2 import LargeFrameChannel
 from ctrd.content import write_blob
 
 async def main(sock: str, ns: str, n: int) -> None:

@@ -46,7 +46,7 @@ from bench.daemons import BenchError, Ctrd, Daemon
 from bench.data import FileBlob, LargeBlob, list_blob, small_blobs
 from bench.probe import Probe, Sample, hash_only, write_hash_fsync
 from bench.sdk import BenchStore
-from ctrd._h2 import LargeFrameChannel
+from ctrd.wire._h2 import LargeFrameChannel
 from ctrd.api.containerd.services.content import v1 as content_api
 from ctrd.api.containerd.services.namespaces.v1 import CreateNamespaceRequest, Namespace, NamespacesStub
 from ctrd.api.containerd.services.version.v1 import VersionStub

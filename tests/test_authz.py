@@ -10,7 +10,8 @@ import pytest
 
 from ctrd import authz, errdefs
 from ctrd.authz import Access, Denied, Peer, Policy, Principal
-from ctrd.server.authz import Authorizer, peer_of, tls_names
+from ctrd.server.authz import Authorizer
+from ctrd.wire.peer import peer_of, tls_names
 
 TEAM_A = Principal("team-a", uids=frozenset({1000}), namespaces=("team-a", "team-a-*"))
 ADMIN_A = Principal("admin-a", gids=frozenset({2000}), namespaces=("team-a*",), manage_namespaces=True)
@@ -148,32 +149,30 @@ def test_require_and_visibility_follow_the_request_access() -> None:
 # -- the edge -----------------------------------------------------------------------------
 
 
-class _Conn:
-    def __init__(self) -> None:
-        self._transport = object()
+def test_authorizer_methods_and_the_per_client_cache() -> None:
+    computed: list[Peer] = []
+    pol = policy()
+    access = pol.access
 
+    def counting(peer: Peer) -> Access:
+        computed.append(peer)
+        return access(peer)
 
-def test_authorizer_methods_and_the_per_connection_cache() -> None:
-    seen: list[object] = []
+    pol.access = counting  # type: ignore[method-assign]
+    az = Authorizer(pol)
+    client = unix(1000)
 
-    def identify(transport: object) -> Peer:
-        seen.append(transport)
-        return unix(1000)
-
-    az = Authorizer(policy(), identify=identify)
-    conn = _Conn()
-
-    def call(method: str, ns: str | None) -> Access | None:
+    def call(method: str, ns: str | None, peer: Peer = client) -> Access | None:
         def run() -> Access | None:
-            az.authorize(method, conn, ns)
+            az.authorize(method, peer, ns)
             return authz.current()
 
         return contextvars.copy_context().run(run)
 
-    # always allowed, without even identifying the client
+    # always allowed, without even working out the client's access
     assert call("/containerd.services.version.v1.Version/Version", "team-b") is None
     assert call("/grpc.health.v1.Health/Check", None) is None
-    assert seen == []
+    assert computed == []
     got = call("/containerd.services.content.v1.Content/Info", "team-a")
     assert got is not None and got.sees("team-a")
     with pytest.raises(Denied, match='"team-b"'):
@@ -189,17 +188,13 @@ def test_authorizer_methods_and_the_per_connection_cache() -> None:
         call("/containerd.services.namespaces.v1.Namespaces/Update", "team-b")
     with pytest.raises(Denied):
         call("/some.thirdparty.v1.Service/Do", "team-b")
-    assert seen == [conn._transport]  # identified once for the connection
+    assert computed == [client]  # worked out once for the client
 
-    nobody = Authorizer(policy(), identify=lambda t: unix(4242))
     with pytest.raises(Denied, match="no authorization principal matches this client"):
-        contextvars.copy_context().run(
-            nobody.authorize, "/containerd.services.namespaces.v1.Namespaces/List", _Conn(), None
-        )
-    # an identification failure never fails open
-    broken = Authorizer(policy(), identify=lambda t: (_ for _ in ()).throw(OSError("gone")))
+        call("/containerd.services.namespaces.v1.Namespaces/List", None, unix(4242))
+    # a client the transport could not identify (the server makes it "unknown") never gets in
     with pytest.raises(Denied):
-        contextvars.copy_context().run(broken.authorize, "/x.v1.Y/Z", _Conn(), None)
+        call("/x.v1.Y/Z", None, Peer("unknown"))
 
 
 def test_tls_names_from_a_decoded_certificate() -> None:

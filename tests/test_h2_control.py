@@ -1,4 +1,4 @@
-"""``ctrd._h2.CtrdConnection``'s own DATA, WINDOW_UPDATE and PING frames against plain h2, read for read.
+"""``ctrd.wire._h2.CtrdConnection``'s own DATA, WINDOW_UPDATE and PING frames against plain h2, read for read.
 
 ``CtrdConnection.receive_data`` takes complete WINDOW_UPDATE and PING frames
 (``_control``) and unpadded DATA frames (``_data``) itself and gives the runs of
@@ -43,7 +43,7 @@ from h2.events import DataReceived
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
-from ctrd._h2 import DIRECT_BODY_MIN, MAX_FRAME_SIZE, CtrdConnection
+from ctrd.wire._h2 import DIRECT_BODY_MIN, MAX_FRAME_SIZE, CtrdConnection
 
 from ._h2config import grpclib_h2_config
 from .test_h2_direct import (

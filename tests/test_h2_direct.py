@@ -1,4 +1,4 @@
-"""``ctrd._h2.CtrdConnection``'s direct DATA paths against plain h2, byte for byte and event for event.
+"""``ctrd.wire._h2.CtrdConnection``'s direct DATA paths against plain h2, byte for byte and event for event.
 
 Receive: a plain client :class:`~h2.connection.H2Connection` writes a byte stream
 (DATA frames of many sizes around :data:`DIRECT_BODY_MIN`, padded or not, on
@@ -40,7 +40,7 @@ from h2.events import DataReceived, Event
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
-from ctrd._h2 import DIRECT_BODY_MIN, MAX_FRAME_SIZE, CtrdConnection
+from ctrd.wire._h2 import DIRECT_BODY_MIN, MAX_FRAME_SIZE, CtrdConnection
 
 from ._h2config import grpclib_h2_config
 

@@ -1,4 +1,4 @@
-"""``ctrd._h2.memoize_hpack``: memoizing hpack coders are byte-for-byte hpack's own.
+"""``ctrd.wire._h2.memoize_hpack``: memoizing hpack coders are byte-for-byte hpack's own.
 
 Differential tests: a plain :class:`hpack.Encoder`/:class:`hpack.Decoder` and the
 coders of an :class:`h2.connection.H2Connection` given to :func:`memoize_hpack`
@@ -21,7 +21,7 @@ import hpack
 import pytest
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
-from ctrd._h2 import (
+from ctrd.wire._h2 import (
     _MEMO_ENTRIES,
     _MEMO_MAX_BLOCK,
     CtrdConnection,

@@ -3,7 +3,7 @@
 Every error raised by domain code is one of the classes below. Each carries a
 context message; ``str(err)`` renders containerd's form ``"<context>: <class>"``,
 e.g. ``content digest sha256:...: not found``. The mapping to and from gRPC
-status codes lives in :mod:`ctrd.errgrpc` (the only place that knows gRPC).
+status codes lives in :mod:`ctrd.wire.status` (the only place that knows gRPC).
 
 This module imports nothing outside the standard library.
 

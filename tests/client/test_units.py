@@ -250,7 +250,7 @@ def test_client_imports_no_daemon_code() -> None:
 @pytest.mark.parametrize("data", [b"", b"x", b"\x00" * 300, bytes(range(256)) * 4096])
 def test_write_request_encoding_matches_betterproto(offset: int, data: bytes) -> None:
     from ctrd.api.containerd.services.content import v1 as api
-    from ctrd.client._content import _encode_write
+    from ctrd.wire.codecs import encode_write_request as _encode_write
 
     want = bytes(api.WriteContentRequest(action=api.WriteAction.WRITE, offset=offset, data=data))
     encoded = _encode_write(offset, memoryview(data))

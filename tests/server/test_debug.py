@@ -406,7 +406,7 @@ def test_profile_during_load_and_daemon_keeps_serving(daemon: Launcher) -> None:
     lines = text.splitlines()
     assert lines and all(re.fullmatch(r"thread [^;]+(;[^;]+)+ \d+", ln) for ln in lines)
     # the loop thread was caught serving gRPC calls (where it releases the GIL: see docs/metrics.md)
-    serving = ("(grpclib/", "GrpcListener._serve (ctrd/server/grpc.py")
+    serving = ("(grpclib/", "GrpcListener._serve (ctrd/wire/server.py")
     assert any(ln.startswith("thread MainThread;") and any(s in ln for s in serving) for ln in lines), text
     assert calls > 100  # the daemon kept answering while profiled
     status, _, _ = get(dbg, "/debug/vars")

@@ -36,11 +36,12 @@ from ctrd.api.containerd.services.events import v1 as events_api
 from ctrd.api.google.protobuf import Empty
 from ctrd.client import RemoteContentStore
 from ctrd.content.helpers import read_blob, write_blob
-from ctrd.errgrpc import CODE_NAMES
 from ctrd.plugin import Plugin, PluginSet, Registration
 from ctrd.server.config import Config, ConfigError, DebugConfig, GrpcConfig, MetricsConfig, from_mapping
 from ctrd.server.daemon import Daemon, StartupError
-from ctrd.server.metrics import GRPC_TYPES, HANDLING_BUCKETS, ContentCollector, Metrics
+from ctrd.server.metrics import HANDLING_BUCKETS, ContentCollector, Metrics
+from ctrd.wire.server import KINDS as GRPC_TYPES
+from ctrd.wire.status import CODE_NAMES
 
 CONTENT = "containerd.services.content.v1.Content"
 WRITE_PATH = f"/{CONTENT}/Write"

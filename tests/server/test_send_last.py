@@ -29,12 +29,12 @@ from grpclib.exceptions import GRPCError
 from h2.events import DataReceived
 
 from ctrd import namespaces
-from ctrd._h2 import LargeFrameChannel, _MemoDecoder, _MemoEncoder
 from ctrd.api.containerd.services.content import v1 as content_api
 from ctrd.content.digest import EMPTY_SHA256
 from ctrd.content.helpers import write_blob
-from ctrd.server.grpc import CallStream
 from ctrd.services.content import READ_CHUNK
+from ctrd.wire._h2 import LargeFrameChannel, _MemoDecoder, _MemoEncoder
+from ctrd.wire.server import CallStream
 
 from .test_metrics import MISSING, ROOT, Running, delta, digest, grpc, handled, running
 

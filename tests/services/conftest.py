@@ -1,7 +1,7 @@
 """In-memory gRPC serving for servicer tests, with ctrd's real call handling.
 
 :func:`serve` is :class:`grpclib.testing.ChannelFor` over the server a
-:class:`ctrd.server.grpc.GrpcListener` builds, so the handlers see the
+:class:`ctrd.wire.server.GrpcListener` builds, so the handlers see the
 ``containerd-namespace``/``containerd-lease`` headers as context variables and
 their :mod:`ctrd.errdefs` errors become gRPC statuses, exactly as over a real
 socket.
@@ -18,7 +18,7 @@ from grpclib.client import Channel
 from grpclib.testing import ChannelFor, _InMemoryTransport
 from grpclib.testing import _Server as _NoServer
 
-from ctrd.server.grpc import GrpcListener
+from ctrd.wire.server import GrpcListener
 
 __all__ = ["Serve", "serve"]
 

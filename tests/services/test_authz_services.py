@@ -26,8 +26,8 @@ from ctrd.events.exchange import Exchange
 from ctrd.server.authz import Authorizer
 from ctrd.server.metrics import GrpcMetrics
 from ctrd.services.events import EventsService
-from ctrd.services.events_util import pack_event
 from ctrd.services.namespaces import NamespacesService
+from ctrd.wire.typeurl import pack_event
 
 from .conftest import Serve
 from .test_events_service import Sub
@@ -80,9 +80,11 @@ def world() -> World:
 def connect(serve: Serve, world: World) -> Any:
     @contextlib.asynccontextmanager
     async def as_peer(peer: Peer) -> AsyncIterator[Channel]:
-        az = Authorizer(POLICY, identify=lambda transport: peer)
+        az = Authorizer(POLICY)
         services = (NamespacesService(world.store, world.publisher), EventsService(world.exchange))
-        async with serve(*services, authorizer=az, metrics=world.metrics) as ch:
+        async with serve(
+            *services, authorizer=az, observer=world.metrics, identify=lambda transport: peer
+        ) as ch:
             yield ch
 
     return as_peer

@@ -22,9 +22,9 @@ from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google.protobuf import FieldMask
 from ctrd.content._store import Info, Status, utcnow
 from ctrd.content.digest import EMPTY_SHA256, sha256_of
-from ctrd.services import convert
 from ctrd.services.content import ContentService
-from ctrd.services.events_util import pack_event, type_url, unpack_event
+from ctrd.wire import convert
+from ctrd.wire.typeurl import pack_event, type_url, unpack_event
 
 from .conftest import Serve
 
@@ -690,7 +690,7 @@ async def test_write_ctr_sequence(channel: Channel, store: FakeStore) -> None:
     assert store.commits == [(0, "", None)]
     assert "ref1" not in store.ingests[NS]
     assert store.closed_writers == 1
-    # WRITE data arrives as a zero-copy view into the received message (services._wire)
+    # WRITE data arrives as a zero-copy view into the received message (ctrd.wire.codecs)
     assert store.write_types == {memoryview}
 
 

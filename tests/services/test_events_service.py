@@ -26,7 +26,7 @@ from ctrd.events.exchange import Exchange, RawEvent
 from ctrd.server.config import Config, GrpcConfig
 from ctrd.server.daemon import Daemon
 from ctrd.services.events import EventsService, envelope_to_proto, payload_from_any
-from ctrd.services.events_util import GOOGLE_PREFIX, pack_event, unpack_event
+from ctrd.wire.typeurl import GOOGLE_PREFIX, pack_event, unpack_event
 
 from .conftest import Serve
 

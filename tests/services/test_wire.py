@@ -1,4 +1,4 @@
-"""The hand-written codecs of ctrd.services._wire agree with betterproto2 byte for byte."""
+"""The hand-written codecs of ctrd.wire.codecs agree with betterproto2 byte for byte."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from ctrd import errdefs
 from ctrd.api.containerd.services.content import v1 as api
-from ctrd.services import _wire
+from ctrd.wire import codecs
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,7 @@ from ctrd.services import _wire
     ],
 )
 def test_read_request(req: api.ReadContentRequest) -> None:
-    raw = _wire.RawReadRequest.FromString(bytes(req))
+    raw = codecs.RawReadRequest.FromString(bytes(req))
     assert (raw.digest, raw.offset, raw.size) == (req.digest, req.offset, req.size)
 
 
@@ -41,7 +41,7 @@ def test_read_request(req: api.ReadContentRequest) -> None:
     ],
 )
 def test_write_request(req: api.WriteContentRequest) -> None:
-    raw = _wire.RawWriteRequest.FromString(bytes(req))
+    raw = codecs.RawWriteRequest.FromString(bytes(req))
     assert raw.action == req.action
     assert (raw.ref, raw.total, raw.expected, raw.offset) == (req.ref, req.total, req.expected, req.offset)
     assert bytes(raw.data) == req.data
@@ -50,20 +50,20 @@ def test_write_request(req: api.WriteContentRequest) -> None:
 
 def test_write_request_unknown_fields_and_action() -> None:
     data = bytes(api.WriteContentRequest(ref="r")) + b"\x08\x07" + b"\x98\x06\x01" + b"\xa2\x06\x02hi"
-    raw = _wire.RawWriteRequest.FromString(data)
+    raw = codecs.RawWriteRequest.FromString(data)
     assert int(raw.action) == 7 and raw.ref == "r"
 
 
 @pytest.mark.parametrize("bad", [b"\x0a\x05ab", b"\x08", b"\x0b", b"\x12\x02\xff\xfe"])
 def test_malformed(bad: bytes) -> None:
     with pytest.raises(errdefs.InvalidArgument):
-        _wire.RawReadRequest.FromString(bad)
+        codecs.RawReadRequest.FromString(bad)
 
 
 @pytest.mark.parametrize("offset", [0, 1, 127, 128, 32768, 1 << 40])
 @pytest.mark.parametrize("data", [b"", b"x", b"y" * 300, bytes(range(256)) * 128])
 def test_read_response(offset: int, data: bytes) -> None:
-    assert _wire.encode_read_response(offset, data).SerializeToString() == bytes(
+    assert codecs.encode_read_response(offset, data).SerializeToString() == bytes(
         api.ReadContentResponse(offset=offset, data=data)
     )
 
@@ -96,11 +96,11 @@ def test_info_and_list_response(size: int, created_us: int, updated_us: int, lab
         updated_at=epoch + timedelta(microseconds=updated_us),
         labels=labels,
     )
-    raw = _wire.encode_info(digest, size, created_us, updated_us, labels)
+    raw = codecs.encode_info(digest, size, created_us, updated_us, labels)
     assert raw == bytes(want)
     assert api.Info.parse(raw) == want
     for n in (1, 2, 100):
-        reply = _wire.encode_list_response([raw] * n).SerializeToString()
+        reply = codecs.encode_list_response([raw] * n).SerializeToString()
         assert reply == bytes(api.ListContentResponse(info=[want] * n))
 
 
@@ -117,7 +117,7 @@ def _reference_uvarint(v: int) -> bytes:
 
 
 def test_uvarint_at_every_length_boundary() -> None:
-    from ctrd._protowire import uvarint
+    from ctrd.wire._proto import uvarint
 
     values = {0, 1, (1 << 64) - 1}
     for bits in range(1, 65):
@@ -142,9 +142,9 @@ def test_list_records_equal_list_response_of_infos(count: int) -> None:
     for i in range(count):
         size, created, updated, labels = shapes[i % len(shapes)]
         records.append(InfoRecord(f"sha256:{i:064x}", size, created, updated, dict(labels)))
-    want = _wire.encode_list_response([_wire.encode_info(*r) for r in records]).SerializeToString()
-    assert _wire.encode_list_records(records).SerializeToString() == want
+    want = codecs.encode_list_response([codecs.encode_info(*r) for r in records]).SerializeToString()
+    assert codecs.encode_list_records(records).SerializeToString() == want
     infos = [
-        api.Info.parse(_wire.encode_info(*r)) for r in records
+        api.Info.parse(codecs.encode_info(*r)) for r in records
     ]  # and what betterproto2 reads back is the same list
     assert api.ListContentResponse.parse(want).info == infos

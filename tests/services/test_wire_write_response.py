@@ -7,7 +7,7 @@ import datetime as _dt
 import pytest
 
 from ctrd.api.containerd.services.content import v1 as api
-from ctrd.services import _wire
+from ctrd.wire import codecs
 
 _UTC = _dt.UTC
 _T1 = _dt.datetime(2026, 11, 28, 5, 0, 0, 123456, tzinfo=_UTC)
@@ -45,16 +45,16 @@ _T2 = _dt.datetime(2026, 11, 28, 5, 0, 1, tzinfo=_UTC)
     ],
 )
 def test_write_response(msg: api.WriteContentResponse) -> None:
-    assert _wire.encode_write_response(msg).SerializeToString() == bytes(msg)
+    assert codecs.encode_write_response(msg).SerializeToString() == bytes(msg)
 
 
 def test_write_response_follows_the_reused_message() -> None:
     msg = api.WriteContentResponse(action=api.WriteAction.STAT, started_at=_T1, updated_at=_T2, total=3)
-    first = _wire.encode_write_response(msg).SerializeToString()
+    first = codecs.encode_write_response(msg).SerializeToString()
     msg.action = api.WriteAction.COMMIT
     msg.offset = 3
     msg.digest = "sha256:" + "c" * 64
     assert first == bytes(
         api.WriteContentResponse(action=api.WriteAction.STAT, started_at=_T1, updated_at=_T2, total=3)
     )
-    assert _wire.encode_write_response(msg).SerializeToString() == bytes(msg)
+    assert codecs.encode_write_response(msg).SerializeToString() == bytes(msg)

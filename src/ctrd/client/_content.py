@@ -13,23 +13,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
-from grpclib.const import Status as _GStatus
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ctrd import errdefs
-from ctrd._protowire import GRPC_PREFIX, uvarint
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.api.google.protobuf import FieldMask
 from ctrd.client._transport import ChannelScope, Scope
 from ctrd.content import Info, ReaderAt, Status, Writer
-from ctrd.protobuf import info_from_proto, info_to_proto, status_from_proto, to_utc
+from ctrd.wire.client import send_encoded, status_after_reset
+from ctrd.wire.codecs import EncodedRequest, encode_write_request
+from ctrd.wire.convert import info_from_proto, info_to_proto, status_from_proto, to_utc
 
 __all__ = ["RemoteContentStore", "RemoteReaderAt", "RemoteWriter"]
 
@@ -200,67 +199,6 @@ class RemoteReaderAt:
         return None
 
 
-class _EncodedRequest:
-    """An already-encoded ``WriteContentRequest`` (grpclib's codec sends it as it is).
-
-    *framed* is the whole gRPC message (5-byte prefix included) when the encoder
-    built it so: :meth:`RemoteWriter._send` then hands it to the HTTP/2 stream
-    directly instead of letting grpclib copy the payload behind a prefix.
-    """
-
-    __slots__ = ("framed", "payload")
-
-    def __init__(self, payload: bytes | None, framed: bytes | None = None) -> None:
-        self.payload = payload
-        self.framed = framed
-
-    def SerializeToString(self) -> bytes:
-        if self.payload is None:
-            assert self.framed is not None
-            self.payload = self.framed[5:]
-        return self.payload
-
-
-def _encode_write(offset: int, data: memoryview) -> _EncodedRequest:
-    """``WriteContentRequest{action=WRITE(1), offset=5, data=6}`` with one copy of *data*.
-
-    The same bytes betterproto2 produces (zero offset and empty data omitted);
-    ``tests/client/test_units.py`` compares them.
-    """
-    head = b"\x08\x01"
-    if offset:
-        head += b"\x28" + uvarint(offset)
-    if not len(data):
-        return _EncodedRequest(head)
-    head += b"\x32" + uvarint(len(data))
-    prefix = GRPC_PREFIX.pack(0, len(head) + len(data))
-    return _EncodedRequest(None, b"".join((prefix, head, data)))
-
-
-def _sends_framed(stream: Any) -> bool:
-    """Whether grpclib's client *stream* can take a framed message past ``send_message``:
-    request headers sent, a client-streaming call not ended, nobody listening to sends."""
-    return bool(
-        stream._send_request_done
-        and not stream._end_done
-        and stream._cardinality.client_streaming
-        and "send_message" in stream._dispatch.__dict__
-    )
-
-
-async def _send_framed(stream: Any, framed: bytes, end: bool) -> None:
-    """grpclib's ``Stream.send_message`` for a message already framed (prefix included)."""
-    with stream._wrapper:
-        await stream._stream.send_data(framed, end_stream=end)
-        stream._send_message_done = True
-        stream._messages_sent += 1
-        conn = stream._stream.connection
-        conn.messages_sent += 1
-        conn.last_message_sent = time.monotonic()
-        if end:
-            stream._end_done = True
-
-
 PIPELINE: Final = 4
 """WRITEs in flight for bulk uploads (``Client.content.ingest``; ``pipeline=`` elsewhere)."""
 
@@ -333,7 +271,7 @@ class RemoteWriter:
         self._cm = self._channel.request(
             _WRITE_PATH,
             Cardinality.STREAM_STREAM,
-            _EncodedRequest,
+            EncodedRequest,
             api.WriteContentResponse,
             metadata=self._metadata,
         )
@@ -386,43 +324,23 @@ class RemoteWriter:
                 await cm.__aexit__(type(exc), exc, None)
 
     def _trailer_error(self) -> GRPCError | None:
-        # The server may send its status trailers and then reset the stream
-        # (it does so while our side is still open); grpclib then reports the
-        # reset, so recover the status from the trailers if they arrived.
-        h2 = getattr(self._stream, "_stream", None)
-        if h2 is None:
-            return None
-        if h2.trailers_received.is_set() and h2.trailers is not None:
-            hdrs = dict(h2.trailers)
-        elif h2.headers_received.is_set() and h2.headers is not None:
-            hdrs = dict(h2.headers)  # a Trailers-Only reply
-        else:
-            return None
-        if "grpc-status" not in hdrs:
-            return None
-        status, message, _ = self._stream._process_grpc_status(hdrs)
-        if status is _GStatus.OK:
-            return None
-        return GRPCError(status, message)
+        return status_after_reset(self._stream)
 
     async def _round(
-        self, req: api.WriteContentRequest | _EncodedRequest, *, end: bool = False
+        self, req: api.WriteContentRequest | EncodedRequest, *, end: bool = False
     ) -> api.WriteContentResponse:
         """One request and its reply, after the replies of WRITEs still in flight."""
         await self.flush()
         await self._send(req, end=end)
         return await self._receive()
 
-    async def _send(self, req: api.WriteContentRequest | _EncodedRequest, *, end: bool = False) -> None:
+    async def _send(self, req: api.WriteContentRequest | EncodedRequest, *, end: bool = False) -> None:
         if self._closed:
             raise errdefs.FailedPrecondition("writer is closed")
         self._opened = None
-        msg = req if isinstance(req, _EncodedRequest) else _EncodedRequest(bytes(req))
+        msg = req if isinstance(req, EncodedRequest) else EncodedRequest(bytes(req))
         async with self._guarded():
-            if msg.framed is not None and _sends_framed(self._stream):
-                await _send_framed(self._stream, msg.framed, end)
-            else:
-                await self._stream.send_message(msg, end=end)
+            await send_encoded(self._stream, msg, end)
 
     async def _receive(self) -> api.WriteContentResponse:
         async with self._guarded():
@@ -517,7 +435,7 @@ class RemoteWriter:
             chunk = view[:_CHUNK]
             view = view[_CHUNK:]
             offset = self._offset + sum(self._pending)
-            await self._send(_encode_write(offset, chunk))
+            await self._send(encode_write_request(offset, chunk))
             self._pending.append(len(chunk))
             total += len(chunk)
             if len(self._pending) >= self._pipeline:

@@ -26,7 +26,7 @@ from ctrd.client._content import PIPELINE, RemoteContentStore, RemoteWriter
 from ctrd.client._sources import Source, _Reader, open_source
 from ctrd.client._transport import Scope
 from ctrd.content import Info, Status
-from ctrd.protobuf import EPOCH
+from ctrd.wire.convert import EPOCH
 
 __all__ = ["ContentClient", "ContentWriter", "Progress"]
 

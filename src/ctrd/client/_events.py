@@ -20,12 +20,12 @@ from typing import Any, Final, TypeAlias
 import betterproto2
 from grpclib.const import Cardinality
 
-from ctrd import _typeurl
 from ctrd.api.containerd import events as events_api
 from ctrd.api.containerd.services.events import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.client._transport import Scope
-from ctrd.protobuf import to_utc
+from ctrd.wire import typeurl as _typeurl
+from ctrd.wire.convert import to_utc
 
 __all__ = [
     "ContentCreate",

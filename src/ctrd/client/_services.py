@@ -13,7 +13,7 @@ from ctrd.api.google import protobuf as pb
 from ctrd.api.google.protobuf import FieldMask
 from ctrd.client._transport import Scope
 from ctrd.client._types import GC_EXPIRE_LABEL, Lease, Namespace, Platform, Plugin, PluginError, Resource
-from ctrd.protobuf import to_utc
+from ctrd.wire.convert import to_utc
 
 __all__ = ["LeasesClient", "NamespacesClient", "expire_label", "plugin_from_proto"]
 

@@ -19,8 +19,9 @@ from typing import Any, Final, TypeVar
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
-from ctrd import errdefs, errgrpc, namespaces
-from ctrd._h2 import LargeFrameChannel
+from ctrd import errdefs, namespaces
+from ctrd.wire.client import open_channel
+from ctrd.wire.status import translate_to_native
 
 __all__ = [
     "ADDRESS_ENV",
@@ -148,9 +149,9 @@ class Connection:
             raise errdefs.FailedPrecondition("client is closed")
         if self._channel is None:
             if self.address.path is not None:
-                self._channel = LargeFrameChannel(path=self.address.path)
+                self._channel = open_channel(path=self.address.path)
             else:
-                self._channel = LargeFrameChannel(self.address.host, self.address.port)
+                self._channel = open_channel(host=self.address.host, port=self.address.port)
             self._state = _State.OPENED
         return self._channel
 
@@ -165,7 +166,7 @@ class Connection:
     def translate(self) -> Iterator[None]:
         """Turn transport errors into :mod:`ctrd.errdefs` errors naming the address."""
         try:
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 yield
         except errdefs.Unavailable as exc:
             cause = exc.__cause__
@@ -196,7 +197,7 @@ class Scope:
 
     def translate(self) -> contextlib.AbstractContextManager[None]:
         """Context manager turning transport errors into :mod:`ctrd.errdefs` errors."""
-        return errgrpc.translate_to_native()
+        return translate_to_native()
 
     async def unary(self, path: str, request: Any, reply_type: type[_T]) -> _T:
         """One unary call with the scope's headers and deadline; errors translated."""

@@ -30,14 +30,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import grpclib.const
-
 from ctrd import errdefs, namespaces
 from ctrd import labels as _labels
 from ctrd.content import Info, ReaderAt, Status, Store, Writer
 from ctrd.events import Publisher
 from ctrd.proxy.content import gc_root_value
 from ctrd.services.content import ContentService
+from ctrd.wire.server import Method, rebind
 
 __all__ = ["BackendContentService", "ContentServiceWithBackend", "RootingStore"]
 
@@ -137,16 +136,11 @@ class BackendContentService(ContentService):
         super().__init__(RootingStore(store), publisher)
         self.namespace = namespace
 
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        out: dict[str, grpclib.const.Handler] = {}
-        for path, h in super().__mapping__().items():
-            out[path] = grpclib.const.Handler(
-                functools.partial(_in_namespace, self.namespace, path.rpartition("/")[2], h.func),
-                h.cardinality,
-                h.request_type,
-                h.reply_type,
-            )
-        return out
+    def __mapping__(self) -> dict[str, Method]:
+        return {
+            path: rebind(h, functools.partial(_in_namespace, self.namespace, path.rpartition("/")[2], h.func))
+            for path, h in super().__mapping__().items()
+        }
 
 
 class ContentServiceWithBackend(ContentService):
@@ -177,7 +171,7 @@ class ContentServiceWithBackend(ContentService):
         :raises errdefs.AlreadyExists: a live daemon holds *address*.
         :raises errdefs.FailedPrecondition: *address* exists and is not a socket.
         """
-        from ctrd.server.grpc import GrpcListener
+        from ctrd.wire.server import GrpcListener
 
         listener = GrpcListener(
             [BackendContentService(store, namespace, publisher)], max_recv=max_recv, max_send=max_send

@@ -28,14 +28,15 @@ import datetime as _dt
 import enum
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-from ctrd import errgrpc, namespaces
+from ctrd import namespaces
 from ctrd.api.containerd.services.snapshots import v1 as api
 from ctrd.api.containerd.types import Mount as _PbMount
 from ctrd.api.google.protobuf import FieldMask
 from ctrd.labels import GC_ROOT
-from ctrd.protobuf import to_utc
 from ctrd.proxy.connection import CALL_TIMEOUT, Connection
 from ctrd.proxy.content import gc_root_value
+from ctrd.wire.convert import to_utc
+from ctrd.wire.status import translate_to_native
 
 __all__ = ["Kind", "Mount", "RemoteSnapshotter", "SnapshotInfo", "Usage"]
 
@@ -155,7 +156,7 @@ class RemoteSnapshotter:
     async def stat(self, key: str) -> SnapshotInfo:
         """Info of snapshot *key*. :raises errdefs.NotFound:"""
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 resp = await self._stub().stat(
                     api.StatSnapshotRequest(snapshotter=self.snapshotter, key=key),
                     metadata=self._md(),
@@ -171,14 +172,14 @@ class RemoteSnapshotter:
             update_mask=FieldMask(paths=list(fieldpaths)) if fieldpaths else None,
         )
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 resp = await self._stub().update(req, metadata=self._md(), timeout=self.timeout)
         return _info_from_proto(resp.info)
 
     async def usage(self, key: str) -> Usage:
         """Bytes and inodes used by snapshot *key*."""
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 resp = await self._stub().usage(
                     api.UsageRequest(snapshotter=self.snapshotter, key=key),
                     metadata=self._md(),
@@ -189,7 +190,7 @@ class RemoteSnapshotter:
     async def mounts(self, key: str) -> list[Mount]:
         """Mounts of the active or view snapshot *key*."""
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 resp = await self._stub().mounts(
                     api.MountsRequest(snapshotter=self.snapshotter, key=key),
                     metadata=self._md(),
@@ -205,7 +206,7 @@ class RemoteSnapshotter:
             snapshotter=self.snapshotter, key=key, parent=parent, labels=_rooted(labels)
         )
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 resp = await self._stub().prepare(req, metadata=self._md(), timeout=self.timeout)
         return _mounts(resp.mounts)
 
@@ -215,7 +216,7 @@ class RemoteSnapshotter:
             snapshotter=self.snapshotter, key=key, parent=parent, labels=_rooted(labels)
         )
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 resp = await self._stub().view(req, metadata=self._md(), timeout=self.timeout)
         return _mounts(resp.mounts)
 
@@ -225,13 +226,13 @@ class RemoteSnapshotter:
             snapshotter=self.snapshotter, name=name, key=key, labels=_rooted(labels)
         )
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 await self._stub().commit(req, metadata=self._md(), timeout=self.timeout)
 
     async def remove(self, key: str) -> None:
         """Remove snapshot *key* (it must have no children)."""
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 await self._stub().remove(
                     api.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key),
                     metadata=self._md(),
@@ -241,7 +242,7 @@ class RemoteSnapshotter:
     async def walk(self, *filters: str) -> AsyncIterator[SnapshotInfo]:
         """Every snapshot matching any filter (``List``; the stream's deadline bounds it)."""
         async with self._conn.call(self.name):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 async for resp in self._stub().list(
                     api.ListSnapshotsRequest(snapshotter=self.snapshotter, filters=list(filters)),
                     metadata=self._md(),
@@ -253,7 +254,7 @@ class RemoteSnapshotter:
     async def cleanup(self) -> None:
         """Ask the snapshotter to release unused resources (UNIMPLEMENTED on containerd 1.6)."""
         async with self._conn.call(self.name, self.timeout):
-            with errgrpc.translate_to_native():
+            with translate_to_native():
                 await self._stub().cleanup(
                     api.CleanupRequest(snapshotter=self.snapshotter),
                     metadata=self._md(),

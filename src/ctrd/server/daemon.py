@@ -209,7 +209,7 @@ class Daemon:
         then the unix socket, so a failing listener leaves no socket behind; on any
         failure whatever was started is stopped and the plugins closed again.
         """
-        from ctrd.server.grpc import GrpcListener
+        from ctrd.wire.server import GrpcListener
 
         cfg = self.config
         try:
@@ -234,7 +234,7 @@ class Daemon:
                 self.servables(),
                 max_recv=cfg.grpc.max_recv_message_size,
                 max_send=cfg.grpc.max_send_message_size,
-                metrics=self.metrics.grpc if self.metrics is not None else None,
+                observer=self.metrics.grpc if self.metrics is not None else None,
                 authorizer=self._authorizer(),
             )
             for starter in self._http_starters():

@@ -55,7 +55,7 @@ class HttpListener:
 
     async def start(self) -> None:
         """Listen. :raises OSError: the address cannot be bound."""
-        from ctrd.server.grpc import prepare_unix_socket
+        from ctrd.wire.server import prepare_unix_socket
 
         await self._runner.setup()
         try:

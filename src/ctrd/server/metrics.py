@@ -4,9 +4,10 @@ Everything lives in one :class:`prometheus_client.CollectorRegistry` owned by
 :class:`Metrics` (never the process-global default registry), served as
 ``GET /v1/metrics`` in the Prometheus text format on ``[metrics] address``.
 
-* gRPC: :class:`GrpcMetrics` listens to grpclib's server events, so no service
-  has metrics code. Names, labels and label values are go-grpc-prometheus's
-  (what containerd exposes), and every registered method is pre-initialised at 0,
+* gRPC: :class:`GrpcMetrics` observes the gRPC server's calls
+  (:class:`ctrd.wire.CallObserver`), so no service has metrics code. Names,
+  labels and label values are go-grpc-prometheus's (what containerd exposes),
+  and every registered method is pre-initialised at 0,
   ``grpc_server_handled_total`` for all 17 codes. Methods no servable registers
   (answered UNIMPLEMENTED by grpclib itself) are not counted, as in containerd.
 * Content: :class:`ContentCollector` reads live counters of the loaded plugins
@@ -24,13 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, Final
 
 from aiohttp import web
-from grpclib.const import Cardinality, Status
-from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError, StreamTerminatedError
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -44,13 +42,11 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from ctrd.errgrpc import CODE_NAMES
 from ctrd.plugin import PluginSet, types
-from ctrd.server.grpc import ON_RECV, ON_SEND
+from ctrd.wire.status import CODE_NAMES
 
 __all__ = [
     "CONTENT_TYPE",
-    "GRPC_TYPES",
     "HANDLING_BUCKETS",
     "NAMESPACE_MAX_AGE",
     "NAMESPACE_REFRESH",
@@ -60,14 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ctrd.metrics")
-
-#: ``grpc_type`` label values by handler cardinality (go-grpc-prometheus)
-GRPC_TYPES: Final[dict[Cardinality, str]] = {
-    Cardinality.UNARY_UNARY: "unary",
-    Cardinality.STREAM_UNARY: "client_stream",
-    Cardinality.UNARY_STREAM: "server_stream",
-    Cardinality.STREAM_STREAM: "bidi_stream",
-}
 
 #: Go's ``prometheus.DefBuckets``, which containerd's handling-time histogram uses
 HANDLING_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
@@ -87,49 +75,46 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 class _Method:
     """The series of one registered method, bound once (a call only increments)."""
 
-    __slots__ = ("cardinality", "handled", "received", "seconds", "sent", "started")
+    __slots__ = ("handled", "received", "seconds", "sent", "started")
 
-    def __init__(self, m: GrpcMetrics, cardinality: Cardinality, service: str, method: str) -> None:
-        lv = (GRPC_TYPES[cardinality], service, method)
-        self.cardinality = cardinality
-        self.started = m.started.labels(*lv)
+    def __init__(self, m: GrpcMetrics, kind: str, service: str, method: str) -> None:
+        lv = (kind, service, method)
+        self.started = m.started_total.labels(*lv)
         self.received = m.received.labels(*lv)
         self.sent = m.sent.labels(*lv)
-        self.handled = {code: m.handled.labels(*lv, name) for code, name in CODE_NAMES.items()}
+        self.handled = {name: m.handled.labels(*lv, name) for name in CODE_NAMES.values()}
         self.seconds = m.seconds.labels(*lv) if m.seconds is not None else None
 
 
-def _cancel_code(stream: Any) -> Status:
-    """Why grpclib cancelled the handler: its deadline, else the client (reset or connection lost)."""
-    wrapper = getattr(getattr(stream, "_stream", None), "wrapper", None)
-    if isinstance(getattr(wrapper, "_error", None), TimeoutError):
-        return Status.DEADLINE_EXCEEDED
-    return Status.CANCELLED
+class _Record:
+    """One observed call (:class:`ctrd.wire.CallRecord`)."""
 
+    __slots__ = ("_m", "_t0", "received", "sent")
 
-def _sent_or(stream: Any, code: Status) -> Status:
-    """OK if the call had already ended with OK trailers before it was cancelled, else *code*.
+    def __init__(self, m: _Method) -> None:
+        self._m = m
+        self._t0 = time.perf_counter()
+        self.received = m.received.inc
+        self.sent = m.sent.inc
 
-    A handler's last reply can leave with the OK trailers (``CallStream.send_last``)
-    while the handler still tidies up (closing a committed writer); a client that
-    has its answer may close the connection then, which cancels the tidying, not
-    the call the client saw succeed.
-    """
-    return Status.OK if getattr(stream, "_send_trailing_metadata_done", False) else code
+    def finished(self, code: str) -> None:
+        m = self._m
+        m.handled[code].inc()
+        if m.seconds is not None:
+            m.seconds.observe(time.perf_counter() - self._t0)
 
 
 class GrpcMetrics:
-    """containerd's (go-grpc-prometheus) server metrics, fed by grpclib events.
+    """containerd's (go-grpc-prometheus) server metrics: the gRPC server's
+    :class:`~ctrd.wire.CallObserver`.
 
-    :meth:`register` pre-initialises the series of every method of the servables;
-    :meth:`attach` adds the listeners to a grpclib server. The RecvRequest listener
-    must come after the listener that translates handler errors to gRPC statuses
-    (:class:`ctrd.server.grpc.GrpcListener` attaches it so), since it reads the
-    status from what the wrapped handler raises.
+    Every method the server serves is pre-initialised (:meth:`method`),
+    ``grpc_server_handled_total`` for all 17 codes; :meth:`started` counts a call
+    and returns its record, which counts its messages and its end.
     """
 
     def __init__(self, registry: CollectorRegistry, *, histogram: bool = False) -> None:
-        self.started = Counter(
+        self.started_total = Counter(
             "grpc_server_started_total",
             "Total number of RPCs started on the server.",
             _LABELS,
@@ -163,7 +148,7 @@ class GrpcMetrics:
                 buckets=HANDLING_BUCKETS,
                 registry=registry,
             )
-        self.denied = Counter(
+        self.denied_total = Counter(
             "ctrd_authorization_denied",
             "RPCs refused by [authorization] (answered PERMISSION_DENIED).",
             ("grpc_service", "grpc_method"),
@@ -171,61 +156,23 @@ class GrpcMetrics:
         )
         self._methods: dict[str, _Method] = {}
 
-    def count_denied(self, method_name: str) -> None:
-        """Count a call of *method_name* (``/<service>/<method>``) refused by authorization."""
-        service, _, method = method_name.lstrip("/").partition("/")
-        self.denied.labels(service, method).inc()
+    def method(self, path: str, kind: str) -> None:
+        """Pre-initialise the series of *path* (``/<service>/<method>``), a call of *kind*."""
+        _, service, method = path.split("/", 2)
+        self._methods[path] = _Method(self, kind, service, method)
 
-    def register(self, servables: Iterable[Any]) -> None:
-        """Pre-initialise the series of every method in the servables' ``__mapping__``."""
-        for servable in servables:
-            for path, handler in servable.__mapping__().items():
-                _, service, method = path.split("/", 2)
-                self._methods[path] = _Method(self, handler.cardinality, service, method)
-
-    def attach(self, server: Any) -> None:
-        """Count the calls of the grpclib *server*.
-
-        Only ``RecvRequest`` is listened to: a grpclib event per message costs
-        an event object and two coroutines, a noticeable share of a 32 KiB
-        ``Read`` RPC. Messages are counted by the call's own stream instead, through
-        the :data:`~ctrd.server.grpc.ON_RECV` and :data:`~ctrd.server.grpc.ON_SEND`
-        hooks of :class:`ctrd.server.grpc.CallStream`.
-        """
-        listen(server, RecvRequest, self._on_request)
-
-    async def _on_request(self, event: RecvRequest) -> None:
-        m = self._methods.get(event.method_name)
+    def started(self, path: str) -> _Record | None:
+        """Count a call of *path*; its record (``None`` for a method never registered)."""
+        m = self._methods.get(path)
         if m is None:
-            return
+            return None
         m.started.inc()
-        inner = event.method_func
-        t0 = time.perf_counter()
+        return _Record(m)
 
-        async def observed(stream: Any) -> None:
-            code = Status.UNKNOWN
-            setattr(stream, ON_SEND, m.sent.inc)
-            setattr(stream, ON_RECV, m.received.inc)
-            try:
-                await inner(stream)
-                if m.cardinality.server_streaming or getattr(stream, "_send_message_done", True):
-                    code = Status.OK
-                # else grpclib answers UNKNOWN: a unary reply without a message
-            except GRPCError as exc:
-                code = exc.status
-                raise
-            except asyncio.CancelledError:
-                code = _sent_or(stream, _cancel_code(stream))
-                raise
-            except StreamTerminatedError:
-                code = _sent_or(stream, Status.CANCELLED)
-                raise
-            finally:
-                m.handled[code].inc()
-                if m.seconds is not None:
-                    m.seconds.observe(time.perf_counter() - t0)
-
-        event.method_func = observed
+    def denied(self, path: str) -> None:
+        """Count a call of *path* refused by authorization."""
+        service, _, method = path.lstrip("/").partition("/")
+        self.denied_total.labels(service, method).inc()
 
 
 def _instances(plugins: PluginSet, type_: str) -> list[Any]:

@@ -40,19 +40,17 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-import grpclib.const
-
 from ctrd import errdefs, identifiers, labels, limits, namespaces
 from ctrd._aio import shield_eager
-from ctrd._protowire import micros
 from ctrd.api.containerd.events import ContentDelete
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.content import digest as _digest
 from ctrd.content._store import CommitChecker, InfoRecord, ReaderAt, RecordWalker, Store, Writer
 from ctrd.events import Publisher
-from ctrd.services import _wire
-from ctrd.services.convert import info_from_proto, info_to_proto, status_to_proto, to_utc
+from ctrd.wire import Call, codecs
+from ctrd.wire.convert import info_from_proto, info_to_proto, status_to_proto, to_utc
+from ctrd.wire.server import Method, rebind
 
 __all__ = ["LIST_BATCH", "READ_CHUNK", "RELEASE_WAIT", "TOPIC_CREATE", "TOPIC_DELETE", "ContentService"]
 
@@ -142,8 +140,8 @@ async def _records(store: Store, filter_strings: Sequence[str]) -> AsyncGenerato
                 InfoRecord(
                     info.digest,
                     info.size,
-                    micros(info.created_at),
-                    micros(info.updated_at),
+                    codecs.micros(info.created_at),
+                    codecs.micros(info.updated_at),
                     dict(info.labels),
                 )
             )
@@ -206,7 +204,7 @@ class _Holder:
     """A ``Write`` call holding its ref: whether its client is done sending, and its waiters.
 
     *ended* is the call stream's ``request_ended`` (see
-    :meth:`ctrd.server.grpc.CallStream.request_ended`); *released* is created by
+    :meth:`ctrd.wire.Call.request_ended`); *released* is created by
     the first call waiting for the ref and resolved once the holder let it go;
     *gone* is set then.
     """
@@ -239,29 +237,31 @@ class ContentService(api.ContentBase):
         #: whether the client has ended its side (see :meth:`_open_released`)
         self._holders: dict[tuple[str | None, str], _Holder] = {}
 
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        """The generated mapping, with List/Read/Write driven by :func:`_serve_stream`."""
-        mapping: dict[str, grpclib.const.Handler] = dict(super().__mapping__())
-        old = mapping[_SERVICE + "List"]
-        mapping[_SERVICE + "List"] = grpclib.const.Handler(
-            self._list_direct, old.cardinality, old.request_type, _wire.RawReply
+    def __mapping__(self) -> dict[str, Method]:
+        """The generated mapping, with List/Read/Write driven by :func:`_serve_stream`.
+
+        The hot paths take hand-decoded requests (zero-copy WRITE data), and List,
+        Read and Write replies are encoded by hand (:mod:`ctrd.wire.codecs`).
+        """
+        mapping: dict[str, Method] = dict(super().__mapping__())
+        mapping[_SERVICE + "List"] = rebind(
+            mapping[_SERVICE + "List"], self._list_direct, reply_type=codecs.RawReply
         )
-        # The hot paths take hand-decoded requests (zero-copy WRITE data), and Read
-        # and Write replies are encoded by hand; see ctrd.services._wire.
-        old = mapping[_SERVICE + "Write"]
-        mapping[_SERVICE + "Write"] = grpclib.const.Handler(
-            functools.partial(_serve_stream, self._write, True, encode=_wire.encode_write_response),
-            old.cardinality,
-            _wire.RawWriteRequest,
-            _wire.RawReply,
+        mapping[_SERVICE + "Write"] = rebind(
+            mapping[_SERVICE + "Write"],
+            functools.partial(_serve_stream, self._write, True, encode=codecs.encode_write_response),
+            request_type=codecs.RawWriteRequest,
+            reply_type=codecs.RawReply,
         )
-        old = mapping[_SERVICE + "Read"]
-        mapping[_SERVICE + "Read"] = grpclib.const.Handler(
-            self._read_direct, old.cardinality, _wire.RawReadRequest, _wire.RawReply
+        mapping[_SERVICE + "Read"] = rebind(
+            mapping[_SERVICE + "Read"],
+            self._read_direct,
+            request_type=codecs.RawReadRequest,
+            reply_type=codecs.RawReply,
         )
         return mapping
 
-    async def _read_direct(self, stream: Any) -> None:
+    async def _read_direct(self, stream: Call) -> None:
         """``Read`` without the generated layers: one hand-encoded reply per chunk.
 
         Each chunk is as large as the call's reply room allows (the server's
@@ -273,12 +273,12 @@ class ContentService(api.ContentBase):
         if message is None:
             raise errdefs.InvalidArgument("missing request message")
         send = stream.send_message
-        room = getattr(stream, "reply_room", None)
+        room = stream.reply_room
         async with contextlib.aclosing(
             self._read_chunks(message.digest, message.offset, message.size, room)
         ) as chunks:
             async for rel, data, last in chunks:
-                reply = _wire.encode_read_response(rel, data)
+                reply = codecs.encode_read_response(rel, data)
                 if last:
                     await stream.send_last(reply)
                 else:
@@ -348,7 +348,7 @@ class ContentService(api.ContentBase):
             async for reply in replies:
                 yield api.ListContentResponse.parse(reply.payload)
 
-    async def _list_direct(self, stream: Any) -> None:
+    async def _list_direct(self, stream: Call) -> None:
         """``List`` without the generated layers: replies encoded by hand from stored records."""
         message = await stream.recv_message()
         if message is None:
@@ -358,9 +358,9 @@ class ContentService(api.ContentBase):
             async for reply in replies:
                 await send(reply)
 
-    async def _list_replies(self, filter_strings: Sequence[str]) -> AsyncGenerator[_wire.RawReply, None]:
+    async def _list_replies(self, filter_strings: Sequence[str]) -> AsyncGenerator[codecs.RawReply, None]:
         """Encoded ``ListContentResponse`` messages of at most :data:`LIST_BATCH` ``Info`` each."""
-        encode = _wire.encode_list_records
+        encode = codecs.encode_list_records
         pending: list[InfoRecord] = []
         async with contextlib.aclosing(_records(self._store, filter_strings)) as records:
             async for recs in records:

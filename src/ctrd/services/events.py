@@ -12,7 +12,7 @@ A port of containerd's ``services/events/service.go``:
 * ``Subscribe`` streams every event from the moment of the call, in all
   namespaces, matching any of the filters (``namespace``, ``topic``,
   ``event.<field>``). Payloads go out as ``Any`` with containerd's bare type URLs
-  (:func:`~ctrd.services.events_util.pack_event`), which ``ctr events`` decodes.
+  (:func:`~ctrd.wire.typeurl.pack_event`), which ``ctr events`` decodes.
   A subscriber that cannot keep up is disconnected by the exchange: the stream
   delivers what was queued, then ends with RESOURCE_EXHAUSTED ``event subscriber
   <name> disconnected: too slow, missed <n> events``.
@@ -26,19 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
-import struct
 from collections.abc import AsyncGenerator
 from typing import Any, Final
-
-import grpclib.const
 
 from ctrd import authz, errdefs, namespaces
 from ctrd.api.containerd.services.events import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.events.exchange import Envelope, Exchange, RawEvent, validate_envelope
-from ctrd.services.convert import to_utc
-from ctrd.services.events_util import pack_event, unpack_event
+from ctrd.wire.convert import to_utc
+from ctrd.wire.server import Method, rebind
+from ctrd.wire.typeurl import pack_event, unpack_event
 
 __all__ = ["EventsService", "envelope_to_proto", "payload_from_any"]
 
@@ -82,18 +79,9 @@ def envelope_to_proto(env: Envelope) -> api.Envelope | None:
 def _describe(stream: Any, filters: list[str]) -> str:
     """A subscriber name for logs: peer (address or unix pid), user agent, filters."""
     parts: list[str] = []
-    try:
-        transport = stream.peer._transport
-        addr = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
-        if addr and not isinstance(addr, str):
-            parts.append(f"peer={addr[0]}:{addr[1]}")
-        elif sock is not None and sock.family == socket.AF_UNIX:
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, _, _ = struct.unpack("3i", creds)
-            parts.append(f"pid={pid}")
-    except Exception:  # best effort: names only serve the logs
-        pass
+    who = stream.peer_description() if hasattr(stream, "peer_description") else ""
+    if who:
+        parts.append(who)
     agent = stream.metadata.get("user-agent") if getattr(stream, "metadata", None) else None
     if isinstance(agent, str):
         parts.append(f"agent={agent}")
@@ -111,13 +99,10 @@ class EventsService(api.EventsBase):
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
 
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+    def __mapping__(self) -> dict[str, Method]:
         """The generated mapping, with Subscribe served by :meth:`_serve_subscribe`."""
-        mapping: dict[str, grpclib.const.Handler] = dict(super().__mapping__())
-        old = mapping[_SUBSCRIBE]
-        mapping[_SUBSCRIBE] = grpclib.const.Handler(
-            self._serve_subscribe, old.cardinality, old.request_type, old.reply_type
-        )
+        mapping: dict[str, Method] = dict(super().__mapping__())
+        mapping[_SUBSCRIBE] = rebind(mapping[_SUBSCRIBE], self._serve_subscribe)
         return mapping
 
     async def publish(self, message: api.PublishRequest) -> pb.Empty:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from grpclib.const import Status as GStatus
 
-from ctrd import errdefs, errgrpc, filters
+from ctrd import errdefs, filters
 from ctrd.api.containerd.services.introspection import v1 as api
 from ctrd.api.containerd.types import Platform
 from ctrd.api.google import protobuf as pb
 from ctrd.api.google.rpc import Status
 from ctrd.plugin import Plugin, PluginSet
+from ctrd.wire.status import status_for
 
 __all__ = ["IntrospectionService", "init_err", "load_uuid"]
 
@@ -26,7 +27,7 @@ def init_err(p: Plugin) -> Status | None:
     if p.error is None:
         return None
     if isinstance(p.error, errdefs.Error):
-        g = errgrpc.to_grpc(p.error)
+        g = status_for(p.error)
         return Status(code=int(g.status.value), message=g.message or "")
     return Status(code=int(GStatus.UNKNOWN.value), message=str(p.error))
 

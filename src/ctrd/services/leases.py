@@ -22,7 +22,7 @@ from __future__ import annotations
 from ctrd.api.containerd.services.leases import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.metadata.leases import Lease, LeaseManager, Resource
-from ctrd.services.convert import to_utc
+from ctrd.wire.convert import to_utc
 
 __all__ = ["LeasesService"]
 

@@ -12,8 +12,9 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ctrd import errdefs, errgrpc
+from ctrd import errdefs
 from ctrd.api.google.protobuf import Empty
+from ctrd.wire import status as errgrpc
 
 EXPECTED = {
     errdefs.InvalidArgument: (Status.INVALID_ARGUMENT, "invalid argument"),
@@ -67,15 +68,15 @@ def test_to_grpc_and_back(cls: type[errdefs.Error]) -> None:
     code, suffix = EXPECTED[cls]
     err = cls("content digest sha256:abc")
     assert str(err) == f"content digest sha256:abc: {suffix}"
-    g = errgrpc.to_grpc(err)
+    g = errgrpc.status_for(err)
     assert g.status is code
     assert g.message == f"content digest sha256:abc: {suffix}"
-    back = errgrpc.from_grpc(g)
+    back = errgrpc.error_from(g)
     assert type(back) is cls
     assert back.context == "content digest sha256:abc"
     assert str(back) == g.message
     # and again: a second trip does not double the suffix
-    again = errgrpc.to_grpc(back)
+    again = errgrpc.status_for(back)
     assert (again.status, again.message) == (code, g.message)
 
 
@@ -84,9 +85,9 @@ def test_suffix_is_not_doubled(cls: type[errdefs.Error]) -> None:
     code, suffix = EXPECTED[cls]
     err = cls(f"thing x: {suffix}")
     assert str(err) == f"thing x: {suffix}"
-    assert errgrpc.to_grpc(err).message == f"thing x: {suffix}"
+    assert errgrpc.status_for(err).message == f"thing x: {suffix}"
     # a message from a peer that already carries the suffix
-    back = errgrpc.from_grpc(GRPCError(code, f"thing x: {suffix}"))
+    back = errgrpc.error_from(GRPCError(code, f"thing x: {suffix}"))
     assert type(back) is cls
     assert str(back) == f"thing x: {suffix}"
     assert back.context == "thing x"
@@ -97,12 +98,12 @@ def test_bare_class(cls: type[errdefs.Error]) -> None:
     code, suffix = EXPECTED[cls]
     assert str(cls()) == suffix
     assert str(cls(suffix)) == suffix
-    g = errgrpc.to_grpc(cls())
+    g = errgrpc.status_for(cls())
     assert (g.status, g.message) == (code, suffix)
-    back = errgrpc.from_grpc(g)
+    back = errgrpc.error_from(g)
     assert type(back) is cls and back.context == "" and str(back) == suffix
     # a peer that sends no message at all
-    empty = errgrpc.from_grpc(GRPCError(code))
+    empty = errgrpc.error_from(GRPCError(code))
     assert type(empty) is cls and str(empty) == suffix
 
 
@@ -110,16 +111,16 @@ def test_bare_class(cls: type[errdefs.Error]) -> None:
 def test_message_without_suffix_gets_it(cls: type[errdefs.Error]) -> None:
     # containerd's ctr prints "blob missing: not found" for NOT_FOUND "blob missing"
     code, suffix = EXPECTED[cls]
-    back = errgrpc.from_grpc(GRPCError(code, "blob missing"))
+    back = errgrpc.error_from(GRPCError(code, "blob missing"))
     assert type(back) is cls
     assert str(back) == f"blob missing: {suffix}"
 
 
 def test_only_own_suffix_is_stripped() -> None:
-    back = errgrpc.from_grpc(GRPCError(Status.NOT_FOUND, "lookup: unknown"))
+    back = errgrpc.error_from(GRPCError(Status.NOT_FOUND, "lookup: unknown"))
     assert back.context == "lookup: unknown"
     assert str(back) == "lookup: unknown: not found"
-    back = errgrpc.from_grpc(GRPCError(Status.NOT_FOUND, "x: unknown: not found"))
+    back = errgrpc.error_from(GRPCError(Status.NOT_FOUND, "x: unknown: not found"))
     assert back.context == "x: unknown"
     assert str(back) == "x: unknown: not found"
 
@@ -128,14 +129,14 @@ def test_subclass_maps_to_its_base_code() -> None:
     class BlobMissing(errdefs.NotFound):
         pass
 
-    g = errgrpc.to_grpc(BlobMissing("blob sha256:1"))
+    g = errgrpc.status_for(BlobMissing("blob sha256:1"))
     assert (g.status, g.message) == (Status.NOT_FOUND, "blob sha256:1: not found")
 
 
 def test_base_error_and_unmapped_codes_are_unknown() -> None:
-    g = errgrpc.to_grpc(errdefs.Error("odd"))
+    g = errgrpc.status_for(errdefs.Error("odd"))
     assert (g.status, g.message) == (Status.UNKNOWN, "odd: unknown")
-    back = errgrpc.from_grpc(GRPCError(Status.UNAUTHENTICATED, "who are you"))
+    back = errgrpc.error_from(GRPCError(Status.UNAUTHENTICATED, "who are you"))
     assert type(back) is errdefs.Unknown
     assert str(back) == "who are you: unknown"
 

@@ -1,6 +1,6 @@
 """Protobuf and gRPC wire-format pieces shared by the hand-written codecs of the server and the SDK.
 
-See ``ctrd.services._wire`` (hot Content replies) and ``ctrd.client._content``
+See ``ctrd.wire.codecs`` (hot Content replies) and ``ctrd.client._content``
 (WRITE requests); both are tested byte for byte against betterproto2.
 """
 

@@ -16,13 +16,14 @@ from collections.abc import Iterable
 from typing import Final
 
 from ctrd import errdefs
-from ctrd._protowire import SMALL as _SMALL
-from ctrd._protowire import micros
-from ctrd._protowire import uvarint as _uvarint
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.content import InfoRecord
+from ctrd.wire._proto import GRPC_PREFIX, micros
+from ctrd.wire._proto import SMALL as _SMALL
+from ctrd.wire._proto import uvarint as _uvarint
 
 __all__ = [
+    "EncodedRequest",
     "RawReadRequest",
     "RawReply",
     "RawWriteRequest",
@@ -30,7 +31,9 @@ __all__ = [
     "encode_list_records",
     "encode_list_response",
     "encode_read_response",
+    "encode_write_request",
     "encode_write_response",
+    "micros",
 ]
 
 _WRITE_ACTIONS: Final = {int(a.value): a for a in api.WriteAction}
@@ -310,3 +313,40 @@ def encode_list_response(infos: list[bytes]) -> RawReply:
     for raw in infos:
         parts += (b"\x0a", _uvarint(len(raw)), raw)
     return RawReply(b"".join(parts))
+
+
+class EncodedRequest:
+    """An already-encoded ``WriteContentRequest`` (grpclib's codec sends it as it is).
+
+    *framed* is the whole gRPC message (5-byte prefix included) when the encoder
+    built it so: :meth:`RemoteWriter._send` then hands it to the HTTP/2 stream
+    directly instead of letting grpclib copy the payload behind a prefix.
+    """
+
+    __slots__ = ("framed", "payload")
+
+    def __init__(self, payload: bytes | None, framed: bytes | None = None) -> None:
+        self.payload = payload
+        self.framed = framed
+
+    def SerializeToString(self) -> bytes:
+        if self.payload is None:
+            assert self.framed is not None
+            self.payload = self.framed[5:]
+        return self.payload
+
+
+def encode_write_request(offset: int, data: memoryview) -> EncodedRequest:
+    """``WriteContentRequest{action=WRITE(1), offset=5, data=6}`` with one copy of *data*.
+
+    The same bytes betterproto2 produces (zero offset and empty data omitted);
+    ``tests/client/test_units.py`` compares them.
+    """
+    head = b"\x08\x01"
+    if offset:
+        head += b"\x28" + _uvarint(offset)
+    if not len(data):
+        return EncodedRequest(head)
+    head += b"\x32" + _uvarint(len(data))
+    prefix = GRPC_PREFIX.pack(0, len(head) + len(data))
+    return EncodedRequest(None, b"".join((prefix, head, data)))

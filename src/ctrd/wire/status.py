@@ -1,7 +1,7 @@
 """The one table between :mod:`ctrd.errdefs` and gRPC status codes.
 
-``to_grpc`` keeps containerd's message form (``<context>: <class>``);
-``from_grpc`` strips the class suffix again so round trips do not double it.
+:func:`status_for` keeps containerd's message form (``<context>: <class>``);
+:func:`error_from` strips the class suffix again so round trips do not double it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ctrd import errdefs
 
-__all__ = ["CODE_NAMES", "TABLE", "from_grpc", "to_grpc", "translate_to_grpc", "translate_to_native"]
+__all__ = ["CODE_NAMES", "TABLE", "error_from", "status_for", "translate_to_grpc", "translate_to_native"]
 
 #: errdefs class <-> gRPC status, both directions.
 TABLE: Final[tuple[tuple[type[errdefs.Error], Status], ...]] = (
@@ -61,7 +61,7 @@ CODE_NAMES: Final[dict[Status, str]] = {
 }
 
 
-def to_grpc(err: errdefs.Error) -> GRPCError:
+def status_for(err: errdefs.Error) -> GRPCError:
     """The gRPC error for *err* (most specific class wins)."""
     for cls in type(err).__mro__:
         code = _TO.get(cls)
@@ -70,7 +70,7 @@ def to_grpc(err: errdefs.Error) -> GRPCError:
     return GRPCError(Status.UNKNOWN, str(err))
 
 
-def from_grpc(err: GRPCError) -> errdefs.Error:
+def error_from(err: GRPCError) -> errdefs.Error:
     """The ctrd error for a gRPC error; the class suffix is stripped from the message."""
     cls = _FROM.get(err.status, errdefs.Unknown)
     msg = err.message or ""
@@ -88,7 +88,7 @@ def translate_to_grpc() -> Iterator[None]:
     try:
         yield
     except errdefs.Error as exc:
-        raise to_grpc(exc) from exc
+        raise status_for(exc) from exc
 
 
 @contextlib.contextmanager
@@ -97,7 +97,7 @@ def translate_to_native() -> Iterator[None]:
     try:
         yield
     except GRPCError as exc:
-        raise from_grpc(exc) from exc
+        raise error_from(exc) from exc
     except TimeoutError as exc:
         raise errdefs.DeadlineExceeded("deadline exceeded") from exc
     except StreamTerminatedError as exc:

@@ -45,6 +45,7 @@ __all__ = [
     "CtrdConnection",
     "LargeFrameChannel",
     "LargeFrameProtocol",
+    "events_processor",
     "memoize_hpack",
 ]
 
@@ -213,7 +214,7 @@ class CtrdConnection(H2Connection):
     """
 
     transport: Any = None  # where large DATA payloads go (:meth:`use_transport`)
-    rooms: Any = None  # the server's memory budgets of this connection (ctrd.server._budget)
+    rooms: Any = None  # the server's memory budgets of this connection (ctrd.wire._budget)
     _joins_lines = False  # the transport's writelines is asyncio's b"".join + write
     _frame: DataFrame | None = None  # a large DATA frame whose body is arriving
     _body: bytearray
@@ -663,6 +664,11 @@ class _Events(EventsProcessor):
     def process_data_received(self, event: Any) -> None:
         if event.flow_controlled_length or event.data:
             super().process_data_received(event)
+
+
+def events_processor(handler: Any, connection: Connection) -> EventsProcessor:
+    """grpclib's event processing for *connection*, ignoring DATA frames that carry nothing."""
+    return _Events(handler, connection)
 
 
 class LargeFrameProtocol(H2Protocol):
