@@ -34,6 +34,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("CTRD_H2") == "stock":
+        skip = pytest.mark.skip(reason="needs ctrd's HTTP/2 paths; CTRD_H2=stock runs the libraries' own")
+        for item in items:
+            if item.get_closest_marker("fast_h2") is not None:
+                item.add_marker(skip)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("interop") is not None and not os.path.exists(CTR):
         pytest.fail(f"{CTR} is missing: interop tests need Debian's containerd package (ctr)", pytrace=False)

@@ -256,6 +256,7 @@ FLOODS = {
 }
 
 
+@pytest.mark.fast_h2  # with h2's own frame handling a flood costs the loop about three times more
 @pytest.mark.parametrize("kind", list(FLOODS))
 def test_frame_floods_stall_nobody(daemon: Launcher, figures: Figures, kind: str, long_run: bool) -> None:
     """A connection floods the daemon with one kind of frame for 3 s (20 s in the long run),

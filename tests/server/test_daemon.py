@@ -739,6 +739,7 @@ def test_unknown_method_is_unimplemented(daemon: Launcher) -> None:
     assert err.status is Status.UNIMPLEMENTED
 
 
+@pytest.mark.fast_h2
 def test_connections_accept_large_frames(daemon: Launcher) -> None:
     """The server advertises ctrd.wire._h2.MAX_FRAME_SIZE to every client; the SDK's channel does too."""
     from ctrd.wire._h2 import MAX_FRAME_SIZE, LargeFrameChannel

@@ -38,6 +38,8 @@ from ctrd.wire.server import CallStream
 
 from .test_metrics import MISSING, ROOT, Running, delta, digest, grpc, handled, running
 
+pytestmark = pytest.mark.fast_h2  # hand-framed replies are ctrd's HTTP/2 path
+
 READ = "/containerd.services.content.v1.Content/Read"
 KiB = 1024
 DEFAULT_FRAME = 16 * KiB  # a plain grpclib client's (and h2's) SETTINGS_MAX_FRAME_SIZE
