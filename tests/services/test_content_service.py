@@ -987,7 +987,7 @@ async def test_write_live_holder_fails_at_once_even_with_slow_close(
     channel: Channel, store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # only a holder whose client ended its side is waited for
-    monkeypatch.setattr("ctrd.services.content.RELEASE_WAIT", 3600.0)
+    monkeypatch.setattr("ctrd.services._write.RELEASE_WAIT", 3600.0)
     store.close_delay = 0.05
     first = await _hold(channel, "live", b"abc")
     try:
@@ -1003,7 +1003,7 @@ async def test_write_live_holder_fails_at_once_even_with_slow_close(
 async def test_write_wait_for_release_is_bounded(
     channel: Channel, store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ctrd.services.content.RELEASE_WAIT", 0.02)
+    monkeypatch.setattr("ctrd.services._write.RELEASE_WAIT", 0.02)
     store.close_delay = 0.5  # a close far slower than the wait
     first = await _hold(channel, "stuck", b"abc")
     try:

@@ -19,7 +19,7 @@ Behaviour kept from containerd 1.6 because clients see it on the wire:
 A ``Write`` that finds its ref held by another ``Write`` call whose client has
 ended its side of that call (a half-close, as containerd's own Go client does
 before reopening the ref at once, or a cancel) waits up to
-:data:`RELEASE_WAIT` for that call to release it; a ref held by a live writer
+:data:`~ctrd.services._write.RELEASE_WAIT` for that call to release it; a ref held by a live writer
 fails at once with ``Unavailable`` (containerd's local store instead retries
 any holder for up to about a second).
 
@@ -33,26 +33,26 @@ The streaming handlers run under :func:`contextlib.aclosing` (see
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-from ctrd import errdefs, identifiers, labels, limits, namespaces
+from ctrd import errdefs, identifiers, limits, namespaces
 from ctrd._aio import shield_eager
 from ctrd.api.containerd.events import ContentDelete
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.content import digest as _digest
-from ctrd.content._store import CommitChecker, InfoRecord, ReaderAt, RecordWalker, Store, Writer
+from ctrd.content._store import CommitChecker, InfoRecord, RecordWalker, Store
 from ctrd.events import Publisher
+from ctrd.services._write import RefHolders, WriteCall, close_quietly, validate_labels
 from ctrd.wire import Call, codecs
-from ctrd.wire.convert import info_from_proto, info_to_proto, status_to_proto, to_utc
+from ctrd.wire.convert import info_from_proto, info_to_proto, status_to_proto
 from ctrd.wire.server import Method, rebind
 
-__all__ = ["LIST_BATCH", "READ_CHUNK", "RELEASE_WAIT", "TOPIC_CREATE", "TOPIC_DELETE", "ContentService"]
+__all__ = ["LIST_BATCH", "READ_CHUNK", "TOPIC_CREATE", "TOPIC_DELETE", "ContentService"]
 
 log = logging.getLogger("ctrd.services.content")
 
@@ -61,9 +61,6 @@ LIST_BATCH: Final = 100
 
 READ_CHUNK: Final = 1 << 20
 """Maximum data per ``ReadContentResponse`` (containerd's 1 MiB copy buffer)."""
-
-RELEASE_WAIT: Final = 5.0
-"""Longest wait, in seconds, for a ref held by a ``Write`` call whose client has ended its side."""
 
 TOPIC_DELETE: Final = "/content/delete"
 """Event topic published after a successful Delete."""
@@ -88,14 +85,6 @@ def _validate_quoted(dgst: str) -> None:
         ) from exc
 
 
-def _validate_labels(prefix: str, items: Mapping[str, str]) -> None:
-    """Validate label sizes; the error context is prefixed like containerd's."""
-    try:
-        labels.validate_all(items)
-    except errdefs.InvalidArgument as exc:
-        raise errdefs.InvalidArgument(f"{prefix}: {exc.context}") from exc
-
-
 def _update_paths(info: api.Info, paths: list[str]) -> Mapping[str, str]:
     """Check the update mask; return the labels the update applies (for validation)."""
     if not paths:
@@ -116,14 +105,6 @@ def _update_paths(info: api.Info, paths: list[str]) -> Mapping[str, str]:
     if replace_all:
         applied.update(info.labels)
     return applied
-
-
-async def _close_quietly(obj: ReaderAt | Writer, what: str) -> None:
-    """Close *obj*; a failure is logged, never raised (containerd ignores Close errors)."""
-    try:
-        await obj.close()
-    except Exception:
-        log.warning("failed to close %s", what, exc_info=True)
 
 
 async def _records(store: Store, filter_strings: Sequence[str]) -> AsyncGenerator[list[InfoRecord], None]:
@@ -150,14 +131,6 @@ async def _records(store: Store, filter_strings: Sequence[str]) -> AsyncGenerato
                 pending = []
     if pending:
         yield pending
-
-
-async def _settle(pending: asyncio.Future[int], ref: str) -> None:
-    """Wait for an acknowledged chunk after a failed or cancelled stream; a failure is only logged."""
-    try:
-        await pending
-    except Exception:
-        log.warning("acknowledged write to %s failed after the stream ended", ref, exc_info=True)
 
 
 async def _serve_stream(
@@ -200,23 +173,6 @@ class _Last:
         self.repeat = repeat
 
 
-class _Holder:
-    """A ``Write`` call holding its ref: whether its client is done sending, and its waiters.
-
-    *ended* is the call stream's ``request_ended`` (see
-    :meth:`ctrd.wire.Call.request_ended`); *released* is created by
-    the first call waiting for the ref and resolved once the holder let it go;
-    *gone* is set then.
-    """
-
-    __slots__ = ("ended", "gone", "released")
-
-    def __init__(self, ended: Callable[[], bool]) -> None:
-        self.ended = ended
-        self.gone = False
-        self.released: asyncio.Future[None] | None = None
-
-
 class ContentService(api.ContentBase):
     """The Content gRPC service over a namespaced content :class:`~ctrd.content.Store`.
 
@@ -233,9 +189,8 @@ class ContentService(api.ContentBase):
         self._publisher = publisher
         self.early_write_ack = early_write_ack
         """Reply to a ``WRITE`` before its chunk is on disk (see :meth:`write`)."""
-        #: the Write calls holding a ref, by (namespace, ref), when their stream can tell
-        #: whether the client has ended its side (see :meth:`_open_released`)
-        self._holders: dict[tuple[str | None, str], _Holder] = {}
+        #: the Write calls holding a ref (see :meth:`RefHolders.open`)
+        self._holders = RefHolders(store)
 
     def __mapping__(self) -> dict[str, Method]:
         """The generated mapping, with List/Read/Write driven by :func:`_serve_stream`.
@@ -323,7 +278,7 @@ class ContentService(api.ContentBase):
                 pos += len(data)
                 yield pos - len(data) - offset, data, pos >= end
         finally:
-            await shield_eager(_close_quietly(reader, f"reader for {dgst}"))
+            await shield_eager(close_quietly(reader, f"reader for {dgst}"))
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -338,7 +293,7 @@ class ContentService(api.ContentBase):
         req_info = message.info if message.info is not None else api.Info()
         _validate_quoted(req_info.digest)
         paths = list(message.update_mask.paths) if message.update_mask is not None else []
-        _validate_labels("info.Labels", _update_paths(req_info, paths))
+        validate_labels("info.Labels", _update_paths(req_info, paths))
         info = await self._store.update(info_from_proto(req_info), paths)
         return api.UpdateResponse(info=info_to_proto(info))
 
@@ -434,7 +389,7 @@ class ContentService(api.ContentBase):
     async def _write(
         self, messages: AsyncIterator[api.WriteContentRequest]
     ) -> AsyncGenerator[api.WriteContentResponse | _Last, None]:
-        """The bidi ingest stream: containerd 1.6's algorithm, step for step.
+        """The bidi ingest stream: containerd 1.6's algorithm, step for step (:class:`WriteCall`).
 
         With :attr:`early_write_ack`, a ``WRITE`` carrying data is answered as
         soon as the chunk is handed to the writer (offset advanced, no digest:
@@ -448,101 +403,32 @@ class ContentService(api.ContentBase):
         req = await anext(messages, None)
         if req is None or not req.ref:
             raise errdefs.InvalidArgument("first message must have a reference")
-        ref: str = req.ref
-        total: int = req.total
-        expected: str = req.expected
-        store = self._store
-        key = (namespaces.current(), ref)
-
-        wr: Writer | None
-        prior = self._holders.get(key)
-        try:
-            wr = await store.writer(ref, total=total, expected=expected)
-        except errdefs.Unavailable as exc:
-            wr = await self._open_released(key, prior, total, expected, exc)
-        msg = api.WriteContentResponse()
-        finished = False
-        early = self.early_write_ack
-        pending: asyncio.Future[int] | None = None
-        pending_len = 0
-
-        async def settle() -> None:
-            """Wait for the acknowledged chunk; its failure is this stream's."""
-            nonlocal pending
-            if pending is not None:
-                done, pending = pending, None
-                n = await done
-                if n != pending_len:
-                    raise errdefs.DataLoss(f"wrote {n} of {pending_len} bytes")
-
+        key = (namespaces.current(), req.ref)
+        writer = await self._holders.open(key, req.total, req.expected)
         # the ref is this call's now: registered (until let go) when its stream can tell
         # whether the client has ended its side, so a reopening call may wait for it
-        ended: Callable[[], bool] | None = getattr(messages, "request_ended", None)
-        holder: _Holder | None = None
-        if ended is not None:
-            holder = self._holders[key] = _Holder(ended)
+        holder = self._holders.hold(key, getattr(messages, "request_ended", None))
+        call = WriteCall(self, writer, key, req.total, req.expected, self._holders, holder)
+        msg = call.msg
+        finished = False
         try:
             while True:
-                assert wr is not None
-                await settle()
+                ws = await call.begin(req)
                 action = req.action
-                msg.action = action
-                ws = await wr.status()
-                msg.offset = ws.offset
-
-                if req.expected:
-                    expected = req.expected
-                    if await self._committed(expected):
-                        w, wr = wr, None
-                        await _close_quietly(w, f"writer for {ref}")
-                        try:
-                            await store.abort(ref)
-                        except errdefs.Error:
-                            log.warning("failed to abort write %s", ref, exc_info=True)
-                        raise errdefs.AlreadyExists(f"blob with expected digest {expected} exists")
-
-                if req.total > 0:
-                    total = req.total
-
                 if action == _STAT:
-                    msg.digest = wr.digest()
-                    msg.started_at = to_utc(ws.started_at)
-                    msg.updated_at = to_utc(ws.updated_at)
-                    msg.total = total
+                    call.stat(ws)
                 elif action in (_WRITE, _COMMIT):
-                    offset = req.offset
-                    if offset > 0 and offset != ws.offset:
-                        raise errdefs.OutOfRange(f"write @{offset} must occur at current offset {ws.offset}")
-                    if offset == 0 and ws.offset > 0:
-                        await self._truncate(wr)
-                        msg.offset = 0
-                    data = req.data
-                    if data and early and action == _WRITE:
-                        pending = asyncio.ensure_future(wr.write(data))
-                        pending_len = len(data)
-                        msg.offset += pending_len
-                        msg.digest = ""
-                        yield msg
+                    if await call.write(req, ws, self.early_write_ack):
+                        yield msg  # acknowledged early: the chunk is being written
                         next_req = await anext(messages, None)
                         if next_req is None:
                             break
                         req = next_req
                         continue
-                    if data:
-                        n = await wr.write(data)
-                        if n != len(data):
-                            raise errdefs.DataLoss(f"wrote {n} of {len(data)} bytes")
-                        msg.offset += n
-                        # nothing keeps the message's bytes while the next one is awaited:
-                        # the server's receive budget counts them as given back then
-                        data = req.data = b""
                     if action == _COMMIT:
-                        commit_labels: Mapping[str, str] | None = req.labels or None
-                        if commit_labels is not None:
-                            _validate_labels("info.Labels", commit_labels)
-                        await wr.commit(total, expected, commit_labels)
-                    msg.digest = wr.digest()
-
+                        await call.commit(req)
+                    assert call.wr is not None
+                    msg.digest = call.wr.digest()
                 if action == _COMMIT:
                     # the commit's reply, containerd's deferred "pump" of the last response
                     # once more, and the OK trailers: nothing left can fail the call (nothing
@@ -551,74 +437,15 @@ class ContentService(api.ContentBase):
                     yield _Last(msg, 2)
                     break
                 yield msg
-
                 req = await anext(messages, None)
                 if req is None:
                     break
-            await settle()  # the client may half-close right after an acknowledged chunk
+            await call.settle()  # the client may half-close right after an acknowledged chunk
         finally:
-            if pending is not None:
-                await asyncio.shield(_settle(pending, ref))
-            if wr is not None or holder is not None:
-                await asyncio.shield(self._let_go(wr, ref, key, holder))
+            await call.close()
         if not finished:
             # containerd's deferred "pump": the last response once more on success.
             yield msg
-
-    async def _open_released(
-        self,
-        key: tuple[str | None, str],
-        prior: _Holder | None,
-        total: int,
-        expected: str,
-        error: errdefs.Unavailable,
-    ) -> Writer:
-        """The store's writer for *key*'s ref once the ``Write`` call holding it has let it go.
-
-        The holder is the call registered for *key* now or, failing that, *prior*
-        (the one registered when the failed attempt started: the store may have
-        awaited after finding the ref locked, and the holder may be gone since).
-        Only a holder whose client has ended its side of the call (it half-closed,
-        or the call was cancelled) is waited for, and for at most
-        :data:`RELEASE_WAIT` seconds in all; otherwise the store's *error* (``ref
-        ... locked``) is raised at once.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RELEASE_WAIT
-        while True:
-            holder = self._holders.get(key, prior)
-            if holder is None or loop.time() >= deadline:
-                raise error
-            if not holder.gone:
-                if not holder.ended():
-                    raise error
-                released = holder.released
-                if released is None:
-                    released = holder.released = loop.create_future()
-                await asyncio.wait((released,), timeout=deadline - loop.time())
-                if not released.done():
-                    raise error
-            prior = self._holders.get(key)
-            try:
-                return await self._store.writer(key[1], total=total, expected=expected)
-            except errdefs.Unavailable as exc:
-                error = exc
-
-    async def _let_go(
-        self, wr: Writer | None, ref: str, key: tuple[str | None, str], holder: _Holder | None
-    ) -> None:
-        """Close *wr* (quietly), then wake the calls waiting for *ref* (:meth:`_open_released`)."""
-        try:
-            if wr is not None:
-                await _close_quietly(wr, f"writer for {ref}")
-        finally:
-            if holder is not None:
-                holder.gone = True
-                if self._holders.get(key) is holder:
-                    del self._holders[key]
-                released = holder.released
-                if released is not None and not released.done():
-                    released.set_result(None)
 
     async def _committed(self, dgst: str) -> bool:
         """Whether *dgst* is committed in the caller's namespace (any error: no)."""
@@ -633,13 +460,3 @@ class ContentService(api.ContentBase):
         except errdefs.Error:
             return False
         return True
-
-    @staticmethod
-    async def _truncate(wr: Writer) -> None:
-        """Truncate to 0; failures surface as Unknown ``truncate failed: ...`` like containerd."""
-        try:
-            await wr.truncate(0)
-        except errdefs.Error as exc:
-            raise errdefs.Unknown(f"truncate failed: {exc}") from exc
-        except OSError as exc:
-            raise errdefs.Unknown(f"truncate failed: {exc.strerror or type(exc).__name__}") from exc

@@ -123,6 +123,12 @@ _MAX_LIVE_CALLS: Final = 256
 (twice HTTP/2's limit of 100 open streams, which reset streams escape)."""
 _MAX_UNSENT: Final = 32 << 20
 """Bytes a connection's transport may hold unsent before the connection is closed."""
+_SLICE: Final = 16 << 10
+"""Bytes of a read of small frames handled at a time."""
+_SMALL_FRAME: Final = 4 << 10
+"""Frames shorter than this are small: control frames, headers, small messages."""
+_TURN: Final = 0.002
+"""Seconds of a loop turn one connection's small frames may take before the rest waits."""
 
 
 class _Tracker:
@@ -197,6 +203,7 @@ class _Handler(_gs.Handler):
     """grpclib's per-connection handler, serving each call with :meth:`GrpcListener._serve`."""
 
     _transport: Any = None
+    _protocol: Any = None
     _live = 0  # handler tasks of this connection not finished yet
     _reading_paused = False
     _peer: Peer | None = None
@@ -207,9 +214,11 @@ class _Handler(_gs.Handler):
         self._registry = registry
         self.rooms = ConnectionRooms(listener._rooms)
 
-    def attach(self, transport: Any) -> None:
-        """The connection's transport, paused while too many of its calls are still running."""
-        self._transport = transport
+    def attach(self, protocol: _ServerProtocol) -> None:
+        """The connection's protocol (its transport and its reading, paused while too many of its
+        calls are still running)."""
+        self._protocol = protocol
+        self._transport = protocol._transport
 
     def peer(self) -> Peer:
         """The client of this connection, identified once (an unidentifiable one is ``unknown``)."""
@@ -234,19 +243,18 @@ class _Handler(_gs.Handler):
         # ``finally`` neither): the stream must still be released, or grpclib keeps it forever.
         task.add_done_callback(once.on_done)
         task.add_done_callback(self._finished)
-        if self._live >= _MAX_LIVE_CALLS and not self._reading_paused and self._transport is not None:
+        if self._live >= _MAX_LIVE_CALLS and not self._reading_paused and self._protocol is not None:
             # HTTP/2 caps open streams, not calls: a stream reset at once no longer counts,
             # while its handler still runs. A client opening and resetting streams in a loop
             # (CVE-2023-44487) is read no further until its calls have finished.
             self._reading_paused = True
-            self._transport.pause_reading()
+            self._protocol.pause("calls")
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._live -= 1
         if self._reading_paused and self._live < _MAX_LIVE_CALLS // 2:
             self._reading_paused = False
-            if not self._transport.is_closing():
-                self._transport.resume_reading()
+            self._protocol.resume("calls")
         if not self._live and self.closing:
             self.forget()
 
@@ -263,14 +271,23 @@ class _Handler(_gs.Handler):
 
 class _ServerProtocol(LargeFrameProtocol):
     """The server's protocol: ctrd's h2 connection (or h2's own, ``CTRD_H2=stock``), frame-flood
-    bounds, and a drained transport waking the calls waiting to reply."""
+    bounds, and a drained transport waking the calls waiting to reply.
+
+    A read of many small frames is handled a slice at a time: after
+    :data:`_TURN` seconds of work, what is left waits for the loop's next turn
+    (reading paused meanwhile), so a connection flooding the daemon with tiny
+    frames takes its turn like every other connection instead of holding the loop
+    for a whole read.
+    """
 
     _transport: Any = None
+    _rest: memoryview | None = None  # what is left of a read, for the loop's next turn
 
     def __init__(self, handler: _Handler, fast: bool, *args: Any) -> None:
         super().__init__(handler, *args)
         self._fast = fast
         self._rooms = handler.rooms
+        self._paused: set[str] = set()
 
     def connection_made(self, transport: Any) -> None:
         if self._fast:
@@ -281,10 +298,51 @@ class _ServerProtocol(LargeFrameProtocol):
         self._transport = transport
         handler = self.handler
         if isinstance(handler, _Handler):
-            handler.attach(transport)
+            handler.attach(self)
+
+    def pause(self, reason: str) -> None:
+        """Read no further from the socket until every reason to pause is gone."""
+        if not self._paused and not self._transport.is_closing():
+            self._transport.pause_reading()
+        self._paused.add(reason)
+
+    def resume(self, reason: str) -> None:
+        """*reason* to pause is gone."""
+        self._paused.discard(reason)
+        if not self._paused and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        view = memoryview(data)
+        if len(view) <= _SLICE or not _small_frames_ahead(self.connection._connection, view):
+            super().data_received(data)
+        else:
+            self._slices(view)
+        self._check_unsent()
+
+    def _slices(self, view: memoryview) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + _TURN
+        while len(view) > _SLICE:
+            super().data_received(view[:_SLICE])  # type: ignore[arg-type]  # h2 takes any buffer
+            view = view[_SLICE:]
+            if loop.time() > end and not self._transport.is_closing():
+                self._rest = view
+                self.pause("slices")
+                loop.call_soon(self._next_turn)
+                return
+        super().data_received(view)  # type: ignore[arg-type]
+
+    def _next_turn(self) -> None:
+        rest, self._rest = self._rest, None
+        if rest is None or self._transport.is_closing():
+            return
+        self._slices(rest)
+        if self._rest is None:
+            self.resume("slices")
+        self._check_unsent()
+
+    def _check_unsent(self) -> None:
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size() > _MAX_UNSENT:
             # replies are budgeted far below this: what piles up is answers to a peer's
@@ -300,10 +358,24 @@ class _ServerProtocol(LargeFrameProtocol):
         self._rooms.send.wake()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._rest = None
         super().connection_lost(exc)  # cancels the calls still running
         handler = self.handler
         if isinstance(handler, _Handler) and not handler._live:
             handler.forget()
+
+
+def _small_frames_ahead(conn: Any, view: memoryview) -> bool:
+    """Whether a read *view* continues with small frames (under :data:`_SMALL_FRAME`; not DATA
+    frames of bulk data, which are taken whole): judged by the frame it starts, or by the
+    frame h2 holds the start of."""
+    if getattr(conn, "_frame", None) is not None:
+        return False  # gathering a large DATA frame's body
+    pending = getattr(conn.incoming_buffer, "_data", b"")
+    head = pending if len(pending) else view
+    if len(head) < 3:
+        return True
+    return ((head[0] << 16) | (head[1] << 8) | head[2]) < _SMALL_FRAME
 
 
 class _Server(_gs.Server):
