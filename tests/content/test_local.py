@@ -25,7 +25,6 @@ from ctrd.content import (
     write_blob,
 )
 from ctrd.content.local import LocalStore
-from ctrd.content.local._locks import format_duration
 from ctrd.content.local._writer import format_timestamp, parse_timestamp
 
 from .suite import BAD_DIGESTS, ContentStoreSuite, create_content
@@ -465,12 +464,6 @@ def test_digest_helpers() -> None:
     for algorithm in ("sha256", "sha384", "sha512"):
         validate(f"{algorithm}:{hashlib.new(algorithm, b'x').hexdigest()}")
     assert digest.ALGORITHMS["sha512"] == 128
-
-
-def test_format_duration() -> None:
-    assert format_duration(0.0015) == "1.5ms"
-    assert format_duration(2.0) == "2s"
-    assert format_duration(125.5) == "2m5.5s"
 
 
 @pytest.fixture
