@@ -26,8 +26,7 @@ from ctrd.content import (
 )
 from ctrd.content.local import LocalStore
 from ctrd.content.local._writer import format_timestamp, parse_timestamp
-
-from .suite import BAD_DIGESTS, ContentStoreSuite, create_content
+from ctrd.testing.content_suite import BAD_DIGESTS, ContentStoreSuite, create_content
 
 
 def _open_fds() -> int:

@@ -26,8 +26,7 @@ from ctrd.content import Store, sha256_of
 from ctrd.proxy.connection import Connection
 from ctrd.proxy.content import ProxyContentStore
 from ctrd.testing import Containerd, running_containerd
-
-from ..content.suite import ContentStoreSuite
+from ctrd.testing.content_suite import ContentStoreSuite
 
 pytestmark = pytest.mark.interop
 

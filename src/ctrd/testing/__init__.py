@@ -43,6 +43,7 @@ from ctrd.testing._daemons import (
     start_ctrd,
     toml_str,
 )
+from ctrd.testing.memory import MemoryStore
 
 __all__ = [
     "CONTAINERD",
@@ -53,6 +54,7 @@ __all__ = [
     "Ctrd",
     "DaemonError",
     "DaemonProcess",
+    "MemoryStore",
     "containerd_available",
     "containerd_config",
     "ctrd_config",
