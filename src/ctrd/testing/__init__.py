@@ -27,20 +27,22 @@ from __future__ import annotations
 from ctrd.testing._daemons import (
     CONTAINERD,
     GC_DEFAULTS,
-    START_TIMEOUT,
-    STOP_TIMEOUT,
     Containerd,
     Ctrd,
-    DaemonError,
-    DaemonProcess,
     containerd_available,
     containerd_config,
     ctrd_config,
     running_containerd,
     running_ctrd,
-    short_tmpdir,
     start_containerd,
     start_ctrd,
+)
+from ctrd.testing._process import (
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    DaemonError,
+    DaemonProcess,
+    short_tmpdir,
     toml_str,
 )
 from ctrd.testing.memory import MemoryStore
