@@ -232,7 +232,7 @@ async def _run_all(ctx: Context, scenarios: Sequence[Scenario], results: list[di
             print(f"{title}:", flush=True)
             load0 = os.getloadavg()[0]
             await s.setup(ctx)
-            names = ["machine"] if s.machine else [d.name for d in ctx.daemons]
+            names = ["machine"] if s.machine else [d.kind for d in ctx.daemons]
             samples: dict[str, list[Sample]] = {n: [] for n in names}
             for rnd in range(0 if s.warmup else 1, s.runs(p) + 1):  # round 0 is the warm-up
                 await s.prepare(ctx, rnd)
@@ -241,9 +241,9 @@ async def _run_all(ctx: Context, scenarios: Sequence[Scenario], results: list[di
                     order.reverse()
                 for d in order:
                     if d is not None and not d.alive():
-                        raise BenchError(f"{d.name} is no longer running; last log lines:\n{d.log_tail()}")
+                        raise BenchError(f"{d.kind} is no longer running; last log lines:\n{d.log_tail()}")
                     sample = await s.run(ctx, d, rnd)
-                    name = "machine" if d is None else d.name
+                    name = "machine" if d is None else d.kind
                     _show(s, p, name, rnd, sample)
                     if rnd > 0:
                         samples[name].append(sample)
@@ -336,7 +336,7 @@ def _bench(args: argparse.Namespace) -> int:
         machine["bytecode"] = _compile_ctrd()
         for d in daemons:
             d.start()
-            print(f"bench: {d.name} pid {d.pid} on {d.socket}", flush=True)
+            print(f"bench: {d.kind} pid {d.pid} on {d.socket}", flush=True)
         # ctrd sets glibc malloc thresholds with mallopt at start (ctrd.cli.tune_malloc); record which
         machine["ctrd_malloc"] = {
             k: daemons[0].environ(k)
@@ -345,13 +345,13 @@ def _bench(args: argparse.Namespace) -> int:
         ctx = Context(params=params, work=work, ctr=ctr, large=large, daemons=daemons, spawned=spawned)
         asyncio.run(_run_all(ctx, scenarios, results))
         for d in daemons:
-            memory[d.name] = {"peak_rss_kib": d.memory_kib("VmHWM"), "rss_kib": d.memory_kib("VmRSS")}
+            memory[d.kind] = {"peak_rss_kib": d.memory_kib("VmHWM"), "rss_kib": d.memory_kib("VmRSS")}
         completed = True
     finally:
         for d in [*spawned, *daemons]:
             rc = d.stop()
             if rc not in (None, 0) and not completed:
-                print(f"bench: {d.name} exited with {rc}; last log lines:\n{d.log_tail()}", file=sys.stderr)
+                print(f"bench: {d.kind} exited with {rc}; last log lines:\n{d.log_tail()}", file=sys.stderr)
         if args.keep:
             print(f"bench: kept {work}", file=sys.stderr)
         else:

@@ -119,13 +119,13 @@ class Context:
     variants: dict[str, tuple[Daemon, Channel]] = field(default_factory=dict)
 
     def store(self, daemon: Daemon, ns: str) -> BenchStore:
-        return BenchStore(self.channels[daemon.name], namespace=ns, timeout=600)
+        return BenchStore(self.channels[daemon.kind], namespace=ns, timeout=600)
 
     async def connect(self) -> None:
         for d in self.daemons:
             # the SDK's channel (ctrd.client.Client uses the same one)
             ch = LargeFrameChannel(path=d.socket)
-            self.channels[d.name] = ch
+            self.channels[d.kind] = ch
             # open the connection now, so no timed run pays for it
             await BenchStore(ch, namespace=SOURCE_NS).list_statuses()
 
@@ -142,7 +142,7 @@ class Context:
 
     def launch(self, sib: Daemon) -> Daemon:
         """Start (not wait for) *sib* in a fresh directory; stopped with the others on exit."""
-        shutil.rmtree(sib.dir, ignore_errors=True)
+        shutil.rmtree(sib.directory, ignore_errors=True)
         self.spawned.append(sib)
         sib.spawn()
         return sib
@@ -161,7 +161,7 @@ class Context:
         d.stop()
         with contextlib.suppress(ValueError):
             self.spawned.remove(d)
-        shutil.rmtree(d.dir, ignore_errors=True)
+        shutil.rmtree(d.directory, ignore_errors=True)
 
     def release(self, group: str) -> None:
         """Stop the daemons of *group* once no later scenario needs them."""
@@ -198,7 +198,7 @@ class Context:
             for dg, size in ((dgst, self.large.size), (small[1], SMALL_SIZE)):
                 info = await st.info(dg)
                 if info.size != size:
-                    raise BenchError(f"{d.name}: source blob {dg} has size {info.size}, expected {size}")
+                    raise BenchError(f"{d.kind}: source blob {dg} has size {info.size}, expected {size}")
         self.sources = {"large": (dgst, self.large.size), "small": (small[1], SMALL_SIZE)}
 
     async def ensure_admit_large(self) -> None:
@@ -212,12 +212,12 @@ class Context:
             return
         blob = self.file_blob(size)
         for d in self.daemons:
-            print(f"  (writing the {_mib(size)} admission source into {d.name})", flush=True)
+            print(f"  (writing the {_mib(size)} admission source into {d.kind})", flush=True)
             st = self.store(d, SOURCE_NS)
             await write_file(st, "src-admit-large", blob, GC_ROOT)
             info = await st.info(blob.digest)
             if info.size != size:
-                raise BenchError(f"{d.name}: source blob {blob.digest} has size {info.size}, expected {size}")
+                raise BenchError(f"{d.kind}: source blob {blob.digest} has size {info.size}, expected {size}")
         await asyncio.sleep(SETTLE)
         self.sources["admit-large"] = (blob.digest, size)
 
@@ -232,9 +232,9 @@ class Context:
             flush=True,
         )
         for d in self.daemons:
-            sib = self.spawn(d, f"list-{d.name}")
+            sib = self.spawn(d, f"list-{d.kind}")
             await wait_version(sib)
-            self.lists[d.name] = ListDaemon(sib, LargeFrameChannel(path=sib.socket))
+            self.lists[d.kind] = ListDaemon(sib, LargeFrameChannel(path=sib.socket))
         await asyncio.gather(*(self._fill(ld) for ld in self.lists.values()))
 
     async def _fill(self, ld: ListDaemon) -> None:
@@ -259,7 +259,7 @@ class Context:
                 if done % report_every == 0:
                     dt = time.perf_counter() - t0
                     print(
-                        f"    {ld.daemon.name}: {done}/{p.list_count} blobs, {done / dt:.0f} blobs/s",
+                        f"    {ld.daemon.kind}: {done}/{p.list_count} blobs, {done / dt:.0f} blobs/s",
                         flush=True,
                     )
 
@@ -322,7 +322,7 @@ async def wait_version(daemon: Daemon, interval: float = POLL, timeout: float = 
         while True:
             polls += 1
             if not daemon.alive():
-                raise BenchError(f"{daemon.name} exited before serving; last log lines:\n{daemon.log_tail()}")
+                raise BenchError(f"{daemon.kind} exited before serving; last log lines:\n{daemon.log_tail()}")
             if os.path.exists(daemon.socket):
                 ch = ch or Channel(path=daemon.socket)
                 try:
@@ -333,7 +333,7 @@ async def wait_version(daemon: Daemon, interval: float = POLL, timeout: float = 
                     ch.close()
                     ch = None
             if time.monotonic() > deadline:
-                raise BenchError(f"{daemon.name} did not answer Version within {timeout:.0f} s: {last!r}")
+                raise BenchError(f"{daemon.kind} did not answer Version within {timeout:.0f} s: {last!r}")
             await asyncio.sleep(interval)
     finally:
         if ch is not None:
@@ -361,7 +361,7 @@ def ctr(
         raise KeyboardInterrupt
     if p.returncode != 0:
         err = p.stderr.decode(errors="replace").strip()
-        raise BenchError(f"{daemon.name}: ctr {' '.join(args)} failed ({p.returncode}): {err}")
+        raise BenchError(f"{daemon.kind}: ctr {' '.join(args)} failed ({p.returncode}): {err}")
     return p
 
 
@@ -371,7 +371,7 @@ async def wait_gone(daemon: Daemon, dgst: str, settle: float = SETTLE) -> bool:
     deadline = time.monotonic() + GONE_TIMEOUT
     while path.exists():
         if time.monotonic() > deadline:
-            print(f"bench: warning: {daemon.name} still holds {dgst} {GONE_TIMEOUT:.0f} s after the delete")
+            print(f"bench: warning: {daemon.kind} still holds {dgst} {GONE_TIMEOUT:.0f} s after the delete")
             return False
         await asyncio.sleep(0.05)
     await asyncio.sleep(settle)
@@ -421,7 +421,7 @@ class Scenario:
         if self.variant_toml is not None and isinstance(daemon, Ctrd):
             assert self.group is not None
             return ctx.variants[self.group]
-        return daemon, ctx.channels[daemon.name]
+        return daemon, ctx.channels[daemon.kind]
 
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         raise NotImplementedError
@@ -508,7 +508,7 @@ class IngestCtr(Scenario):
         assert p.sample is not None
         info = await BenchStore(channel, namespace=ns, timeout=600).info(dgst)
         if info.size != ctx.large.size or info.digest != dgst:
-            raise BenchError(f"{target.name}: ingested {info.size} bytes as {info.digest}, expected {dgst}")
+            raise BenchError(f"{target.kind}: ingested {info.size} bytes as {info.digest}, expected {dgst}")
         ctr(ctx, target, ns, "content", "rm", dgst)
         await wait_gone(target, dgst)
         return p.sample
@@ -561,7 +561,7 @@ class IngestSdk(Scenario):
         assert p.sample is not None
         info = await st.info(dgst)
         if info.size != ctx.large.size:
-            raise BenchError(f"{target.name}: ingested {info.size} bytes, expected {ctx.large.size}")
+            raise BenchError(f"{target.kind}: ingested {info.size} bytes, expected {ctx.large.size}")
         await st.delete(dgst)
         await wait_gone(target, dgst)
         return p.sample
@@ -637,7 +637,7 @@ class SmallIngest(Scenario):
         async for _ in st.walk():
             n += 1
         if n != len(blobs):
-            raise BenchError(f"{daemon.name}: namespace {ns} lists {n} blobs, expected {len(blobs)}")
+            raise BenchError(f"{daemon.kind}: namespace {ns} lists {n} blobs, expected {len(blobs)}")
         return p.sample
 
 
@@ -675,7 +675,7 @@ class ReadSdk(Scenario):
                     h.update(chunk)
         assert p.sample is not None
         if n != size or (h is not None and "sha256:" + h.hexdigest() != dgst):
-            raise BenchError(f"{daemon.name}: read {n} bytes of {dgst} with a wrong size or digest")
+            raise BenchError(f"{daemon.kind}: read {n} bytes of {dgst} with a wrong size or digest")
         return p.sample
 
 
@@ -704,7 +704,7 @@ class ReadCtr(Scenario):
                     ctr(ctx, daemon, SOURCE_NS, "content", "get", dgst, stdout=f)
                 data = memoryview(out.read_bytes())
                 if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != dgst:
-                    raise BenchError(f"{daemon.name}: ctr content get returned wrong bytes for {dgst}")
+                    raise BenchError(f"{daemon.kind}: ctr content get returned wrong bytes for {dgst}")
             finally:
                 out.unlink(missing_ok=True)
         else:
@@ -753,7 +753,7 @@ class SharedAdmission(Scenario):
         assert daemon is not None
         dgst, size = ctx.sources["small" if self.which == "small" else "admit-large"]
         names = [f"{self.key}-r{rnd}-{k}" for k in range(ctx.params.admissions)]
-        nsapi = NamespacesStub(ctx.channels[daemon.name])
+        nsapi = NamespacesStub(ctx.channels[daemon.kind])
         for name in names:  # create the namespaces up front: only the admission is timed
             # ctr always sends the header; containerd needs it to publish the create event
             await nsapi.create(
@@ -768,7 +768,7 @@ class SharedAdmission(Scenario):
                 await w.close()
             if st.offset != size:
                 raise BenchError(
-                    f"{daemon.name}: shared writer for {dgst} reports offset {st.offset}, expected {size}"
+                    f"{daemon.kind}: shared writer for {dgst} reports offset {st.offset}, expected {size}"
                 )
         with Probe(daemon) as p:
             for st_ in stores:
@@ -778,7 +778,7 @@ class SharedAdmission(Scenario):
         for st_ in stores[:: max(len(stores) // 4, 1)]:
             info = await st_.info(dgst)
             if info.size != size:
-                raise BenchError(f"{daemon.name}: admitted blob has size {info.size}, expected {size}")
+                raise BenchError(f"{daemon.kind}: admitted blob has size {info.size}, expected {size}")
         return p.sample
 
 
@@ -833,7 +833,7 @@ class IngestSdkBlobs(Scenario):
         for _, dgst in self.blobs:
             info = await st.info(dgst)
             if info.size != self.size:
-                raise BenchError(f"{daemon.name}: ingested {info.size} bytes, expected {self.size}")
+                raise BenchError(f"{daemon.kind}: ingested {info.size} bytes, expected {self.size}")
             await st.delete(dgst)
         for _, dgst in self.blobs:
             await wait_gone(daemon, dgst, settle=0.0)
@@ -871,7 +871,7 @@ class ListBlobs(Scenario):
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         assert daemon is not None
         p = ctx.params
-        ld = ctx.lists[daemon.name]
+        ld = ctx.lists[daemon.kind]
         st = BenchStore(ld.channel, namespace=LIST_NS, timeout=600)
         filters = (LIST_FILTER,) if self.filtered else ()
         want = p.list_match if self.filtered else p.list_count
@@ -883,7 +883,7 @@ class ListBlobs(Scenario):
                     labelled += 1
         assert probe.sample is not None
         if n != want or (rnd == 0 and labelled != min(want, p.list_match)):
-            raise BenchError(f"{daemon.name}: List returned {n} blobs ({labelled} labelled), expected {want}")
+            raise BenchError(f"{daemon.kind}: List returned {n} blobs ({labelled} labelled), expected {want}")
         return probe.sample
 
 
@@ -938,7 +938,7 @@ class ListBlobsRaw(Scenario):
 
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         assert daemon is not None
-        ld = ctx.lists[daemon.name]
+        ld = ctx.lists[daemon.kind]
         n = 0
         with Probe(ld.daemon) as probe:
             async with ld.channel.request(
@@ -954,7 +954,7 @@ class ListBlobsRaw(Scenario):
                     n += msg.count
         assert probe.sample is not None
         if n != ctx.params.list_count:
-            raise BenchError(f"{daemon.name}: List returned {n} blobs, expected {ctx.params.list_count}")
+            raise BenchError(f"{daemon.kind}: List returned {n} blobs, expected {ctx.params.list_count}")
         return probe.sample
 
 
@@ -980,7 +980,7 @@ class RssAfterList(Scenario):
 
     async def run(self, ctx: Context, daemon: Daemon | None, rnd: int) -> Sample:
         assert daemon is not None
-        ld = ctx.lists[daemon.name]
+        ld = ctx.lists[daemon.kind]
         mem = ld.daemon.memory()
         return Sample(
             seconds=ld.fill_seconds,
@@ -1018,7 +1018,7 @@ class ColdStart(Scenario):
         sib: Daemon | None = None
         try:
             with Probe(daemon, unborn=True) as p:
-                sib = ctx.spawn(daemon, f"cold-{daemon.name}")
+                sib = ctx.spawn(daemon, f"cold-{daemon.kind}")
                 p.daemon = sib
                 polls = await wait_version(sib)
             assert p.sample is not None
@@ -1058,7 +1058,7 @@ class PeakRssIngest(Scenario):
         assert daemon is not None
         p = ctx.params
         big = ctx.file_blob(p.rss_size)
-        sib = ctx.spawn(daemon, f"rss-{daemon.name}")
+        sib = ctx.spawn(daemon, f"rss-{daemon.kind}")
         try:
             await wait_version(sib)
             hwm_start = sib.memory_kib("VmHWM")
@@ -1078,7 +1078,7 @@ class PeakRssIngest(Scenario):
             finally:
                 ch.close()
             if info.size != p.rss_size:
-                raise BenchError(f"{sib.name}: ingested {info.size} bytes, expected {p.rss_size}")
+                raise BenchError(f"{sib.kind}: ingested {info.size} bytes, expected {p.rss_size}")
         finally:
             ctx.retire(sib)
         probe.sample.metric = hwm_big / 1024

@@ -2,9 +2,10 @@
 
 * ``daemon`` — a factory (:class:`_daemon.Launcher`): ``daemon(extra_config, env=..., plugins=True)``
   starts ``python -m ctrd --config <tmp>/config.toml --address <tmp>/ctrd.sock``, waits until
-  ``Version`` answers and returns a :class:`_daemon.DaemonProc` (``.socket .root .state .proc
-  .log_path .config_path``). Every daemon is stopped with SIGTERM (SIGKILL fallback) after the
-  test; the logs are printed when the test failed. ``daemon.run(*args)`` runs ``ctrd`` to completion.
+  ``Version`` answers and returns a :class:`_daemon.DaemonProc` (a :class:`ctrd.testing.Ctrd`:
+  ``.socket .root .state .proc .log_path .config_path``). Every daemon is stopped with SIGTERM
+  (SIGKILL fallback) after the test; the logs are printed when the test failed.
+  ``daemon.run(*args)`` runs ``ctrd`` to completion.
 * ``ctr`` — ``ctr(sock, *args)`` runs ``/usr/bin/ctr --address <sock> ...`` and returns the
   ``CompletedProcess`` (text).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctrd import errdefs, identifiers
+from ctrd import errdefs, golang, identifiers
 
 PATTERN = "^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
 
@@ -55,7 +55,7 @@ def test_valid(name: str) -> None:
 def test_invalid(name: str) -> None:
     with pytest.raises(errdefs.InvalidArgument) as info:
         identifiers.validate(name)
-    assert info.value.context == f"identifier {identifiers.go_quote(name)} must match {PATTERN}"
+    assert info.value.context == f"identifier {golang.quote(name)} must match {PATTERN}"
     assert str(info.value).endswith(": invalid argument")
 
 
@@ -81,25 +81,3 @@ def test_length_is_in_bytes() -> None:
     # 40 two-byte characters: 80 bytes, too long before being checked for characters.
     with pytest.raises(errdefs.InvalidArgument, match="greater than maximum length"):
         identifiers.validate("é" * 40)
-
-
-@pytest.mark.parametrize(
-    ("s", "quoted"),
-    [
-        ("", '""'),
-        ("abc", '"abc"'),
-        ('a"b', '"a\\"b"'),
-        ("a\\b", '"a\\\\b"'),
-        ("\a\b\f\n\r\t\v", '"\\a\\b\\f\\n\\r\\t\\v"'),
-        ("\x00\x1f\x7f", '"\\x00\\x1f\\x7f"'),
-        ("é牛😀", '"é牛😀"'),
-        ("\u00a0", '"\\u00a0"'),
-        ("\u00ad", '"\\u00ad"'),
-        ("\u2028", '"\\u2028"'),
-        ("\U000e0001", '"\\U000e0001"'),
-        ("\ud800", '"\\ufffd"'),
-        (" ~'`", '" ~\'`"'),
-    ],
-)
-def test_go_quote(s: str, quoted: str) -> None:
-    assert identifiers.go_quote(s) == quoted

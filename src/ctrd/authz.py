@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
-from ctrd import errdefs, identifiers
+from ctrd import errdefs, golang
 
 __all__ = [
     "MAX_IDS",
@@ -299,7 +299,7 @@ def require(namespace: str) -> None:
     """
     access = _ACCESS.get()
     if access is not None and not access.sees(namespace):
-        raise Denied(f"namespace {identifiers.go_quote(namespace[:128])} is not permitted")
+        raise Denied(f"namespace {golang.quote(namespace[:128])} is not permitted")
 
 
 def require_manage(namespace: str) -> None:
@@ -309,4 +309,4 @@ def require_manage(namespace: str) -> None:
     """
     access = _ACCESS.get()
     if access is not None and not access.manages(namespace):
-        raise Denied(f"managing namespace {identifiers.go_quote(namespace[:128])} is not permitted")
+        raise Denied(f"managing namespace {golang.quote(namespace[:128])} is not permitted")

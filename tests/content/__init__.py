@@ -1,1 +1,1 @@
-"""Content store tests: the conformance suite (suite.py) and the local store."""
+"""Content store tests: the local and in-memory stores through ctrd.testing.content_suite."""

@@ -25,10 +25,8 @@ from ctrd.content import (
     write_blob,
 )
 from ctrd.content.local import LocalStore
-from ctrd.content.local._locks import format_duration
 from ctrd.content.local._writer import format_timestamp, parse_timestamp
-
-from .suite import BAD_DIGESTS, ContentStoreSuite, create_content
+from ctrd.testing.content_suite import BAD_DIGESTS, ContentStoreSuite, create_content
 
 
 def _open_fds() -> int:
@@ -465,12 +463,6 @@ def test_digest_helpers() -> None:
     for algorithm in ("sha256", "sha384", "sha512"):
         validate(f"{algorithm}:{hashlib.new(algorithm, b'x').hexdigest()}")
     assert digest.ALGORITHMS["sha512"] == 128
-
-
-def test_format_duration() -> None:
-    assert format_duration(0.0015) == "1.5ms"
-    assert format_duration(2.0) == "2s"
-    assert format_duration(125.5) == "2m5.5s"
 
 
 @pytest.fixture

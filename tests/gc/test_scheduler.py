@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from ctrd import errdefs
 from ctrd.content.plugin import local as content_plugin
-from ctrd.gc.duration import DurationError, format_duration, parse_duration
 from ctrd.gc.plugin import SchedulerConfig
 from ctrd.gc.plugin import scheduler as gc_plugin
 from ctrd.gc.scheduler import GCScheduler
+from ctrd.golang import DurationError, format_duration, parse_duration
 from ctrd.metadata.plugin import sqlite as metadata_plugin
 from ctrd.server.config import Config, ConfigError
 from ctrd.server.daemon import Daemon

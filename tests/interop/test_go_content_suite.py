@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from ..proxy import _containerd
+from ctrd.testing import running_containerd
 
 pytestmark = pytest.mark.interop
 
@@ -126,6 +126,5 @@ def test_content_suite_against_ctrd(gosuite: Path, daemon: Callable[..., Any], p
 @pytest.mark.parametrize("policy", ["shared", "isolated"])
 def test_content_suite_against_containerd(gosuite: Path, policy: str) -> None:
     """The harness against the reference: what the ctrd runs are held to."""
-    extra = f'  [plugins."io.containerd.metadata.v1.bolt"]\n    content_sharing_policy = "{policy}"\n'
-    with _containerd.running(extra=extra) as c:
+    with running_containerd(policy=policy, wait_for_startup_gc=True) as c:
         run_suite(gosuite, c.socket, policy)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ..proxy import _containerd
+from ctrd.testing import Containerd
 
 pytestmark = pytest.mark.interop
 
@@ -48,7 +48,7 @@ def ctrd_blobs(root: str) -> list[str]:
     return sorted("sha256:" + p.name for p in d.glob("*")) if d.is_dir() else []
 
 
-def start_pair(daemon: Callable[..., Any], namespace: str = "") -> tuple[Any, _containerd.Containerd]:
+def start_pair(daemon: Callable[..., Any], namespace: str = "") -> tuple[Any, Containerd]:
     tmp = daemon.tmpdir()  # type: ignore[attr-defined]
     backend = f"{tmp}/backend.sock"
     ns_line = f'  proxy_backend_namespace = "{namespace}"\n' if namespace else ""
@@ -59,10 +59,12 @@ def start_pair(daemon: Callable[..., Any], namespace: str = "") -> tuple[Any, _c
         tmp=tmp,
         args=["--log-level", "debug"],
     )
-    c = _containerd.start(
+    c = Containerd(
+        wait_for_startup_gc=True,
         disabled=["io.containerd.content.v1.content"],
         extra=f'[proxy_plugins]\n  [proxy_plugins.ctrd]\n    type = "content"\n    address = "{backend}"\n',
     )
+    c.start()
     return d, c
 
 
@@ -109,12 +111,9 @@ def test_ctr_against_containerd_stores_in_ctrd(daemon: Callable[..., Any]) -> No
         d.wait_for(lambda: ctrd_blobs(d.root) == [], timeout=30, what="ctrd's collector removing the file")
         assert re.search(r"proxy backend (List|Delete): header namespace None", d.log())
     finally:
-        c.stop()
-        if c.proc.returncode not in (0, None):
-            print(c.log())
-        import shutil
-
-        shutil.rmtree(c.dir, ignore_errors=True)
+        log = c.log()
+        if c.stop() not in (0, None):
+            print(log)
 
 
 def test_custom_backend_namespace_and_resumed_ingest(daemon: Callable[..., Any], tmp_path: Path) -> None:
@@ -174,6 +173,3 @@ def test_custom_backend_namespace_and_resumed_ingest(daemon: Callable[..., Any],
         assert ok(ctr(d.socket, "content", "ls", "-q", ns="proxy-backend")).split() == []
     finally:
         c.stop()
-        import shutil
-
-        shutil.rmtree(c.dir, ignore_errors=True)

@@ -25,9 +25,8 @@ from ctrd.client import RemoteContentStore
 from ctrd.content import Store, sha256_of
 from ctrd.proxy.connection import Connection
 from ctrd.proxy.content import ProxyContentStore
-
-from ..content.suite import ContentStoreSuite
-from ..proxy import _containerd
+from ctrd.testing import Containerd, running_containerd
+from ctrd.testing.content_suite import ContentStoreSuite
 
 pytestmark = pytest.mark.interop
 
@@ -64,14 +63,12 @@ def ok(p: subprocess.CompletedProcess[bytes]) -> str:
 
 
 @pytest.fixture
-def containerd() -> Iterator[_containerd.Containerd]:
-    with _containerd.running() as c:
+def containerd() -> Iterator[Containerd]:
+    with running_containerd(wait_for_startup_gc=True) as c:
         yield c
 
 
-def test_ctr_against_ctrd_stores_in_containerd(
-    daemon: Callable[..., Any], containerd: _containerd.Containerd
-) -> None:
+def test_ctr_against_ctrd_stores_in_containerd(daemon: Callable[..., Any], containerd: Containerd) -> None:
     d = daemon(proxy_config(containerd.socket))
     plugins = ok(ctr(d.socket, "plugins", "ls"))
     assert any(
@@ -112,7 +109,7 @@ def test_ctr_against_ctrd_stores_in_containerd(
 
 
 async def test_unavailable_with_address_when_containerd_is_down(
-    daemon: Callable[..., Any], containerd: _containerd.Containerd
+    daemon: Callable[..., Any], containerd: Containerd
 ) -> None:
     d = daemon(proxy_config(containerd.socket))
     ok(ctr(d.socket, "content", "ingest", "r", data=b"before"))
@@ -138,7 +135,7 @@ async def test_unavailable_with_address_when_containerd_is_down(
 
 
 async def test_interrupted_ingest_resumes_through_ctrd(
-    daemon: Callable[..., Any], containerd: _containerd.Containerd
+    daemon: Callable[..., Any], containerd: Containerd
 ) -> None:
     d = daemon(proxy_config(containerd.socket))
     data = os.urandom(2 * 1024 * 1024)
@@ -169,15 +166,15 @@ _seq = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def quiet_containerd() -> Iterator[_containerd.Containerd]:
+def quiet_containerd() -> Iterator[Containerd]:
     # the suite checks labels exactly, so it runs without the gc.root label and without GC
-    with _containerd.running(gc=_containerd.GC_OFF) as c:
+    with running_containerd(gc={"deletion_threshold": 1_000_000_000, "startup_delay": "1h"}) as c:
         yield c
 
 
 class TestProxySuiteOnContainerd(ContentStoreSuite):
     @pytest.fixture
-    async def store(self, quiet_containerd: _containerd.Containerd) -> AsyncIterator[Store]:
+    async def store(self, quiet_containerd: Containerd) -> AsyncIterator[Store]:
         conn = Connection(quiet_containerd.socket)
         try:
             yield ProxyContentStore(conn, f"suite{next(_seq)}", name="proxy", root_label="")
@@ -185,7 +182,7 @@ class TestProxySuiteOnContainerd(ContentStoreSuite):
             conn.close()
 
 
-def test_namespace_header_is_the_proxys(containerd: _containerd.Containerd) -> None:
+def test_namespace_header_is_the_proxys(containerd: Containerd) -> None:
     """Checked without ctrd's server: whatever the caller's context, calls act in the proxy namespace."""
     import asyncio
 

@@ -12,8 +12,12 @@ from ctrd import errdefs, namespaces
 from ctrd.content import Store, open_writer, read_blob, sha256_of, write_blob
 from ctrd.content.local import LocalStore
 from ctrd.metadata import DB, NamespacedContentStore, SharingPolicy, SqliteNamespaceStore
-
-from ..content.suite import ContentStoreSuite, CrossNSIsolatedSuite, CrossNSSharedSuite, SharedNSIsolatedSuite
+from ctrd.testing.content_suite import (
+    ContentStoreSuite,
+    CrossNSIsolatedSuite,
+    CrossNSSharedSuite,
+    SharedNSIsolatedSuite,
+)
 
 
 class _MetadataHarness:

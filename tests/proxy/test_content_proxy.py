@@ -25,8 +25,7 @@ from ctrd.proxy.connection import Connection, ConnectionCache
 from ctrd.proxy.content import ProxyContentStore, gc_root_value
 from ctrd.server.config import Config, GrpcConfig
 from ctrd.server.daemon import Daemon
-
-from ..content.suite import ContentStoreSuite
+from ctrd.testing.content_suite import ContentStoreSuite
 
 _seq = itertools.count()
 

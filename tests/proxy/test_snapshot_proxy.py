@@ -13,20 +13,23 @@ import os
 import tempfile
 
 import pytest
+from _daemon import run_ctr
 
 from ctrd import errdefs
 from ctrd.labels import GC_ROOT
 from ctrd.proxy.snapshots import Kind, RemoteSnapshotter
 from ctrd.server.config import from_mapping
 from ctrd.server.daemon import Daemon
-
-from . import _containerd
+from ctrd.testing import running_containerd
 
 pytestmark = pytest.mark.interop
 
 
 async def test_native_snapshotter_through_the_proxy() -> None:
-    with _containerd.running() as c, tempfile.TemporaryDirectory(prefix="ctrd-", dir="/tmp") as d:
+    with (
+        running_containerd(wait_for_startup_gc=True) as c,
+        tempfile.TemporaryDirectory(prefix="ctrd-", dir="/tmp") as d,
+    ):
         cfg = from_mapping(
             {
                 "root": f"{d}/root",
@@ -89,7 +92,7 @@ async def test_native_snapshotter_through_the_proxy() -> None:
             with pytest.raises(errdefs.Unimplemented):  # containerd 1.6's snapshotters have no Cleanup
                 await sn.cleanup()
             # the remote namespace is the proxy's (default "ctrd"), not containerd's "default"
-            ls = c.ctr("snapshots", "--snapshotter", "native", "ls", namespace="ctrd")
+            ls = run_ctr(c.address, "snapshots", "--snapshotter", "native", "ls", namespace="ctrd")
             assert ls.returncode == 0
         finally:
             await daemon.stop(drain_timeout=1.0)

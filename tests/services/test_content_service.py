@@ -1,4 +1,4 @@
-"""ContentService over an in-memory fake store, through real stubs and ctrd's interceptor."""
+"""ContentService over ctrd.testing's in-memory store (instrumented), real stubs and the interceptor."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any, cast
 
 import pytest
@@ -20,9 +19,10 @@ from ctrd import errdefs, namespaces
 from ctrd.api.containerd.events import ContentDelete
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google.protobuf import FieldMask
-from ctrd.content._store import Info, Status, utcnow
+from ctrd.content._store import Info, Status
 from ctrd.content.digest import EMPTY_SHA256, sha256_of
 from ctrd.services.content import ContentService
+from ctrd.testing.memory import MemoryBlob, MemoryReader, MemoryStore, MemoryWriter
 from ctrd.wire import convert
 from ctrd.wire.typeurl import pack_event, type_url, unpack_event
 
@@ -37,110 +37,79 @@ STAT_A, WRITE_A, COMMIT_A = api.WriteAction.STAT, api.WriteAction.WRITE, api.Wri
 # -- fakes ---------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Blob:
-    data: bytes
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    labels: dict[str, str]
-
-
-@dataclasses.dataclass
-class _Ingest:
-    data: bytearray
-    started_at: dt.datetime
-    updated_at: dt.datetime
-    total: int
-    locked: bool = False
-
-
 class FakeReader:
-    """ReaderAt over bytes; counts open readers on its store."""
+    """A :class:`MemoryReader` that counts open readers and reads on its store."""
 
-    def __init__(self, store: FakeStore, data: bytes) -> None:
+    def __init__(self, store: FakeStore, inner: MemoryReader) -> None:
         self._store = store
-        self._data = data
+        self._inner = inner
         self.closed = False
         store.open_readers += 1
 
     @property
     def size(self) -> int:
-        return len(self._data)
+        return self._inner.size
 
     async def read_at(self, offset: int, n: int) -> bytes:
         self._store.reads.append((offset, n))
         await asyncio.sleep(0)
-        return self._data[offset : offset + n]
+        return await self._inner.read_at(offset, n)
 
     async def close(self) -> None:
         assert not self.closed
         self.closed = True
         self._store.open_readers -= 1
+        await self._inner.close()
 
 
 class FakeWriter:
-    """Writer over an in-memory ingest, with the local store's commit checks."""
+    """A :class:`MemoryWriter` with failures on demand, recording what the service did."""
 
-    def __init__(self, store: FakeStore, ns: str, ref: str, ingest: _Ingest) -> None:
+    def __init__(self, store: FakeStore, inner: MemoryWriter) -> None:
         self._store = store
-        self._ns = ns
-        self._ref = ref
-        self._ingest = ingest
+        self._inner = inner
         self.closed = False
 
     async def write(self, data: bytes | memoryview) -> int:
         self._store.write_types.add(type(data))
         limit = self._store.fail_writes_after
-        if limit is not None and len(self._ingest.data) + len(data) > limit:
+        if limit is not None and (await self._inner.status()).offset + len(data) > limit:
             await asyncio.sleep(0.01)  # fail later than an early reply goes out
             raise errdefs.ResourceExhausted("write to ref: no space left on device")
-        n = len(data) - 1 if self._store.short_write else len(data)
-        self._ingest.data += data[:n]
-        self._ingest.updated_at = utcnow()
-        return n
+        if self._store.short_write:
+            return await self._inner.write(data[: len(data) - 1])
+        return await self._inner.write(data)
 
     def digest(self) -> str:
-        return sha256_of(self._ingest.data)
+        return self._inner.digest()
 
     async def status(self) -> Status:
-        i = self._ingest
-        return Status(self._ref, len(i.data), i.total, i.started_at, i.updated_at)
+        return await self._inner.status()
 
     async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> None:
         self._store.commits.append((size, expected, None if labels is None else dict(labels)))
-        data = bytes(self._ingest.data)
-        if size > 0 and size != len(data):
-            raise errdefs.FailedPrecondition(f'"{self._ref}" failed size validation: {len(data)} != {size}')
-        actual = sha256_of(data)
-        if expected and expected != actual:
-            raise errdefs.FailedPrecondition(f"unexpected commit digest {actual}, expected {expected}")
-        self._store.ingests[self._ns].pop(self._ref, None)
-        if actual in self._store.blobs[self._ns]:
-            raise errdefs.AlreadyExists(f"content {actual}")
-        now = utcnow()
-        self._store.blobs[self._ns][actual] = _Blob(data, now, now, dict(labels or {}))
+        await self._inner.commit(size, expected, labels)
 
     async def truncate(self, size: int) -> None:
         if self._store.truncate_error is not None:
             raise self._store.truncate_error
         assert size == 0
-        self._ingest.data.clear()
+        await self._inner.truncate(size)
 
     async def close(self) -> None:
         assert not self.closed, "writer closed twice"
         self.closed = True
         if self._store.close_delay:
             await asyncio.sleep(self._store.close_delay)  # the local store fsyncs before unlocking
-        self._ingest.locked = False
+        await self._inner.close()
         self._store.closed_writers += 1
 
 
-class FakeStore:
-    """Namespaced in-memory content store with the metadata store's error texts."""
+class FakeStore(MemoryStore):
+    """ctrd.testing's namespaced in-memory store, instrumented (calls, filters, readers, writers)."""
 
     def __init__(self, *, check_expected: bool = True) -> None:
-        self.blobs: dict[str, dict[str, _Blob]] = defaultdict(dict)
-        self.ingests: dict[str, dict[str, _Ingest]] = defaultdict(dict)
+        super().__init__(namespaced=True)
         self.check_expected = check_expected
         self.short_write = False
         self.fail_writes_after: int | None = None  # ingest size past which writes fail (disk full)
@@ -160,92 +129,36 @@ class FakeStore:
     def add(self, data: bytes, ns: str = NS, labels: dict[str, str] | None = None) -> str:
         d = sha256_of(data)
         t = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-        self.blobs[ns][d] = _Blob(data, t, t + dt.timedelta(seconds=1), dict(labels or {}))
+        self.blobs[ns][d] = MemoryBlob(data, t, t + dt.timedelta(seconds=1), dict(labels or {}))
         return d
-
-    @staticmethod
-    def _info(d: str, b: _Blob) -> Info:
-        return Info(d, len(b.data), b.created_at, b.updated_at, dict(b.labels))
-
-    def _blob(self, dgst: str) -> _Blob:
-        b = self.blobs[namespaces.required()].get(dgst)
-        if b is None:
-            raise errdefs.NotFound(f"content digest {dgst}")
-        return b
 
     async def info(self, dgst: str) -> Info:
         self.info_calls += 1
-        return self._info(dgst, self._blob(dgst))
-
-    async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
-        b = self._blob(info.digest)
-        new = dict(b.labels)
-        if not fieldpaths:
-            new = dict(info.labels)
-        for p in fieldpaths:
-            if p == "labels":
-                new = dict(info.labels)
-            else:
-                key = p.removeprefix("labels.")
-                new[key] = info.labels.get(key, "")
-        b.labels = {k: v for k, v in new.items() if v}
-        b.updated_at = utcnow()
-        return self._info(info.digest, b)
+        return await super().info(dgst)
 
     async def walk(self, *filters: str) -> AsyncIterator[Info]:
         self.walk_filters.append(filters)
-        ns = namespaces.required()
         try:
-            for d in sorted(self.blobs[ns]):
-                yield self._info(d, self.blobs[ns][d])
+            async for info in super().walk(*filters):
+                yield info
         finally:
             self.walk_closed += 1
 
-    async def delete(self, dgst: str) -> None:
-        self._blob(dgst)
-        del self.blobs[namespaces.required()][dgst]
-
-    async def reader_at(self, dgst: str) -> FakeReader:
-        return FakeReader(self, self._blob(dgst).data)
-
-    def _ingest(self, ref: str) -> _Ingest:
-        i = self.ingests[namespaces.required()].get(ref)
-        if i is None:
-            raise errdefs.NotFound(f"reference {ref}")
-        return i
+    async def reader_at(self, dgst: str) -> FakeReader:  # type: ignore[override]
+        return FakeReader(self, await super().reader_at(dgst))
 
     async def status(self, ref: str) -> Status:
         if self.status_error is not None:
             raise self.status_error
-        i = self._ingest(ref)
-        return Status(ref, len(i.data), i.total, i.started_at, i.updated_at)
+        return await super().status(ref)
 
     async def list_statuses(self, *filters: str) -> list[Status]:
         self.status_filters.append(filters)
-        ns = namespaces.required()
-        return [
-            Status(r, len(i.data), i.total, i.started_at, i.updated_at)
-            for r, i in sorted(self.ingests[ns].items())
-        ]
+        return await super().list_statuses(*filters)
 
-    async def abort(self, ref: str) -> None:
-        self._ingest(ref)
-        del self.ingests[namespaces.required()][ref]
-
-    async def writer(self, ref: str, total: int = 0, expected: str = "") -> FakeWriter:
-        if not ref:
-            raise errdefs.InvalidArgument("ref must not be empty")
-        ns = namespaces.required()
-        if expected and self.check_expected and expected in self.blobs[ns]:
-            raise errdefs.AlreadyExists(f"content {expected}")
-        ingest = self.ingests[ns].get(ref)
-        if ingest is None:
-            now = utcnow()
-            ingest = self.ingests[ns][ref] = _Ingest(bytearray(), now, now, total)
-        if ingest.locked:
-            raise errdefs.Unavailable(f"ref {ref} locked")
-        ingest.locked = True
-        return FakeWriter(self, ns, ref, ingest)
+    async def writer(self, ref: str, total: int = 0, expected: str = "") -> FakeWriter:  # type: ignore[override]
+        inner = await super().writer(ref, total, expected if self.check_expected else "")
+        return FakeWriter(self, inner)
 
 
 class FakePublisher:

@@ -23,8 +23,12 @@ from ctrd.client import RemoteContentStore
 from ctrd.content import Store
 from ctrd.server.config import Config, GrpcConfig
 from ctrd.server.daemon import Daemon
-
-from ..content.suite import ContentStoreSuite, CrossNSIsolatedSuite, CrossNSSharedSuite, SharedNSIsolatedSuite
+from ctrd.testing.content_suite import (
+    ContentStoreSuite,
+    CrossNSIsolatedSuite,
+    CrossNSSharedSuite,
+    SharedNSIsolatedSuite,
+)
 
 
 @contextlib.asynccontextmanager

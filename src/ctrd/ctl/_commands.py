@@ -17,7 +17,7 @@ import platform
 from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any
 
-from ctrd import __version__, errdefs
+from ctrd import __version__, errdefs, golang
 from ctrd.client import Client, Envelope, Info, Lease, Namespace, Plugin, Status
 from ctrd.content import digest as digest_mod
 from ctrd.ctl._output import (
@@ -47,38 +47,19 @@ def parse_labels(items: Sequence[str], *, bare: str = "true") -> dict[str, str]:
     return labels
 
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(text: str) -> float:
-    """Seconds for a Go-style duration (``10s``, ``1m30s``, ``500ms``, ``24h``) or a plain number.
+    """Seconds for a Go duration (``10s``, ``1m30s``, ``500ms``, ``24h``) or a plain number.
 
-    :raises ValueError: a malformed duration.
+    :raises ValueError: a malformed or signed duration (Go's message, :func:`ctrd.golang.parse_duration`).
     """
     s = text.strip()
     try:
         return float(s)
     except ValueError:
         pass
-    total, i, matched = 0.0, 0, False
-    while i < len(s):
-        j = i
-        while j < len(s) and (s[j].isdigit() or s[j] == "."):
-            j += 1
-        if j == i:
-            raise ValueError(f"invalid duration {text!r}")
-        num = float(s[i:j])
-        k = j
-        while k < len(s) and not (s[k].isdigit() or s[k] == "."):
-            k += 1
-        unit = s[j:k]
-        if unit not in _UNITS:
-            raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r}")
-        total += num * _UNITS[unit]
-        i, matched = k, True
-    if not matched:
-        raise ValueError(f"invalid duration {text!r}")
-    return total
+    if s[:1] in ("-", "+"):
+        raise ValueError(f"invalid duration {text!r}: a timeout or an expiry cannot be signed")
+    return golang.seconds(s)
 
 
 def _now() -> _dt.datetime:

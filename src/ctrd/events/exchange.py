@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
-from ctrd import errdefs, filters, identifiers
+from ctrd import errdefs, filters, golang, identifiers
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
@@ -91,7 +91,7 @@ def validate_topic(topic: str) -> None:
 
     :raises errdefs.InvalidArgument: ``envelope topic "<t>": <reason>``.
     """
-    prefix = f"envelope topic {identifiers.go_quote(topic)}"
+    prefix = f"envelope topic {golang.quote(topic)}"
     if not topic:
         raise errdefs.InvalidArgument(f"{prefix}: must not be empty")
     if topic[0] != "/":
@@ -103,7 +103,7 @@ def validate_topic(topic: str) -> None:
             identifiers.validate(component)
         except errdefs.InvalidArgument as exc:
             raise errdefs.InvalidArgument(
-                f"{prefix}: failed validation on component {identifiers.go_quote(component)}: {exc.context}"
+                f"{prefix}: failed validation on component {golang.quote(component)}: {exc.context}"
             ) from exc
 
 

@@ -39,7 +39,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-from ctrd import errdefs, identifiers, limits, namespaces
+from ctrd import errdefs, golang, limits, namespaces
 from ctrd._aio import shield_eager
 from ctrd.api.containerd.events import ContentDelete
 from ctrd.api.containerd.services.content import v1 as api
@@ -80,9 +80,7 @@ def _validate_quoted(dgst: str) -> None:
     try:
         _digest.validate(dgst)
     except errdefs.InvalidArgument as exc:
-        raise errdefs.InvalidArgument(
-            f"{identifiers.go_quote(dgst)} failed validation: {exc.context}"
-        ) from exc
+        raise errdefs.InvalidArgument(f"{golang.quote(dgst)} failed validation: {exc.context}") from exc
 
 
 def _update_paths(info: api.Info, paths: list[str]) -> Mapping[str, str]:
@@ -99,8 +97,7 @@ def _update_paths(info: api.Info, paths: list[str]) -> Mapping[str, str]:
             applied[key] = info.labels.get(key, "")
         else:
             raise errdefs.InvalidArgument(
-                f"cannot update {identifiers.go_quote(path)} field on content info "
-                f"{identifiers.go_quote(info.digest)}"
+                f"cannot update {golang.quote(path)} field on content info {golang.quote(info.digest)}"
             )
     if replace_all:
         applied.update(info.labels)
@@ -351,7 +348,7 @@ class ContentService(api.ContentBase):
     async def status(self, message: api.StatusRequest) -> api.StatusResponse:
         """Status of one ingest (never reveals backend paths in errors)."""
         ref = message.ref
-        prefix = f"could not get status for ref {identifiers.go_quote(ref)}"
+        prefix = f"could not get status for ref {golang.quote(ref)}"
         try:
             st = await self._store.status(ref)
         except errdefs.NotFound as exc:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from ctrd import authz, errdefs, identifiers, labels, namespaces
+from ctrd import authz, errdefs, golang, identifiers, labels, namespaces
 from ctrd.api.containerd.events import NamespaceCreate, NamespaceDelete, NamespaceUpdate
 from ctrd.api.containerd.services.namespaces import v1 as api
 from ctrd.api.google import protobuf as pb
@@ -107,7 +107,7 @@ class NamespacesService(api.NamespacesBase):
             changes: dict[str, str] = {}
             for path in paths:
                 if not path.startswith(_LABEL_PREFIX) or len(path) == len(_LABEL_PREFIX):
-                    raise errdefs.InvalidArgument(f"cannot update {identifiers.go_quote(path)} field")
+                    raise errdefs.InvalidArgument(f"cannot update {golang.quote(path)} field")
                 key = path[len(_LABEL_PREFIX) :]
                 changes[key] = ns.labels.get(key, "")
             replace = False

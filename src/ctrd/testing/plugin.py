@@ -4,7 +4,7 @@
   fixture's value is the socket path (the address for :class:`ctrd.client.Client`).
 * ``ctrd_daemon_factory`` — ``ctrd_daemon_factory(config="", env=None)`` starts
   more daemons, e.g. with plugin config tables or a ``PYTHONPATH`` holding
-  your plugin package; returns :class:`ctrd.testing.DaemonProcess`.
+  your plugin package; returns a started :class:`ctrd.testing.Ctrd`.
 * ``ctrd_client`` — an async fixture: a :class:`ctrd.client.Client` connected
   to ``ctrd_daemon`` in a fresh namespace (needs pytest-asyncio).
 * ``containerd_daemon`` — a private real containerd (Debian's
@@ -19,29 +19,29 @@ test gets the daemon's log in its report (section "ctrd daemon log").
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 import pytest
 
 from ctrd.client import Client
-from ctrd.testing import DaemonProcess, containerd_available, start_containerd, start_ctrd
+from ctrd.testing import Ctrd, DaemonProcess, containerd_available, start_containerd, start_ctrd
 
 __all__ = ["containerd_daemon", "ctrd_client", "ctrd_daemon", "ctrd_daemon_factory"]
 
 _counter = itertools.count(1)
 
 
-def _report(request: pytest.FixtureRequest, daemons: list[DaemonProcess]) -> None:
+def _report(request: pytest.FixtureRequest, daemons: Sequence[DaemonProcess]) -> None:
     for d in daemons:
         request.node.add_report_section("teardown", f"{d.kind} daemon log", d.log())
 
 
 @pytest.fixture
-def ctrd_daemon_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., DaemonProcess]]:
-    """``factory(config: str = "", env: Mapping[str, str] | None = None) -> DaemonProcess``."""
-    started: list[DaemonProcess] = []
+def ctrd_daemon_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Ctrd]]:
+    """``factory(config: str = "", env: Mapping[str, str] | None = None) -> Ctrd``."""
+    started: list[Ctrd] = []
 
-    def factory(config: str = "", env: Mapping[str, str] | None = None) -> DaemonProcess:
+    def factory(config: str = "", env: Mapping[str, str] | None = None) -> Ctrd:
         d = start_ctrd(config, env=env)
         started.append(d)
         return d
@@ -55,7 +55,7 @@ def ctrd_daemon_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
 
 
 @pytest.fixture
-def ctrd_daemon(ctrd_daemon_factory: Callable[..., DaemonProcess]) -> str:
+def ctrd_daemon(ctrd_daemon_factory: Callable[..., Ctrd]) -> str:
     """The socket path of a fresh ctrd daemon (default config)."""
     return ctrd_daemon_factory().address
 

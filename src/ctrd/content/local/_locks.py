@@ -14,10 +14,10 @@ from __future__ import annotations
 import datetime as _dt
 import time
 
-from ctrd import errdefs
+from ctrd import errdefs, golang
 from ctrd.content._store import utcnow
 
-__all__ = ["RefLocks", "format_duration"]
+__all__ = ["RefLocks"]
 
 
 class RefLocks:
@@ -37,7 +37,7 @@ class RefLocks:
         held = self._held.get(ref)
         if held is not None:
             since, started = held
-            duration = format_duration(time.monotonic() - started)
+            duration = golang.format_seconds(time.monotonic() - started)
             raise errdefs.Unavailable(f"ref {ref} locked for {duration} (since {since.isoformat()})")
         self._held[ref] = (utcnow(), time.monotonic())
 
@@ -51,23 +51,3 @@ class RefLocks:
 
     def __len__(self) -> int:
         return len(self._held)
-
-
-def format_duration(seconds: float) -> str:
-    """Render *seconds* roughly as Go's ``time.Duration.String`` does (``1.5s``, ``12.3ms``, ``2m3s``)."""
-    if seconds < 0:
-        seconds = 0.0
-    if seconds < 1e-6:
-        return f"{round(seconds * 1e9)}ns"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.3f}".rstrip("0").rstrip(".") + "µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.3f}".rstrip("0").rstrip(".") + "ms"
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
-    if hours:
-        return f"{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{minutes}m{text}"
-    return text
