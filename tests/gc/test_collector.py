@@ -425,7 +425,7 @@ async def test_ingest_row_without_backend_data_is_removed(env: Env) -> None:
 async def test_deletes_no_longer_remove_files_inline(env: Env) -> None:
     data, d = blob("inline")
     called: list[int] = []
-    env.store.on_delete = lambda: called.append(1)
+    env.store.observe_deletions(lambda: called.append(1))
     with ns("a"):
         await write_blob(env.store, "r", data)
         await env.store.delete(d)

@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ctrd import errdefs
+from ctrd import errdefs, namespaces
+from ctrd.content import sha256_of, write_blob
 from ctrd.content.plugin import local as content_plugin
 from ctrd.gc.duration import DurationError, format_duration, parse_duration
 from ctrd.gc.plugin import SchedulerConfig
 from ctrd.gc.plugin import scheduler as gc_plugin
-from ctrd.gc.scheduler import GCScheduler
+from ctrd.gc.scheduler import GCScheduler, Scheduler
+from ctrd.metadata import GarbageCollection
+from ctrd.metadata.gc import GCStats
 from ctrd.metadata.plugin import sqlite as metadata_plugin
 from ctrd.server.config import Config, ConfigError
 from ctrd.server.daemon import Daemon
@@ -157,11 +160,7 @@ async def test_plugin_exports_and_wiring(tmp_path: Path) -> None:
         }
         sched = p.instance
         assert isinstance(sched, GCScheduler)
-        md = daemon.plugins.get("io.containerd.metadata.v1.sqlite")
-        assert md is not None
-        assert md.instance.content.on_delete == sched.notify_deletion
-        if getattr(md.instance, "leases", None) is not None:
-            assert md.instance.leases.collector == sched.schedule_and_wait
+        assert isinstance(sched, Scheduler)
         stats = await asyncio.wait_for(sched.schedule_and_wait(), 10)
         assert stats.duration > 0 and sched.runs == 1
     finally:
@@ -169,6 +168,45 @@ async def test_plugin_exports_and_wiring(tmp_path: Path) -> None:
     assert sched._task is None
     with pytest.raises(errdefs.Unavailable):
         await sched.schedule_and_wait()
+
+
+async def test_plugin_wiring_by_construction(tmp_path: Path) -> None:
+    """The scheduler runs the metadata plugin's own collector and observes its deletions."""
+    cfg = Config(
+        root=str(tmp_path / "root"),
+        state=str(tmp_path / "state"),
+        plugins={  # nothing collects unless asked
+            "io.containerd.gc.v1.scheduler": {
+                "startup_delay": "1h",
+                "deletion_threshold": 1000,
+                "mutation_threshold": 0,
+            }
+        },
+    )
+    daemon = Daemon(cfg, [content_plugin, metadata_plugin, gc_plugin])
+    await daemon.load_plugins()
+    try:
+        p = daemon.plugins.get("io.containerd.gc.v1.scheduler")
+        md = daemon.plugins.get("io.containerd.metadata.v1.sqlite")
+        assert p is not None and p.ok, p and p.error
+        assert md is not None and md.ok, md.error
+        sched = p.instance
+        assert isinstance(sched, GCScheduler)
+        assert isinstance(sched, Scheduler)
+        assert isinstance(md.instance, GarbageCollection)
+        with namespaces.with_namespace("default"):
+            await write_blob(md.instance.content, "r", b"x", expected=sha256_of(b"x"))
+            await md.instance.content.delete(sha256_of(b"x"))
+            assert sched._deletions == 1
+            await md.instance.leases.create("L")
+            await md.instance.leases.delete("L")
+            assert sched._deletions == 2
+        stats = await asyncio.wait_for(sched.schedule_and_wait(), 10)
+        assert isinstance(stats, GCStats)
+        assert sched.runs == 1
+        assert stats.files == 1  # the deleted blob's file
+    finally:
+        await daemon.close_plugins()
 
 
 # -- triggers -------------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ async def test_delete_leaves_the_file_to_gc_until_unreferenced(env: tuple[DB, Lo
     db, backend, root = env
     store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
     deletions: list[int] = []
-    store.on_delete = lambda: deletions.append(1)
+    store.observe_deletions(lambda: deletions.append(1))
     gc = GarbageCollector(db, backend, store.gate)
     data = b"shared bytes"
     d = sha256_of(data)

@@ -19,7 +19,13 @@ from ctrd.api.containerd.services.leases import v1 as api
 from ctrd.client import RemoteContentStore
 from ctrd.content import sha256_of, write_blob
 from ctrd.content.local import LocalStore
-from ctrd.metadata import DB, NamespacedContentStore, SharingPolicy, SqliteLeaseStore
+from ctrd.metadata import (
+    DB,
+    CollectingLeaseManager,
+    NamespacedContentStore,
+    SharingPolicy,
+    SqliteLeaseStore,
+)
 from ctrd.services.content import ContentService
 from ctrd.services.leases import LeasesService
 
@@ -137,7 +143,7 @@ async def test_delete(env: Env) -> None:
     assert err.message == 'lease "nosuch": not found'
 
 
-async def test_delete_sync_waits_for_gc(env: Env) -> None:
+async def test_delete_sync_waits_for_gc(serve: Serve, env: Env) -> None:
     done = asyncio.Event()
 
     async def collector() -> object:
@@ -145,14 +151,15 @@ async def test_delete_sync_waits_for_gc(env: Env) -> None:
         done.set()
         return None
 
-    env.leases.collector = collector
-    await env.stub.create(api.CreateRequest(id="L"))
-    await env.stub.delete(api.DeleteRequest(id="L", sync=True))
-    assert done.is_set()
-    done.clear()
-    await env.stub.create(api.CreateRequest(id="M"))
-    await env.stub.delete(api.DeleteRequest(id="M"))  # not sync: no collection awaited
-    assert not done.is_set()
+    async with serve(LeasesService(CollectingLeaseManager(env.leases, collector))) as ch:
+        stub = api.LeasesStub(ch, metadata=MD)
+        await stub.create(api.CreateRequest(id="L"))
+        await stub.delete(api.DeleteRequest(id="L", sync=True))
+        assert done.is_set()
+        done.clear()
+        await stub.create(api.CreateRequest(id="M"))
+        await stub.delete(api.DeleteRequest(id="M"))  # not sync: no collection awaited
+        assert not done.is_set()
 
 
 async def test_resources(env: Env) -> None:

@@ -32,7 +32,7 @@ import dataclasses
 import datetime as _dt
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final
 
 from ctrd import _aio, _faults, errdefs, filters, limits, namespaces
@@ -41,6 +41,7 @@ from ctrd.content import Info, InfoRecord, ReaderAt, Status, Store, Writer, utcn
 from ctrd.content import digest as _digest
 from ctrd.metadata import _leases
 from ctrd.metadata._gate import BlobGate
+from ctrd.metadata._types import CommitGuard, CommitObserver, DeletionObserver
 from ctrd.metadata.db import DB, Tx, from_us, labels_from_json, labels_to_json, to_us
 from ctrd.metadata.policy import SharingPolicy
 
@@ -247,8 +248,8 @@ class NamespacedContentStore:
         backend: Store,
         policy: SharingPolicy = SharingPolicy.SHARED,
         *,
-        on_delete: Callable[[], None] | None = None,
-        on_commit: Callable[[str, str, int], Awaitable[None]] | None = None,
+        on_delete: DeletionObserver | None = None,
+        on_commit: CommitObserver | None = None,
     ) -> None:
         self._db = db
         self._info_cache: dict[tuple[str, str], tuple[int, Info]] = {}
@@ -258,13 +259,28 @@ class NamespacedContentStore:
         self.policy = policy
         self.stats = SharingStats()
         self.content_stats = ContentStats()
-        #: called after each successful delete (settable: the GC scheduler plugs in here)
-        self.on_delete = on_delete
+        self._on_delete: list[DeletionObserver] = [] if on_delete is None else [on_delete]
+        self._on_commit: list[CommitObserver] = [] if on_commit is None else [on_commit]
+        self._guards: list[CommitGuard] = []
         #: shared with the garbage collector (see :mod:`ctrd.metadata._gate`)
         self.gate = BlobGate()
-        #: awaited with (namespace, digest, size) after a commit admitted a new blob into a
-        #: namespace (not on AlreadyExists); the content gRPC plugin publishes /content/create
-        self.on_commit = on_commit
+
+    # -- hooks (:class:`ctrd.metadata.ContentHooks`) -----------------------------------------
+
+    def observe_deletions(self, callback: DeletionObserver) -> None:
+        """Call *callback* after each successful :meth:`delete` (the GC scheduler counts them)."""
+        self._on_delete.append(callback)
+
+    def observe_commits(self, callback: CommitObserver) -> None:
+        """Await *callback* with ``(namespace, digest, size)`` after a commit admitted a new blob
+        into a namespace (not on ``AlreadyExists``); the content gRPC plugin publishes
+        ``/content/create`` this way. Its errors are logged."""
+        self._on_commit.append(callback)
+
+    def guard_commits(self, guard: CommitGuard) -> None:
+        """Enter *guard* around every commit (see :data:`ctrd.metadata.CommitGuard`); an error
+        on entering refuses the commit and keeps the ingest. Guards nest in registration order."""
+        self._guards.append(guard)
 
     @property
     def backend(self) -> Store:
@@ -428,7 +444,7 @@ class NamespacedContentStore:
 
         As in containerd, the file goes at the next collection once no namespace
         holds the digest and no shared writer expects it (:mod:`ctrd.metadata.gc`);
-        :attr:`on_delete` tells the scheduler a collection is due.
+        the deletion observers (:meth:`observe_deletions`) tell the scheduler a collection is due.
         """
         ns = namespaces.required()
         _digest.validate(dgst)
@@ -440,8 +456,11 @@ class NamespacedContentStore:
             await _leases.remove_resource(tx, ns, lease, "content", dgst)
             _faults.point("metadata.delete.in_tx")
         _faults.point("metadata.delete.after_tx")
-        if self.on_delete is not None:
-            self.on_delete()
+        for observe in self._on_delete:
+            try:
+                observe()
+            except Exception:
+                log.warning("deletion hook failed for %s in %s", dgst, ns, exc_info=True)
 
     async def reader_at(self, dgst: str) -> ReaderAt:
         await self.info(dgst)
@@ -666,10 +685,16 @@ class NamespacedContentStore:
         expected: str,
         labels: Mapping[str, str] | None,
     ) -> None:
-        # From the backend commit to the end of the transaction the new file is referenced
-        # by no row: the gate keeps the garbage collector off it meanwhile.
-        async with self.gate.committing(w.digest(), w.bref):
-            await self._commit_gated(w, size, expected, labels)
+        async with contextlib.AsyncExitStack() as guarded:
+            if self._guards:
+                dgst = expected or w.digest()
+                n = size or (await w.status()).offset
+                for guard in self._guards:
+                    await guarded.enter_async_context(guard(w.ns, dgst, n))
+            # From the backend commit to the end of the transaction the new file is referenced
+            # by no row: the gate keeps the garbage collector off it meanwhile.
+            async with self.gate.committing(w.digest(), w.bref):
+                await self._commit_gated(w, size, expected, labels)
 
     async def _commit_gated(
         self,
@@ -730,9 +755,9 @@ class NamespacedContentStore:
         if dup:
             raise errdefs.AlreadyExists(f"content {actual}")
         self.content_stats.commits += 1
-        if self.on_commit is not None:
+        for observe in self._on_commit:
             try:
-                await self.on_commit(ns, actual, size)
+                await observe(ns, actual, size)
             except Exception:
                 log.warning("commit hook failed for %s in %s", actual, ns, exc_info=True)
         if w.backend_writer is None:
