@@ -35,7 +35,7 @@ from ctrd.plugin import InitContext, Registration, types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
-    from ctrd.content import Store
+    from ctrd.content import Manager
 
 __all__ = ["QUOTA_TYPE", "Quota", "QuotaConfig", "quota"]
 
@@ -72,7 +72,7 @@ class QuotaConfig(BaseModel):
 class Quota:
     """The plugin's instance: limits, usage, and the commit guard it registers with the store."""
 
-    def __init__(self, config: QuotaConfig, store: Store) -> None:
+    def __init__(self, config: QuotaConfig, store: Manager) -> None:
         self.config = config
         self._store = store  # the namespaced content store: usage is read from it
         self._locks: dict[str, asyncio.Lock] = {}
