@@ -39,7 +39,7 @@ from ctrd import _aio, _faults, errdefs, filters, limits, namespaces
 from ctrd import labels as _labels
 from ctrd.content import Info, InfoRecord, ReaderAt, Status, Store, Writer, utcnow
 from ctrd.content import digest as _digest
-from ctrd.metadata import _leases
+from ctrd.metadata import _lease_refs
 from ctrd.metadata._gate import BlobGate
 from ctrd.metadata._types import CommitGuard, CommitObserver, DeletionObserver
 from ctrd.metadata.db import DB, Tx, from_us, labels_from_json, labels_to_json, to_us
@@ -453,7 +453,7 @@ class NamespacedContentStore:
             n = await tx.run("DELETE FROM blobs WHERE namespace = ? AND digest = ?", (ns, dgst))
             if n == 0:
                 raise errdefs.NotFound(f"content digest {dgst}")
-            await _leases.remove_resource(tx, ns, lease, "content", dgst)
+            await _lease_refs.remove_resource(tx, ns, lease, "content", dgst)
             _faults.point("metadata.delete.in_tx")
         _faults.point("metadata.delete.after_tx")
         for observe in self._on_delete:
@@ -520,7 +520,7 @@ class NamespacedContentStore:
             if row is None:
                 raise errdefs.NotFound(f"reference {limits.echo(ref)}")
             await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref))
-            await _leases.remove_resource(tx, ns, lease, "ingests", ref)
+            await _lease_refs.remove_resource(tx, ns, lease, "ingests", ref)
             if not row[1]:
                 with contextlib.suppress(errdefs.NotFound):
                     await self._backend.abort(str(row[0]))
@@ -588,11 +588,11 @@ class NamespacedContentStore:
         self, tx: Tx, ns: str, ref: str, total: int, expected: str, lease: str | None, now: _dt.datetime
     ) -> _Opened:
         """The transaction of :meth:`_open`; holds the backend ref in the gate as its last step."""
-        await _leases.check_lease(tx, ns, lease)
+        await _lease_refs.check_lease(tx, ns, lease)
         if expected:
             hit = await tx.one("SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, expected))
             if hit is not None:
-                await _leases.add_resource(tx, ns, lease, "content", expected)
+                await _lease_refs.add_resource(tx, ns, lease, "content", expected)
                 return _Opened(exists=True)
         shared_size = -1
         if expected and (
@@ -625,7 +625,7 @@ class NamespacedContentStore:
             "expires_at = excluded.expires_at",
             (ns, ref, bref, expected if shared else "", max(shared_size, 0), to_us(now), expires),
         )
-        lease_added = await _leases.add_resource(tx, ns, lease, "ingests", ref)
+        lease_added = await _lease_refs.add_resource(tx, ns, lease, "ingests", ref)
         if shared:
             return _Opened(bref=bref, shared_size=shared_size)
         undo = _UndoOpen(
@@ -662,7 +662,7 @@ class NamespacedContentStore:
                         (*undo.previous, ns, ref, bref),
                     )
                 if undo.lease is not None:
-                    await _leases.remove_resource(tx, ns, undo.lease, "ingests", ref)
+                    await _lease_refs.remove_resource(tx, ns, undo.lease, "ingests", ref)
                 if undo.ns_created:
                     await tx.run(_DELETE_UNUSED_NAMESPACE, (ns,) * 5)
         except errdefs.Error as exc:
@@ -749,8 +749,8 @@ class NamespacedContentStore:
             )
             dup = n == 0
             await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, w.ref))
-            await _leases.remove_resource(tx, ns, lease, "ingests", w.ref)
-            await _leases.add_resource(tx, ns, lease, "content", actual)
+            await _lease_refs.remove_resource(tx, ns, lease, "ingests", w.ref)
+            await _lease_refs.add_resource(tx, ns, lease, "content", actual)
             _faults.point("metadata.commit.in_tx")
         if dup:
             raise errdefs.AlreadyExists(f"content {actual}")

@@ -4,7 +4,7 @@ A lease is a named, labelled set of references, per namespace, that protects wha
 it references from garbage collection until the lease is deleted (or expires:
 label ``containerd.io/gc.expire``, RFC 3339, interpreted by the collector). What a
 call writes while a ``containerd-lease`` header names a lease is attached to it
-by the content store (:mod:`ctrd.metadata._leases`); :class:`SqliteLeaseStore`
+by the content store (:mod:`ctrd.metadata._lease_refs`); :class:`SqliteLeaseStore`
 manages the leases themselves and their resources explicitly.
 
 Resources (``lease_resources`` rows) are typed references, never objects:
