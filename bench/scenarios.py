@@ -312,9 +312,9 @@ async def write_file(store: BenchStore, ref: str, blob: FileBlob, labels: Mappin
         await w.close()
 
 
-async def wait_version(daemon: Daemon, interval: float = POLL, timeout: float = 60.0) -> int:
+async def wait_version(daemon: Daemon, interval: float = POLL, limit: float = 60.0) -> int:
     """Call Version on the daemon's socket every *interval* seconds until it answers; returns the polls."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     polls = 0
     ch: Channel | None = None
     last: BaseException | None = None
@@ -333,7 +333,7 @@ async def wait_version(daemon: Daemon, interval: float = POLL, timeout: float = 
                     ch.close()
                     ch = None
             if time.monotonic() > deadline:
-                raise BenchError(f"{daemon.name} did not answer Version within {timeout:.0f} s: {last!r}")
+                raise BenchError(f"{daemon.name} did not answer Version within {limit:.0f} s: {last!r}")
             await asyncio.sleep(interval)
     finally:
         if ch is not None:

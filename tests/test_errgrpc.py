@@ -150,7 +150,7 @@ def test_translate_to_grpc() -> None:
     with pytest.raises(GRPCError) as ei, errgrpc.translate_to_grpc():
         raise errdefs.AlreadyExists("namespace x")
     assert (ei.value.status, ei.value.message) == (Status.ALREADY_EXISTS, "namespace x: already exists")
-    with pytest.raises(ValueError), errgrpc.translate_to_grpc():
+    with pytest.raises(ValueError, match="not ours"), errgrpc.translate_to_grpc():
         raise ValueError("not ours")
 
 

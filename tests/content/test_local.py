@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -436,7 +435,7 @@ async def _committed(store: LocalStore) -> str:
 
 
 @pytest.mark.parametrize(
-    "value,message",
+    ("value", "message"),
     [
         ("", "invalid checksum digest format"),
         ("sha256", "invalid checksum digest format"),
@@ -474,8 +473,8 @@ def test_format_duration() -> None:
 
 
 @pytest.fixture
-def fast_store(tmp_path: Path) -> Iterator[LocalStore]:
-    yield LocalStore(tmp_path / "helpers")
+def fast_store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "helpers")
 
 
 async def test_open_writer_retries_until_released(fast_store: LocalStore) -> None:

@@ -97,7 +97,7 @@ def test_parse_duration_and_labels() -> None:
     assert parse_duration("10s") == 10 and parse_duration("1m30s") == 90 and parse_duration("24h") == 86400
     assert parse_duration("500ms") == 0.5 and parse_duration("2.5") == 2.5 and parse_duration("0") == 0
     for bad in ("", "1x", "s", "1h-"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="invalid duration"):
             parse_duration(bad)
     assert parse_labels(["a=b", "c", "d=", "e=x=y"]) == {"a": "b", "c": "true", "d": "", "e": "x=y"}
     with pytest.raises(errdefs.InvalidArgument):
@@ -176,7 +176,12 @@ def test_listings_table_and_json(ctl_in: Callable[..., Result]) -> None:
     assert ctl_in("content", "active", "-q", "ref==nope", namespace=ns).out == ""
     assert ctl_in("content", "abort", "part", namespace=ns).out == "part\n"
     assert ctl_in("content", "active", "-q", namespace=ns).out == ""
+    failed = ctl_in("ns", "rm", ns)
+    assert failed.rc == 1 and failed.err.startswith(f"ctrdctl: unable to delete {ns}: ") and failed.out == ""
+    assert ctl_in("content", "rm", d, namespace=ns).out == d + "\n"
 
+
+def test_namespace_and_lease_listings(ctl_in: Callable[..., Result]) -> None:
     # namespaces
     assert ctl_in("namespaces", "create", "fmt2", "k=v").rc == 0
     assert ctl_in("ns", "label", "fmt2", "z=1").rc == 0
@@ -186,8 +191,6 @@ def test_listings_table_and_json(ctl_in: Callable[..., Result]) -> None:
     assert {"name": "fmt2", "labels": {"k": "v", "z": "1"}} in ctl_in("ns", "list", "--format", "json").json()  # type: ignore[operator]
     assert "fmt2" in ctl_in("ns", "ls", "-q").out.split()
     assert ctl_in("ns", "rm", "fmt2").out == "fmt2\n"
-    failed = ctl_in("ns", "rm", ns)
-    assert failed.rc == 1 and failed.err.startswith(f"ctrdctl: unable to delete {ns}: ") and failed.out == ""
 
     # leases
     assert ctl_in("leases", "create", "--id", "LX", "-x", "0", "k=v").out == "LX\n"
@@ -200,7 +203,8 @@ def test_listings_table_and_json(ctl_in: Callable[..., Result]) -> None:
     assert ctl_in("leases", "ls", "-q", "id==LX").out == "LX\n"
     assert ctl_in("leases", "rm", "--sync", "LX", made["id"]).out == f"LX\n{made['id']}\n"
 
-    # plugins, version
+
+def test_plugin_listings_and_version(ctl_in: Callable[..., Result]) -> None:
     plugins = ctl_in("plugins", "ls").out.splitlines()
     assert plugins[0].split() == ["TYPE", "ID", "PLATFORMS", "STATUS"]
     assert ["io.containerd.grpc.v1", "content", "-", "ok"] in [p.split() for p in plugins]
@@ -215,7 +219,6 @@ def test_listings_table_and_json(ctl_in: Callable[..., Result]) -> None:
     assert v.startswith("Client:\n  Version:  ") and "\nServer:\n  Version:  0.1.0\n" in v and "UUID: " in v
     vj = ctl_in("version", "--format", "json").json()
     assert isinstance(vj, dict) and vj["server"]["revision"] == "ctrd"
-    assert ctl_in("content", "rm", d, namespace=ns).out == d + "\n"
 
 
 # -- errors ------------------------------------------------------------------------------------------

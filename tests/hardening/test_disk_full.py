@@ -105,12 +105,16 @@ async def test_without_a_reserve_a_full_disk_is_resource_exhausted() -> None:
             async with db.update() as tx:  # the log exists, sized for a few pages
                 await tx.run("INSERT INTO namespaces(name, created_at) VALUES ('a', 1)")
             fill(mnt / "filler")
-            with pytest.raises(errdefs.ResourceExhausted, match="metadata database: no space left on device"):
-                for i in range(2000):  # grows the log past what it holds
+
+            async def grow_the_log() -> None:
+                for i in range(2000):  # past what it holds
                     async with db.update(inline=True) as tx:
                         await tx.run(
                             "INSERT INTO namespaces(name, created_at) VALUES (?, 1)", (f"n{i}" + "x" * 900,)
                         )
+
+            with pytest.raises(errdefs.ResourceExhausted, match="metadata database: no space left on device"):
+                await grow_the_log()
             # the writer is usable again once there is room (no transaction left open)
             os.unlink(mnt / "filler")
             async with db.update() as tx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -35,7 +36,7 @@ def test_parse_address(address: str, target: Target) -> None:
     "address", ["relative.sock", "unix://rel.sock", "host", ":80", "host:http", "a:99999"]
 )
 def test_parse_address_rejects(address: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(repr(address))):
         parse_address(address)
 
 

@@ -1196,10 +1196,14 @@ async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, s
     store.fail_writes_after = MIB
     w = RemoteWriter(channel, "pipe-fail", MD, pipeline=PIPELINE)
     await w.open(0, "")
-    with pytest.raises(errdefs.ResourceExhausted):
+
+    async def write_all() -> None:
         for i in range(4):
             await w.write(memoryview(data)[i * MIB : (i + 1) * MIB])
         await w.flush()
+
+    with pytest.raises(errdefs.ResourceExhausted):
+        await write_all()
     assert w.closed
     with pytest.raises(errdefs.FailedPrecondition):
         await w.write(b"more")

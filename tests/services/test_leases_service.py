@@ -214,12 +214,16 @@ async def test_content_leased_over_grpc(env: Env) -> None:
         await write_blob(env.remote, "test-1", data, total=11, expected=d)
     assert await env.resources("lease-1") == [("content", d)]
     await env.stub.create(api.CreateRequest(id="lease-2"))
-    with namespaces.with_lease("lease-2"), pytest.raises(errdefs.AlreadyExists):
+
+    async def open_and_status() -> None:
         w = await env.remote.writer("test-2", 11, d)
         try:
             await w.status()  # the server answers the first message
         finally:
             await w.close()
+
+    with namespaces.with_lease("lease-2"), pytest.raises(errdefs.AlreadyExists):
+        await open_and_status()
     assert await env.resources("lease-2") == [("content", d)]
 
 

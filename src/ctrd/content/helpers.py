@@ -45,7 +45,8 @@ async def open_writer(
     total: int = 0,
     expected: str = "",
     *,
-    timeout: float | None = 10.0,
+    # bounds the retries only, and the store's last Unavailable is raised (not a TimeoutError)
+    timeout: float | None = 10.0,  # noqa: ASYNC109
 ) -> Writer:
     """Open a writer, retrying while the ref is locked by another writer.
 

@@ -714,21 +714,7 @@ class NamespacedContentStore:
                 raise errdefs.FailedPrecondition(f'"{w.ref}" unexpected digest')
             actual, size = w.expected, w.size
         else:
-            st = await w.backend_writer.status()
-            if size not in (0, st.offset):
-                await w.backend_writer.close()
-                raise errdefs.FailedPrecondition(f'"{w.ref}" failed size validation: {st.offset} != {size}')
-            size = st.offset
-            try:
-                await w.backend_writer.commit(size, expected)
-            except errdefs.AlreadyExists:
-                reupload = True
-            except errdefs.ResourceExhausted as exc:
-                self._out_of_space()
-                raise w._own_words(exc) from None
-            except errdefs.Error as exc:
-                raise w._own_words(exc) from None
-            actual = w.backend_writer.digest()
+            actual, size, reupload = await self._commit_backend(w, w.backend_writer, size, expected)
         ns, lease = w.ns, w.lease
         now_us = to_us(utcnow())
         clean = {k: v for k, v in (labels or {}).items() if v}
@@ -765,6 +751,26 @@ class NamespacedContentStore:
             self.stats.saved_bytes += size
         elif reupload:
             self.stats.isolated_reuploads += 1
+
+    async def _commit_backend(
+        self, w: _NamespacedWriter, bw: Writer, size: int, expected: str
+    ) -> tuple[str, int, bool]:
+        """Commit *w*'s backend writer: ``(digest, size, whether the blob was on disk already)``."""
+        st = await bw.status()
+        if size not in (0, st.offset):
+            await bw.close()
+            raise errdefs.FailedPrecondition(f'"{w.ref}" failed size validation: {st.offset} != {size}')
+        reupload = False
+        try:
+            await bw.commit(st.offset, expected)
+        except errdefs.AlreadyExists:
+            reupload = True
+        except errdefs.ResourceExhausted as exc:
+            self._out_of_space()
+            raise w._own_words(exc) from None
+        except errdefs.Error as exc:
+            raise w._own_words(exc) from None
+        return bw.digest(), st.offset, reupload
 
 
 def _with_ref(st: Status, ref: str) -> Status:
