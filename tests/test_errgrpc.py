@@ -100,10 +100,13 @@ def test_bare_class(cls: type[errdefs.Error]) -> None:
     g = errgrpc.to_grpc(cls())
     assert (g.status, g.message) == (code, suffix)
     back = errgrpc.from_grpc(g)
-    assert type(back) is cls and back.context == "" and str(back) == suffix
+    assert type(back) is cls
+    assert back.context == ""
+    assert str(back) == suffix
     # a peer that sends no message at all
     empty = errgrpc.from_grpc(GRPCError(code))
-    assert type(empty) is cls and str(empty) == suffix
+    assert type(empty) is cls
+    assert str(empty) == suffix
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

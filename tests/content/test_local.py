@@ -83,7 +83,8 @@ class TestLocal(ContentStoreSuite):
         assert (d / "total").read_text() == "10"
         started = parse_timestamp((d / "startedat").read_text())
         updated = parse_timestamp((d / "updatedat").read_text())
-        assert started is not None and updated is not None
+        assert started is not None
+        assert updated is not None
         assert updated == before
         st = await local.status("with-total")
         assert (st.started_at, st.updated_at, st.offset, st.total) == (started, updated, 5, 10)
@@ -225,7 +226,8 @@ class TestLocal(ContentStoreSuite):
         errors.append(exc_info.value)
         for err in errors:
             assert root not in str(err), str(err)
-            assert "/ingest" not in str(err) and "/blobs" not in str(err), str(err)
+            assert "/ingest" not in str(err), str(err)
+            assert "/blobs" not in str(err), str(err)
 
     async def test_bad_digest_checked_before_fs_access(
         self, local: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

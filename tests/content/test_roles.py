@@ -85,6 +85,7 @@ async def test_helpers_need_only_their_role(tmp_path: Path) -> None:
     data = b"roles" * 100
     d = sha256_of(data)
     ingester, provider = _OnlyIngester(store), _OnlyProvider(store)
-    assert not isinstance(ingester, Store) and not isinstance(provider, Store)
+    assert not isinstance(ingester, Store)
+    assert not isinstance(provider, Store)
     await write_blob(ingester, "r", data, expected=d)
     assert await read_blob(provider, d) == data

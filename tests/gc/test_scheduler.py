@@ -137,7 +137,8 @@ async def test_bad_config_stops_the_daemon_with_a_clear_error(tmp_path: Path) ->
         await daemon.load_plugins()
     text = str(info.value)
     assert 'plugins."io.containerd.gc.v1.scheduler"' in text
-    assert "startup_delay" in text and 'unknown unit " minutes"' in text
+    assert "startup_delay" in text
+    assert 'unknown unit " minutes"' in text
 
 
 async def test_plugin_exports_and_wiring(tmp_path: Path) -> None:
@@ -150,7 +151,8 @@ async def test_plugin_exports_and_wiring(tmp_path: Path) -> None:
     await daemon.load_plugins()
     try:
         p = daemon.plugins.get("io.containerd.gc.v1.scheduler")
-        assert p is not None and p.ok, p and p.error
+        assert p is not None, p and p.error
+        assert p.ok, p and p.error
         assert p.exports == {
             "PauseThreshold": "0.02",
             "DeletionThreshold": "0",
@@ -162,7 +164,8 @@ async def test_plugin_exports_and_wiring(tmp_path: Path) -> None:
         assert isinstance(sched, GCScheduler)
         assert isinstance(sched, Scheduler)
         stats = await asyncio.wait_for(sched.schedule_and_wait(), 10)
-        assert stats.duration > 0 and sched.runs == 1
+        assert stats.duration > 0
+        assert sched.runs == 1
     finally:
         await daemon.close_plugins()
     assert sched._task is None
@@ -188,8 +191,10 @@ async def test_plugin_wiring_by_construction(tmp_path: Path) -> None:
     try:
         p = daemon.plugins.get("io.containerd.gc.v1.scheduler")
         md = daemon.plugins.get("io.containerd.metadata.v1.sqlite")
-        assert p is not None and p.ok, p and p.error
-        assert md is not None and md.ok, md.error
+        assert p is not None, p and p.error
+        assert p.ok, p and p.error
+        assert md is not None, md.error
+        assert md.ok, md.error
         sched = p.instance
         assert isinstance(sched, GCScheduler)
         assert isinstance(sched, Scheduler)
@@ -271,7 +276,8 @@ async def test_startup_collection_after_the_delay(make: Any) -> None:
     assert c.starts[0] - t0 >= 0.14
     await asyncio.sleep(0.2)
     assert len(c.starts) == 1, "nothing asked for another collection"
-    assert s.runs == 1 and s.freed_bytes == 7
+    assert s.runs == 1
+    assert s.freed_bytes == 7
 
 
 async def test_deletion_collects_promptly_with_threshold_zero(make: Any) -> None:
@@ -344,7 +350,8 @@ async def test_mutation_threshold_zero_disables_it(make: Any) -> None:
 async def test_schedule_and_wait(make: Any) -> None:
     s, c = make()
     a, b = await asyncio.gather(s.schedule_and_wait(), s.schedule_and_wait())
-    assert a is b and len(c.starts) == 1
+    assert a is b
+    assert len(c.starts) == 1
     # a request during a run waits for the next run (which starts after it)
     c.gate.clear()
     first = asyncio.ensure_future(s.schedule_and_wait())
@@ -353,8 +360,10 @@ async def test_schedule_and_wait(make: Any) -> None:
     await asyncio.sleep(0.02)
     c.gate.set()
     r1, r2 = await first, await second
-    assert r1 is not r2 and len(c.starts) == 3
-    assert s.runs == 3 and s.total_duration > 0
+    assert r1 is not r2
+    assert len(c.starts) == 3
+    assert s.runs == 3
+    assert s.total_duration > 0
 
 
 async def test_explicit_trigger_ignores_the_pause_limit(make: Any) -> None:
@@ -369,7 +378,8 @@ async def test_failure_is_reported_and_retried(make: Any, caplog: pytest.LogCapt
     s, c = make(FakeCollector(fail=1), pause_threshold=0.5)
     with pytest.raises(RuntimeError, match="disk on fire"):
         await s.schedule_and_wait()
-    assert s.failures == 1 and s.runs == 0
+    assert s.failures == 1
+    assert s.runs == 0
     assert any("garbage collection failed" in r.getMessage() for r in caplog.records)
     # retried (interval + 1 s) later without being asked again
     await wait_runs(c, 2, timeout=10.0)

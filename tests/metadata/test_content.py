@@ -384,7 +384,8 @@ async def test_walk_records_filters_match_python_matcher(env: tuple[DB, LocalSto
         # a stored record carries what Info carries
         recs = [r for batch in [b async for b in store.walk_records("labels.b")] for r in batch]
         info = await store.info(recs[0].digest)
-        assert recs[0].labels == info.labels and recs[0].size == info.size
+        assert recs[0].labels == info.labels
+        assert recs[0].size == info.size
         assert recs[0].created_us == int(info.created_at.timestamp() * 1_000_000)
 
 
@@ -393,7 +394,8 @@ def test_sql_prefilter_pushes_simple_selectors_down() -> None:
     from ctrd.metadata.content import _sql_prefilter
 
     where, params = _sql_prefilter(filters.parse_all('labels."containerd.io/gc.root"==x,labels.a'))
-    assert "json_extract" in where and "json_type" in where
+    assert "json_extract" in where
+    assert "json_type" in where
     assert params == ('$."containerd.io/gc.root"', "x", '$."a"')
     # an alternative with nothing translatable: nothing pushed down
     assert _sql_prefilter(filters.parse_all("labels.a==1", "labels.b~=x")) == ("", ())

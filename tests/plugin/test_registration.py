@@ -238,8 +238,10 @@ def test_init_context_lookups(tmp_path: Path) -> None:
     with pytest.raises(errdefs.FailedPrecondition, match=r"multiple plugins of type io\.dep\.v1"):
         ic.get_single("io.dep.v1")
     assert [p.registration.id for p in ps.by_type("io.dep.v1")] == ["ok", "skipped", "ok2"]
-    assert skipped.skipped and not skipped.ok
-    assert not failed.skipped and not failed.ok
+    assert skipped.skipped
+    assert not skipped.ok
+    assert not failed.skipped
+    assert not failed.ok
     assert ok.ok
 
 
@@ -302,6 +304,7 @@ async def test_daemon_gives_typed_config_grpc_settings_and_string_properties(tmp
             "state": str(tmp_path / "state"),
         }
         u = daemon.plugins.get("io.t.user.v1.u")
-        assert u is not None and u.instance == "moin"
+        assert u is not None
+        assert u.instance == "moin"
     finally:
         await daemon.close_plugins()

@@ -80,7 +80,8 @@ async def test_create_with_id_and_labels(env: Env) -> None:
     assert lease is not None
     assert lease.id == "L"
     assert lease.labels == {"foo": "bar", GC_EXPIRE: "2030-01-01T00:00:00Z"}
-    assert lease.created_at is not None and lease.created_at.tzinfo is not None
+    assert lease.created_at is not None
+    assert lease.created_at.tzinfo is not None
     assert before - _dt.timedelta(seconds=1) <= lease.created_at <= _dt.datetime.now(_dt.UTC)
 
 
@@ -129,7 +130,8 @@ async def test_list_filters(env: Env) -> None:
     assert await ids("labels.foo==bar") == ["L"]
     assert await ids("id==forever", "labels.foo") == ["L", "forever"]
     listed = (await env.stub.list(api.ListRequest(filters=["id==L"]))).leases[0]
-    assert listed.labels == {"foo": "bar"} and listed.created_at is not None
+    assert listed.labels == {"foo": "bar"}
+    assert listed.created_at is not None
     err = await grpc_error(env.stub.list(api.ListRequest(filters=["id=="])))
     assert err.status is G.INVALID_ARGUMENT
 
