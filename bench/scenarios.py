@@ -46,12 +46,12 @@ from bench.daemons import BenchError, Ctrd, Daemon
 from bench.data import FileBlob, LargeBlob, list_blob, small_blobs
 from bench.probe import Probe, Sample, hash_only, write_hash_fsync
 from bench.sdk import BenchStore
-from ctrd.wire._h2 import LargeFrameChannel
 from ctrd.api.containerd.services.content import v1 as content_api
 from ctrd.api.containerd.services.namespaces.v1 import CreateNamespaceRequest, Namespace, NamespacesStub
 from ctrd.api.containerd.services.version.v1 import VersionStub
 from ctrd.content import write_blob
 from ctrd.namespaces import GRPC_HEADER
+from ctrd.wire._h2 import LargeFrameChannel
 
 __all__ = ["SCENARIOS", "Context", "Params", "Scenario", "disk_estimate"]
 
@@ -312,9 +312,9 @@ async def write_file(store: BenchStore, ref: str, blob: FileBlob, labels: Mappin
         await w.close()
 
 
-async def wait_version(daemon: Daemon, interval: float = POLL, timeout: float = 60.0) -> int:
+async def wait_version(daemon: Daemon, interval: float = POLL, limit: float = 60.0) -> int:
     """Call Version on the daemon's socket every *interval* seconds until it answers; returns the polls."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     polls = 0
     ch: Channel | None = None
     last: BaseException | None = None
@@ -333,7 +333,7 @@ async def wait_version(daemon: Daemon, interval: float = POLL, timeout: float = 
                     ch.close()
                     ch = None
             if time.monotonic() > deadline:
-                raise BenchError(f"{daemon.kind} did not answer Version within {timeout:.0f} s: {last!r}")
+                raise BenchError(f"{daemon.kind} did not answer Version within {limit:.0f} s: {last!r}")
             await asyncio.sleep(interval)
     finally:
         if ch is not None:

@@ -666,7 +666,8 @@ def test_regexp_program_bound() -> None:
 
 
 def test_selector_bounds_hold_for_all_filters_of_a_call() -> None:
-    assert filters.MAX_SELECTORS == 64 and filters.MAX_REGEXPS == 4
+    assert filters.MAX_SELECTORS == 64
+    assert filters.MAX_REGEXPS == 4
     filters.parse(",".join(f"l{i}" for i in range(filters.MAX_SELECTORS)))
     assert bound_error(",".join(f"l{i}" for i in range(65))) == "filters: more than 64 selectors"
     assert bound_error(*(["a==b,c"] * 32), "x") == "filters: more than 64 selectors"

@@ -418,7 +418,8 @@ def header_block(pair: Pair, sid: int, headers: Any = REQUEST) -> tuple[bytes, b
     """A HEADERS frame of the peer's opening a header block on *sid*, and the CONTINUATION ending it."""
     pair.peer.send_headers(sid, headers)
     whole = pair.peer.data_to_send()
-    assert whole[3] == HEADERS and whole[4] & END_HEADERS
+    assert whole[3] == HEADERS
+    assert whole[4] & END_HEADERS
     block = whole[9:]
     first, rest = block[:3], block[3:]
     return frame(HEADERS, whole[4] & ~END_HEADERS, sid, first), frame(CONTINUATION, END_HEADERS, sid, rest)
@@ -700,7 +701,8 @@ def test_control_frame_matches_h2(name: str, kind: str) -> None:
         assert fed.sent == case.answer
         assert tuple(fed.names) == case.events
     else:
-        assert fed.error is not None and fed.error[1] == case.error, fed.error
+        assert fed.error is not None, fed.error
+        assert fed.error[1] == case.error, fed.error
         assert case.answer in fed.sent
     expected = offers(case.taken) if case.taken else []
     if kind == "whole" and has_settings(stream):
@@ -1073,9 +1075,11 @@ def test_control_frames_after_a_gathered_large_frame(client: bool, as_type: str)
     # a body's start, all but its last byte, then that byte, the control frames and 100 bytes of the next body
     points = [20, end_first - 1, second_at + 109]
     fed = pair.feed(stream[:20], as_type=as_type)
-    assert pair.ctrd._frame is not None and pair.ctrd._filled == 11
+    assert pair.ctrd._frame is not None
+    assert pair.ctrd._filled == 11
     fed = pair.feed(stream[20 : end_first - 1], as_type=as_type)
-    assert pair.ctrd._filled == len(first) - 1 and not fed.names
+    assert pair.ctrd._filled == len(first) - 1
+    assert not fed.names
     fed = pair.feed(stream[end_first - 1 : points[2]], as_type=as_type)
     assert fed.error is None
     assert fed.names == [
@@ -1090,9 +1094,11 @@ def test_control_frames_after_a_gathered_large_frame(client: bool, as_type: str)
     assert fed.data_types == [bytearray, bytes]
     assert pair.ctrd.offered == offers("P+ W+ W+ P+ P+")
     assert fed.sent.count(b"\0\0\x08\x06\x01") == 2  # the two ACKs
-    assert pair.ctrd._frame is not None and pair.ctrd._filled == 100  # the next body, gathered
+    assert pair.ctrd._frame is not None
+    assert pair.ctrd._filled == 100
     fed = pair.feed(stream[points[2] :], as_type=as_type)
-    assert fed.error is None and fed.data_types == [bytearray]
+    assert fed.error is None
+    assert fed.data_types == [bytearray]
     # and the same stream, split by the same points, in one go
     again = client_pair() if client else server_pair()
     if client:
@@ -1142,7 +1148,8 @@ def test_settings_ack_raising_frame_size_then_control_then_large_frame(between: 
     control = {"nothing": b"", "ping": ping(), "window-update": wu(0, 10)}[between]
     big = frame(DATA, 0, 1, payload(BIG + 1, 1))
     fed = pair.feed(start[acks[0].offset :] + pair.peer.data_to_send() + control + big)
-    assert fed.error is not None and fed.error[1] == "FrameTooLargeError", fed.error
+    assert fed.error is not None, fed.error
+    assert fed.error[1] == "FrameTooLargeError", fed.error
 
 
 @pytest.mark.parametrize("between", ["nothing", "ping", "window-update"])

@@ -481,7 +481,8 @@ def test_receive_settings_ack_with_large_frame() -> None:
         fed = feed(ctrd, plain, stream, cut_points(kind, stream), MAX_FRAME_SIZE)
         outcomes.add(fed.error is None)
         if kind == "every-65536":  # the first read: the ACK and the start of the first DATA frame
-            assert fed.error is None and fed.gathering_reads
+            assert fed.error is None
+            assert fed.gathering_reads
         if kind == "whole":
             assert fed.error == (
                 "raised",
@@ -556,7 +557,8 @@ def in_header_block(client: H2Connection, *_: Any) -> bytes:
     head = opened(client)
     client.send_headers(3, REQUEST)
     headers = bytearray(client.data_to_send())
-    assert headers[3] == HEADERS and headers[4] & END_HEADERS
+    assert headers[3] == HEADERS
+    assert headers[4] & END_HEADERS
     headers[4] &= ~END_HEADERS  # the block goes on ... but a DATA frame comes
     return head + bytes(headers) + frame(DATA, 0, 1, payload(BIG + 1, 1)) + ping()
 
@@ -621,7 +623,8 @@ def test_receive_errors_match_h2(name: str, kind: str) -> None:
     if case.error is None:
         assert fed.error is None
     else:
-        assert fed.error is not None and fed.error[1] == case.error, fed.error
+        assert fed.error is not None, fed.error
+        assert fed.error[1] == case.error, fed.error
         assert ctrd._frame is None
     assert case.answer in fed.sent
     if kind in ("after-header+1", "one-short"):  # a read ends inside the body
@@ -817,7 +820,8 @@ SEND_OPS: list[Op] = [
 def run_send(ops: list[Op], transport: bool = True, asyncio_style: bool = False) -> tuple[Side, Side]:
     """*ops* on a Ctrd server and on a plain one; everything compared after every call."""
     ctrd, plain = send_side(True, transport, asyncio_style=asyncio_style), send_side(False)
-    assert ctrd.out == plain.out and ctrd.events == plain.events
+    assert ctrd.out == plain.out
+    assert ctrd.events == plain.events
     sent: Sent = {}
     for i, op in enumerate(ops):
         calls = len(ctrd.transport.calls) if ctrd.transport else 0
@@ -845,7 +849,8 @@ def run_send(ops: list[Op], transport: bool = True, asyncio_style: bool = False)
             # asyncio's writelines would join (copy): two writes, the payload as a view of itself
             assert len(ctrd.transport.calls) == calls + 2, where
             (name1, (head,)), (name2, (body,)) = ctrd.transport.calls[-2:]
-            assert name1 == name2 == "write" and isinstance(body, memoryview)
+            assert name1 == name2 == "write"
+            assert isinstance(body, memoryview)
             assert bytes(head) == queued + frame_header(size, DATA, flags, op[1])
             if not isinstance(payload_c, memoryview):
                 assert body.obj is payload_c, f"{where}: the payload was copied"
@@ -865,7 +870,8 @@ def run_send(ops: list[Op], transport: bool = True, asyncio_style: bool = False)
     for side in (ctrd, plain):
         side.flush()
         side.deliver()
-    assert ctrd.out == plain.out and ctrd.events == plain.events
+    assert ctrd.out == plain.out
+    assert ctrd.events == plain.events
     assert ctrd.received == plain.received == {sid: d for sid, d in sent.items() if d}
     return ctrd, plain
 

@@ -383,12 +383,14 @@ def reply(
     # the calls: one per reply, none when there is nothing to send (not even h2's queued bytes)
     new = transport.calls[calls:]
     if nothing and not queued:
-        assert new == [] and written == b"", f"{where}: nothing to send, yet {[name for name, _ in new]}"
+        assert new == [], f"{where}: nothing to send, yet {[name for name, _ in new]}"
+        assert written == b"", f"{where}: nothing to send, yet {[name for name, _ in new]}"
     else:
         assert len(new) == 1, f"{where}: {[name for name, _ in new]}"
         name, args = new[0]
         if isinstance(transport, AsyncioTransport):
-            assert name == "write" and len(args) == 1
+            assert name == "write"
+            assert len(args) == 1
             assert bytes(args[0]) == expected
         else:
             assert name == "writelines"
@@ -415,9 +417,13 @@ def reply(
             frames.append(f)
             continue
         head = frames[-1]
-        assert head.type == HEADERS and f.in_header_block and f.stream_id == sid, where
-        assert head.length == step and not head.flags & END_HEADERS, where
-        assert f.length <= step and not f.flags & ~END_HEADERS, where
+        assert head.type == HEADERS, where
+        assert f.in_header_block, where
+        assert f.stream_id == sid, where
+        assert head.length == step, where
+        assert not head.flags & END_HEADERS, where
+        assert f.length <= step, where
+        assert not f.flags & ~END_HEADERS, where
         frames[-1] = Wire(head.offset, head.length, HEADERS, head.flags | f.flags, sid, False)
     assert all(f.stream_id == sid for f in frames), where
     got = [(f.type, f.flags, 0 if f.type == HEADERS else f.length) for f in frames]
@@ -430,7 +436,8 @@ def reply(
     if trailers is not None:
         assert state == (StreamState.CLOSED, machine(plain.server, sid)[1], True, True), where
     else:
-        assert state[:3] == (before[0], before[1], True) and not state[3], where
+        assert state[:3] == (before[0], before[1], True), where
+        assert not state[3], where
         assert state[0] in (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE), where
     check(ctrd, plain, where)
     if not deliver:
@@ -456,7 +463,8 @@ def reply(
         assert mine[-2][1]["headers"] == as_bytes(trailers), where
     now = ctrd.received.get(sid, b"")
     assert now == plain.received.get(sid, b""), where
-    assert now.endswith(original) and now.startswith(received), where
+    assert now.endswith(original), where
+    assert now.startswith(received), where
     if not pending:
         assert now == received + original, where
 
@@ -575,7 +583,8 @@ def test_reply_after_large_direct_send() -> None:
     ctrd, plain = reply_pair()
     both(ctrd, plain, lambda s: s.server.send_headers(13, RESPONSE))
     both(ctrd, plain, lambda s: s.server.send_data(13, payload(200 * KiB, 13)))
-    assert ctrd.transport is not None and ctrd.transport.calls[-1][0] == "writelines"
+    assert ctrd.transport is not None
+    assert ctrd.transport.calls[-1][0] == "writelines"
     reply(ctrd, plain, 1, body=payload(300 * KiB, 1))
     both(ctrd, plain, lambda s: s.server.send_data(13, payload(70 * KiB, 14), end_stream=True))
     both(ctrd, plain, flush)
@@ -626,12 +635,14 @@ def test_replies_in_a_row_match_h2(misses: list[Any], style: str) -> None:
     step(1)  # content-type and grpc-status go into the dynamic table
     step(3)
     step(5)  # the same lists, the same table: both blocks from the memo
-    assert len(misses) == 4 and lengths[:3] == [2, 2, 2]
+    assert len(misses) == 4
+    assert lengths[:3] == [2, 2, 2]
     step(7, GRPC_PROTO)  # another content-type value: a new entry
     assert lengths[-1] == 3
     step(9, GRPC_PROTO)
     step(11, RESPONSE, MESSAGE_TRAILERS)  # grpc-message is not in hpack's static table
-    assert lengths[-1] == 4 and (b"grpc-message", b"x") in table.dynamic_entries
+    assert lengths[-1] == 4
+    assert (b"grpc-message", b"x") in table.dynamic_entries
     step(13, RESPONSE, MESSAGE_TRAILERS)
     step(15, RESPONSE, [("grpc-status", "0"), ("grpc-message", "y")])  # a new value for that name
     assert lengths[-1] == 5
@@ -729,7 +740,8 @@ HEADER_VALUES: dict[str, tuple[Headers, Headers]] = {
 def test_reply_header_values_match_h2(name: str, frames: str) -> None:
     """str and bytes names and values, huffman-longer and -shorter values, lists at the size limit."""
     headers, trailers = HEADER_VALUES[name]
-    assert header_list_size(headers) <= LIMIT and header_list_size(trailers) <= LIMIT
+    assert header_list_size(headers) <= LIMIT
+    assert header_list_size(trailers) <= LIMIT
     ctrd, plain = reply_pair(frame_size=FRAME_SIZES[frames])
     reply(ctrd, plain, 1, headers, payload(1000, 1), trailers)
     reply(ctrd, plain, 3, headers, payload(40000, 3), trailers)  # again: from the memo, if the table held
@@ -1208,7 +1220,8 @@ def prepare(kind: str) -> tuple[tuple[Side, Side], int, Headers, Any, Headers]:
     elif kind == "unknown-stream-partial":
         sid, headers, body, trailers = 99, None, b"", None
     else:
-        assert kind in DECLINE and kind not in PARTIAL_DECLINE, kind
+        assert kind in DECLINE, kind
+        assert kind not in PARTIAL_DECLINE, kind
     # something queued in h2: it must stay queued
     if ctrd.server.state_machine.state is not ConnectionState.CLOSED:
         run(lambda s: s.server.ping(b"\x00" * 8))
@@ -1279,7 +1292,8 @@ def test_reply_declines(kind: str, style: str) -> None:
         ctrd.transport = recorder
     if kind == "no-transport":
         assert isinstance(ctrd.server, CtrdConnection)
-        assert ctrd.transport is None and ctrd.server.transport is None
+        assert ctrd.transport is None
+        assert ctrd.server.transport is None
     calls = len(ctrd.transport.calls) if ctrd.transport else 0
     declined(ctrd, plain, sid, headers, body, trailers)
     assert (len(ctrd.transport.calls) if ctrd.transport else 0) == calls
@@ -1532,6 +1546,7 @@ def test_random_sequences_match_h2(seed: int, partial: bool) -> None:
     forms = {form for _, _, form, _ in partials}
     assert len(partials) >= 15, done
     # headers alone, headers + body, bodies alone, trailers alone or with a body, nothing at all
-    assert {"H", "HB", "B", "-"} <= forms and forms & {"T", "BT"}, (forms, done)
+    assert {"H", "HB", "B", "-"} <= forms, (forms, done)
+    assert forms & {"T", "BT"}, (forms, done)
     assert any(d.startswith("declined") for d in done), done
     assert any(d.startswith("end request") for d in done), done

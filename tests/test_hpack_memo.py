@@ -217,15 +217,22 @@ def test_memoize_hpack_replaces_the_coders_keeping_their_settings() -> None:
     encoder.header_table_size = 1234  # a pending size change survives the replacement
     decoder.max_allowed_table_size = 8192
     memoize_hpack(conn)
-    assert conn.encoder is not encoder and conn.decoder is not decoder
+    assert conn.encoder is not encoder
+    assert conn.decoder is not decoder
     encoder, decoder = conn.encoder, conn.decoder
-    assert type(encoder) is _MemoEncoder and type(decoder) is _MemoDecoder
-    assert isinstance(encoder, hpack.Encoder) and isinstance(decoder, hpack.Decoder)
-    assert type(encoder.header_table) is _VersionedTable and type(decoder.header_table) is _VersionedTable
-    assert encoder.header_table.maxsize == 1234 and encoder.table_size_changes == [1234]
-    assert decoder.header_table.maxsize == 4096 and decoder.max_allowed_table_size == 8192
+    assert type(encoder) is _MemoEncoder
+    assert type(decoder) is _MemoDecoder
+    assert isinstance(encoder, hpack.Encoder)
+    assert isinstance(decoder, hpack.Decoder)
+    assert type(encoder.header_table) is _VersionedTable
+    assert type(decoder.header_table) is _VersionedTable
+    assert encoder.header_table.maxsize == 1234
+    assert encoder.table_size_changes == [1234]
+    assert decoder.header_table.maxsize == 4096
+    assert decoder.max_allowed_table_size == 8192
     assert decoder.max_header_list_size == h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE
-    assert encoder._memo == {} and decoder._memo == {}
+    assert encoder._memo == {}
+    assert decoder._memo == {}
     plain = hpack.Encoder()
     plain.header_table_size = 1234
     fields = [(":method", "POST"), ("x-a", "1")]
@@ -242,7 +249,8 @@ def test_memoize_hpack_refuses_a_connection_that_coded_headers() -> None:
 def test_ctrd_connections_are_built_with_memoizing_coders() -> None:
     conn = CtrdConnection()
     assert type(conn) is CtrdConnection
-    assert type(conn.encoder) is _MemoEncoder and type(conn.decoder) is _MemoDecoder
+    assert type(conn.encoder) is _MemoEncoder
+    assert type(conn.decoder) is _MemoDecoder
 
 
 def test_versioned_table_counts_adds_and_resizes() -> None:
@@ -253,11 +261,14 @@ def test_versioned_table_counts_adds_and_resizes() -> None:
     table.add(b"x-a", b"1")
     assert table.version == v0 + 1
     table.add(b"x-big", b"v" * 5000)  # larger than the table: clears it, still a change
-    assert table.version == v0 + 2 and len(table.dynamic_entries) == 0
+    assert table.version == v0 + 2
+    assert len(table.dynamic_entries) == 0
     table.maxsize = 4096  # same size: counted anyway (cheap and safe)
     assert table.version == v0 + 3
     table.maxsize = 100
-    assert table.version == v0 + 4 and table.maxsize == 100 and table.resized
+    assert table.version == v0 + 4
+    assert table.maxsize == 100
+    assert table.resized
 
 
 def test_encoder_hits_only_while_the_table_is_unchanged(misses: Calls) -> None:
@@ -272,9 +283,12 @@ def test_encoder_hits_only_while_the_table_is_unchanged(misses: Calls) -> None:
         return got
 
     first = both(fields)  # inserts: not remembered
-    assert misses.encode == 1 and memo._memo == {}
+    assert misses.encode == 1
+    assert memo._memo == {}
     second = both(fields)  # all indexed now: remembered
-    assert second != first and misses.encode == 2 and len(memo._memo) == 1
+    assert second != first
+    assert misses.encode == 2
+    assert len(memo._memo) == 1
     both(fields)
     both(fields)
     assert misses.encode == 2  # two hits
@@ -335,7 +349,8 @@ def test_decoder_hits_repeated_blocks(misses: Calls) -> None:
     indexed = encoder.encode(fields)
     assert encoder.encode(fields) == indexed
     assert memo.decode(inserting) == plain.decode(inserting)  # it inserts: not remembered
-    assert misses.decode == 1 and memo._memo == {}
+    assert misses.decode == 1
+    assert memo._memo == {}
     for raw in (True, False):
         for _ in range(3):
             assert memo.decode(indexed, raw=raw) == plain.decode(indexed, raw=raw)
@@ -391,7 +406,8 @@ def test_decoded_list_is_the_callers_own(misses: Calls) -> None:
     assert second == want
     second.clear()
     third = memo.decode(block)
-    assert third == want and third is not second
+    assert third == want
+    assert third is not second
     third.reverse()
     assert memo.decode(block) == want
     assert misses.decode == 1
@@ -440,8 +456,10 @@ def test_large_never_indexed_block_is_not_remembered(misses: Calls) -> None:
     _, memo = memo_coders()
     for _ in range(3):
         (h,) = memo.decode(block)
-        assert type(h) is NeverIndexedHeaderTuple and h == ("x-secret", "s" * 2000)
-    assert misses.decode == 3 and memo._memo == {}
+        assert type(h) is NeverIndexedHeaderTuple
+        assert h == ("x-secret", "s" * 2000)
+    assert misses.decode == 3
+    assert memo._memo == {}
     small = hpack.Encoder().encode([NeverIndexedHeaderTuple("x-secret", "s")])
     for _ in range(3):
         (h,) = memo.decode(small)
@@ -477,8 +495,10 @@ def test_h2_connections_agree_over_repeated_requests(misses: Calls) -> None:
         (received,) = [e for e in events if isinstance(e, h2.events.RequestReceived)]
         assert received.stream_id == sid
         assert received.headers == [(n, v) for n, v in request], i
-    assert misses.encode < 6 and misses.decode < 6  # the repeats were served from the memos
-    assert client.encoder._memo and server.decoder._memo
+    assert misses.encode < 6
+    assert misses.decode < 6
+    assert client.encoder._memo
+    assert server.decoder._memo
 
 
 # -- values that compare equal but encode differently; limits lowered later ------------------

@@ -46,7 +46,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 DOMAIN = ("errors", "plugin core", "content", "metadata")
 """Layers that never touch the transport."""
 
-FORBIDDEN_IN_DOMAIN = ("grpclib", "h2", "hpack", "hyperframe", "betterproto2", "aiohttp", "ctrd.wire", "ctrd.api")
+FORBIDDEN_IN_DOMAIN = (
+    "grpclib",
+    "h2",
+    "hpack",
+    "hyperframe",
+    "betterproto2",
+    "aiohttp",
+    "ctrd.wire",
+    "ctrd.api",
+)
 
 
 def layer_of(module: str) -> int | None:

@@ -138,41 +138,43 @@ def unquote(s: str, quotes: str = '"') -> str:
             continue
         if i + 1 >= len(body):
             raise ValueError("invalid syntax")
-        c = body[i + 1]
-        i += 2
-        if c in _UNQUOTE_SIMPLE:
-            buf.append(_UNQUOTE_SIMPLE[c])
-        elif c in _UNQUOTE_WIDTHS:
-            width = _UNQUOTE_WIDTHS[c]
-            digits = body[i : i + width]
-            if len(digits) < width or not all(d in _HEX_DIGITS for d in digits):
-                raise ValueError("invalid syntax")
-            i += width
-            v = int(digits, 16)
-            if c == "x":
-                buf.append(v)  # a single byte, possibly not UTF-8
-            elif v > 0x10FFFF:
-                raise ValueError("invalid syntax")
-            else:
-                if 0xD800 <= v <= 0xDFFF:  # Go encodes surrogate halves as RuneError
-                    v = 0xFFFD
-                buf += chr(v).encode("utf-8")
-        elif "0" <= c <= "7":
-            digits = c + body[i : i + 2]
-            if len(digits) < 3 or not all("0" <= d <= "7" for d in digits):
-                raise ValueError("invalid syntax")
-            i += 2
-            v = int(digits, 8)
-            if v > 255:
-                raise ValueError("invalid syntax")
-            buf.append(v)
-        elif c in "'\"|/":
-            if c != delimiter:
-                raise ValueError("invalid syntax")
-            buf.append(ord(c))
-        else:
-            raise ValueError("invalid syntax")
+        i = _unquote_escape(body, i + 2, body[i + 1], delimiter, buf)
     return buf.decode("utf-8", "replace")
+
+
+def _unquote_escape(body: str, i: int, c: str, delimiter: str, buf: bytearray) -> int:
+    """The escape ``\\<c>`` (whose argument starts at *i*) appended to *buf*; the index after it."""
+    if c in _UNQUOTE_SIMPLE:
+        buf.append(_UNQUOTE_SIMPLE[c])
+        return i
+    if c in _UNQUOTE_WIDTHS:
+        width = _UNQUOTE_WIDTHS[c]
+        digits = body[i : i + width]
+        if len(digits) < width or not all(d in _HEX_DIGITS for d in digits):
+            raise ValueError("invalid syntax")
+        v = int(digits, 16)
+        if c == "x":
+            buf.append(v)  # a single byte, possibly not UTF-8
+        elif v > 0x10FFFF:
+            raise ValueError("invalid syntax")
+        else:
+            if 0xD800 <= v <= 0xDFFF:  # Go encodes surrogate halves as RuneError
+                v = 0xFFFD
+            buf += chr(v).encode("utf-8")
+        return i + width
+    if "0" <= c <= "7":
+        digits = c + body[i : i + 2]
+        if len(digits) < 3 or not all("0" <= d <= "7" for d in digits):
+            raise ValueError("invalid syntax")
+        v = int(digits, 8)
+        if v > 255:
+            raise ValueError("invalid syntax")
+        buf.append(v)
+        return i + 2
+    if c in "'\"|/" and c == delimiter:
+        buf.append(ord(c))
+        return i
+    raise ValueError("invalid syntax")
 
 
 # --------------------------------------------------------------------------

@@ -90,5 +90,6 @@ def test_client_rss_flat_during_1gib_ingest(tmp_path: Path, record_property: obj
     record_property("client_rss", report)
     # a progress call whenever a WRITE reply moved the offset: one per MiB, but the
     # last PIPELINE replies arrive together in the final flush
-    assert r["size"] == SIZE_MIB * MiB and r["samples"] >= SIZE_MIB + 1 - PIPELINE
+    assert r["size"] == SIZE_MIB * MiB
+    assert r["samples"] >= SIZE_MIB + 1 - PIPELINE
     assert growth_mib < MAX_GROWTH_MIB, report

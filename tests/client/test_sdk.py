@@ -75,7 +75,8 @@ async def test_version_plugins_server_info(client: Client, backend: Backend) -> 
     ):
         assert want in uris
     grpc = await client.plugins(["type==io.containerd.grpc.v1"])
-    assert grpc and all(p.type == "io.containerd.grpc.v1" for p in grpc)
+    assert grpc
+    assert all(p.type == "io.containerd.grpc.v1" for p in grpc)
     assert {p.id for p in await client.plugins(["id==content"])} == {"content"}
     assert all(p.status in ("ok", "skip", "error") for p in plugins)
     with pytest.raises(errdefs.InvalidArgument):
@@ -86,7 +87,8 @@ async def test_addresses_and_namespace_defaults(backend: Backend, monkeypatch: p
     monkeypatch.setenv("CONTAINERD_NAMESPACE", "from-env")
     monkeypatch.setenv("CONTAINERD_ADDRESS", backend.address)
     async with Client() as c:
-        assert c.namespace == "from-env" and c.address == backend.address
+        assert c.namespace == "from-env"
+        assert c.address == backend.address
         assert (await c.version()).version
     monkeypatch.delenv("CONTAINERD_NAMESPACE")
     async with Client("unix://" + backend.address, namespace=None) as c:
@@ -131,7 +133,8 @@ async def test_content_calls(client: Client, backend: Backend) -> None:
         tail = b"".join([c async for c in client.content.read(dgst, offset=3 * MiB)])
         assert tail == data[3 * MiB :]
         chunks = [len(c) async for c in client.content.read(dgst)]
-        assert sum(chunks) == len(data) and max(chunks) <= MiB
+        assert sum(chunks) == len(data)
+        assert max(chunks) <= MiB
         with pytest.raises(errdefs.OutOfRange):
             _ = [c async for c in client.content.read(dgst, offset=len(data) + 1)]
         # stopping early does not disturb the connection
@@ -215,7 +218,8 @@ async def test_writer_status_abort(client: Client, backend: Backend) -> None:
         w2 = await client.content.writer("w2")
         await w2.write(b"garbage!")
         await w2.truncate(0)
-        assert w2.offset == 0 and (await w2.status()).offset == 0
+        assert w2.offset == 0
+        assert (await w2.status()).offset == 0
         await w2.write(b"payload")
         with pytest.raises(errdefs.FailedPrecondition):
             await w2.commit(7, "sha256:" + "2" * 64)
@@ -247,7 +251,8 @@ async def test_ingest_sources_and_existing(client: Client, backend: Backend, tmp
         seen: list[tuple[int, int | None]] = []
         info = await client.content.ingest("src-path", path, progress=lambda o, t: seen.append((o, t)))
         assert info.digest == dgst
-        assert seen[0] == (0, len(data)) and seen[-1] == (len(data), len(data))
+        assert seen[0] == (0, len(data))
+        assert seen[-1] == (len(data), len(data))
         assert [o for o, _ in seen] == sorted(o for o, _ in seen)
         await client.content.delete(dgst)
         with path.open("rb") as f:
@@ -259,7 +264,8 @@ async def test_ingest_sources_and_existing(client: Client, backend: Backend, tmp
 
         # already there: success, labels applied, no active ingest left behind
         again = await client.content.ingest("src-again", data, dgst, labels={"k": "v"})
-        assert again.digest == dgst and again.labels["k"] == "v"
+        assert again.digest == dgst
+        assert again.labels["k"] == "v"
         again = await client.content.ingest("src-again2", path, labels={"k2": "v2"})  # no expected digest
         assert dict(again.labels) == {"k": "v", "k2": "v2"}
         assert await client.content.list_statuses() == []
@@ -317,7 +323,8 @@ async def test_resume_after_killed_stream(
 
         await wait_for(settled)
         st = await client.content.status(ref)
-        assert 3 * MiB <= st.offset < len(data) and st.offset % MiB == 0
+        assert 3 * MiB <= st.offset < len(data)
+        assert st.offset % MiB == 0
 
         async with client.content.writer(ref) as w:  # the offset survives a reopen
             assert w.offset == st.offset
@@ -331,7 +338,8 @@ async def test_resume_after_killed_stream(
         source = data if source_kind == "bytes" else stream()
         info = await client.content.ingest(ref, source, dgst, progress=lambda o, t: seen.append(o))
         assert seen[0] == st.offset  # resumed, not restarted
-        assert info.digest == dgst and info.size == len(data)
+        assert info.digest == dgst
+        assert info.size == len(data)
         assert await client.content.read_all(dgst) == data
         assert dgst in {r.id for r in await client.leases.list_resources(lease.id)}
         await client.content.delete(dgst)
@@ -351,7 +359,8 @@ async def test_ingest_over_stale_ingest(client: Client, backend: Backend, source
         if source_kind == "bytes":
             seen: list[int] = []
             info = await client.content.ingest("stale", data, progress=lambda o, t: seen.append(o))
-            assert info.digest == sha(data) and seen[0] == 0
+            assert info.digest == sha(data)
+            assert seen[0] == 0
         else:
             with pytest.raises(errdefs.FailedPrecondition, match="not the start of this stream"):
                 await client.content.ingest("stale", stream())
@@ -373,7 +382,9 @@ async def test_ingest_64mib_file(client: Client, backend: Backend, tmp_path: Pat
     async with client.lease():
         info = await client.content.ingest("big", path, dgst, progress=lambda o, t: progress.append(o))
         assert (info.digest, info.size) == (dgst, 64 * MiB)
-        assert progress[0] == 0 and progress[-1] == 64 * MiB and progress == sorted(set(progress))
+        assert progress[0] == 0
+        assert progress[-1] == 64 * MiB
+        assert progress == sorted(set(progress))
         assert len(progress) >= 65 - PIPELINE  # the last PIPELINE replies come in one flush
         back = hashlib.sha256()
         async for chunk in client.content.read(dgst):
@@ -427,14 +438,16 @@ async def test_namespaces(client: Client, backend: Backend, ns: str) -> None:
 
 async def test_leases(client: Client, backend: Backend) -> None:
     lease = await client.leases.create("L-one", labels={"owner": "me"}, expire=_dt.timedelta(hours=1))
-    assert lease.id == "L-one" and lease.labels["owner"] == "me"
+    assert lease.id == "L-one"
+    assert lease.labels["owner"] == "me"
     assert lease.expires_at is not None
     assert _dt.timedelta(minutes=59) < lease.expires_at - _dt.datetime.now(_dt.UTC) <= _dt.timedelta(hours=1)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lease.labels[GC_EXPIRE_LABEL])
     with pytest.raises(errdefs.AlreadyExists):
         await client.leases.create("L-one")
     generated = await client.leases.create()
-    assert generated.id and generated.expires_at is None
+    assert generated.id
+    assert generated.expires_at is None
 
     assert {x.id for x in await client.leases.list()} == {"L-one", generated.id}
     assert [x.id for x in await client.leases.list("id==L-one")] == ["L-one"]
@@ -462,7 +475,8 @@ async def test_leases(client: Client, backend: Backend) -> None:
 async def test_lease_context(client: Client, backend: Backend) -> None:
     other = client.with_namespace(client.namespace + "-o")
     async with client.lease(expire=_dt.timedelta(minutes=5), labels={"purpose": "test"}) as lease:
-        assert client.lease_id == lease.id and other.lease_id is None
+        assert client.lease_id == lease.id
+        assert other.lease_id is None
         assert lease.labels["purpose"] == "test"
         # a separate client of the same daemon and namespace is covered too, in sub-tasks as well
         async with Client(client.address, namespace=client.namespace) as second:
@@ -470,7 +484,8 @@ async def test_lease_context(client: Client, backend: Backend) -> None:
         async with client.content.writer("ctx-partial") as w:
             await w.write(b"half")
         types = {(r.type, r.id) for r in await client.leases.list_resources(lease.id)}
-        assert ("content", info.digest) in types and ("ingests", "ctx-partial") in types
+        assert ("content", info.digest) in types
+        assert ("ingests", "ctx-partial") in types
         # another namespace does not get this lease's header
         await other.content.ingest("outside", b"outside", labels={GC_ROOT_LABEL: "x"})
     assert client.lease_id is None
@@ -529,7 +544,8 @@ async def test_events(client: Client, backend: Backend, ns: str) -> None:
         await col.ready(client)
         await client.events.publish("/custom/thing", ContentDelete(digest="sha256:abc"))
         env = await col.next("/custom/thing")
-        assert env.namespace == ns and env.event == ContentDelete(digest="sha256:abc")
+        assert env.namespace == ns
+        assert env.event == ContentDelete(digest="sha256:abc")
         assert env.type_url == "containerd.events.ContentDelete"
         assert env.fields == {"digest": "sha256:abc"}
         assert abs(env.timestamp - _dt.datetime.now(_dt.UTC)) < _dt.timedelta(minutes=1)
@@ -537,7 +553,8 @@ async def test_events(client: Client, backend: Backend, ns: str) -> None:
         raw = RawEvent(type_url="example.com/not.registered", value=b"\x01\x02")
         await client.events.publish("/custom/raw", raw)
         got = await col.next("/custom/raw")
-        assert got.event == raw and got.fields == {}
+        assert got.event == raw
+        assert got.fields == {}
         # a generated message is accepted as well
         await client.events.publish("/custom/msg", events_api.NamespaceDelete(name="n"))
         assert (await col.next("/custom/msg")).fields == {"name": "n"}
@@ -548,15 +565,18 @@ async def test_events(client: Client, backend: Backend, ns: str) -> None:
         assert created.event == NamespaceCreate(name=ns + "-ev", labels={"k": "v"})
         await client.namespaces.update(ns + "-ev", {"k2": "v2"})
         upd = await col.next("/namespaces/update")
-        assert isinstance(upd.event, NamespaceUpdate) and upd.event.labels["k2"] == "v2"
+        assert isinstance(upd.event, NamespaceUpdate)
+        assert upd.event.labels["k2"] == "v2"
         view = client.with_namespace(ns + "-ev")
         blob = await view.content.ingest("ev", b"event blob", labels={GC_ROOT_LABEL: "e"})
         await view.content.delete(blob.digest)
         deleted = await col.next("/content/delete")
-        assert deleted.namespace == ns + "-ev" and deleted.event == ContentDelete(digest=blob.digest)
+        assert deleted.namespace == ns + "-ev"
+        assert deleted.event == ContentDelete(digest=blob.digest)
         await client.namespaces.delete(ns + "-ev")
         gone = await col.next("/namespaces/delete")
-        assert gone.namespace == ns + "-ev" and gone.fields == {"name": ns + "-ev"}
+        assert gone.namespace == ns + "-ev"
+        assert gone.fields == {"name": ns + "-ev"}
 
         with pytest.raises(errdefs.InvalidArgument):
             await client.events.publish("no-slash", ContentDelete(digest="x"))
@@ -597,7 +617,8 @@ async def test_ingest_shared_blob_sends_nothing(client: Client, backend: Backend
     info = await client.content.ingest(
         "dst", data, dgst, labels={GC_ROOT_LABEL: "d"}, progress=lambda o, t: seen.append(o)
     )
-    assert info.digest == dgst and seen == [len(data)]
+    assert info.digest == dgst
+    assert seen == [len(data)]
     await other.content.delete(dgst)
     assert await client.content.read_all(dgst) == data
     await client.content.delete(dgst)

@@ -38,7 +38,8 @@ def test_containerd_config_is_confined_and_takes_options(tmp_path: Path) -> None
         str(tmp_path / n) for n in ("root", "state", "tmp")
     )
     assert cfg["grpc"]["address"] == str(tmp_path / "containerd.sock")
-    assert cfg["debug"] == {"address": "", "level": "debug"} and cfg["metrics"]["address"] == ""
+    assert cfg["debug"] == {"address": "", "level": "debug"}
+    assert cfg["metrics"]["address"] == ""
     assert "io.containerd.grpc.v1.cri" in cfg["disabled_plugins"]
     assert "io.containerd.content.v1.content" in cfg["disabled_plugins"]
     gc = cfg["plugins"]["io.containerd.gc.v1.scheduler"]
@@ -66,12 +67,16 @@ def test_a_daemon_that_exits_is_an_error_with_its_log_and_leaves_nothing() -> No
     d = Ctrd(config=f'[{GC}]\n  pause_threshold = "soon"\n')
     with pytest.raises(DaemonError, match=r"(?s)ctrd exited with 1 before serving:.*pause_threshold"):
         d.start()
-    assert not d.alive() and not d.directory.exists()
+    assert not d.alive()
+    assert not d.directory.exists()
 
 
 def test_unstarted_daemon_stops_quietly_and_says_so(tmp_path: Path) -> None:
     d = DaemonProcess(tmp_path, ["true"], "")
-    assert not d.alive() and d.stop() is None and d.log() == "" and d.log_tail() == "(no log)"
+    assert not d.alive()
+    assert d.stop() is None
+    assert d.log() == ""
+    assert d.log_tail() == "(no log)"
     with pytest.raises(RuntimeError, match="was not started"):
         _ = d.pid
     assert tmp_path.exists()  # a directory given is kept
@@ -85,7 +90,8 @@ async def test_restart_in_the_same_directory_keeps_config_and_data(tmp_path: Pat
     try:
         async with Client(first.address, namespace="kit") as c:
             info = await c.content.ingest("r", b"kept", labels={"containerd.io/gc.root": "x"})
-        assert first.blobs() == [info.digest] and first.blob_path(info.digest).read_bytes() == b"kept"
+        assert first.blobs() == [info.digest]
+        assert first.blob_path(info.digest).read_bytes() == b"kept"
     finally:
         assert first.stop(signal.SIGTERM) == 0
     again = Ctrd(tmp_path, log_path=tmp_path / "again.log").start()
@@ -97,12 +103,15 @@ async def test_restart_in_the_same_directory_keeps_config_and_data(tmp_path: Pat
         assert again.wait_for_log("serving").group(0) == "serving"
     finally:
         again.stop()
-    assert tmp_path.exists() and first.stop() == 0  # stopping twice is harmless
+    assert tmp_path.exists()
+    assert first.stop() == 0
 
 
 def test_start_ctrd_owns_and_removes_its_directory() -> None:
     d = start_ctrd()
-    assert d.directory.is_dir() and d.alive() and "serving" in d.log()
+    assert d.directory.is_dir()
+    assert d.alive()
+    assert "serving" in d.log()
     assert d.stop() == 0
     assert not d.directory.exists()
 
@@ -110,7 +119,10 @@ def test_start_ctrd_owns_and_removes_its_directory() -> None:
 @pytest.mark.interop
 async def test_containerd_waits_for_its_start_up_collection() -> None:
     with running_containerd(wait_for_startup_gc=True, policy="isolated") as c:
-        assert isinstance(c, Containerd) and "garbage collected" in c.log() and "policy=isolated" in c.log()
+        assert isinstance(c, Containerd)
+        assert "garbage collected" in c.log()
+        assert "policy=isolated" in c.log()
         async with Client(c.address) as client:
             assert (await client.version()).version.startswith("1.6")
-    assert not c.alive() and not c.directory.exists()
+    assert not c.alive()
+    assert not c.directory.exists()

@@ -12,11 +12,13 @@ from ctrd.testing import DaemonProcess
 
 def test_registered_by_entry_point(request: pytest.FixtureRequest) -> None:
     plugin = request.config.pluginmanager.get_plugin("ctrd")
-    assert plugin is not None and plugin.__name__ == "ctrd.testing.plugin"
+    assert plugin is not None
+    assert plugin.__name__ == "ctrd.testing.plugin"
 
 
 async def test_ctrd_client_fixture(ctrd_client: Client, ctrd_daemon: str) -> None:
-    assert ctrd_client.address == ctrd_daemon and ctrd_client.namespace.startswith("test-")
+    assert ctrd_client.address == ctrd_daemon
+    assert ctrd_client.namespace.startswith("test-")
     info = await ctrd_client.content.ingest("r", b"fixture", labels={"containerd.io/gc.root": "x"})
     assert await ctrd_client.content.read_all(info.digest) == b"fixture"
 
@@ -28,7 +30,8 @@ async def test_factory_with_config(ctrd_daemon_factory: Callable[..., DaemonProc
     async with Client(d.address) as c:
         [meta] = await c.plugins(["type==io.containerd.metadata.v1"])
         assert meta.exports.get("policy") == "isolated"
-    assert d.root.is_dir() and "serving" in d.log()
+    assert d.root.is_dir()
+    assert "serving" in d.log()
 
 
 @pytest.mark.interop

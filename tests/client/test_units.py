@@ -73,7 +73,8 @@ def test_views_share_connection() -> None:
     c = Client("/tmp/none.sock", namespace="a", timeout=3)
     v = c.with_namespace("b")
     assert (c.namespace, v.namespace, v.timeout) == ("a", "b", 3)
-    assert v.with_lease("L").lease_id == "L" and v.lease_id is None
+    assert v.with_lease("L").lease_id == "L"
+    assert v.lease_id is None
     assert v._conn is c._conn
     assert "namespace='b'" in repr(v)
 
@@ -143,7 +144,8 @@ async def test_sources_seek_and_skip(tmp_path: Path) -> None:
             if hashed and not isinstance(src, bytes | str | Path):
                 src = stream()
             r = open_source(src)
-            assert r.size == size and r.rewindable == (size is not None)
+            assert r.size == size
+            assert r.rewindable == (size is not None)
             h = hashlib.sha256() if hashed else None
             await r.skip(7, "ref", h)
             assert await _drain(r) == data[7:]
@@ -160,7 +162,8 @@ async def test_sources_seek_and_skip(tmp_path: Path) -> None:
         assert r.size == len(data) - 100
         h = hashlib.sha256()
         await r.skip(1, "ref", h)
-        assert await _drain(r) == data[101:] and h.digest() == hashlib.sha256(data[100:101]).digest()
+        assert await _drain(r) == data[101:]
+        assert h.digest() == hashlib.sha256(data[100:101]).digest()
         await r.rewind()
         assert await _drain(r) == data[100:]
 
@@ -170,7 +173,8 @@ async def test_sources_seek_and_skip(tmp_path: Path) -> None:
         os.write(wfd, data[:1000])
         os.close(wfd)
         r = open_source(rf)
-        assert r.size is None and not r.rewindable
+        assert r.size is None
+        assert not r.rewindable
         await r.skip(10, "ref")
         assert await _drain(r) == data[10:1000]
 
@@ -209,7 +213,8 @@ def test_decode_other_registered_message() -> None:
         type_url="containerd.services.version.v1.VersionResponse", value=bytes(VersionResponse("1", "r"))
     )
     got = decode_payload(any_)
-    assert isinstance(got, RawEvent) and got.fields == {"version": "1", "revision": "r"}
+    assert isinstance(got, RawEvent)
+    assert got.fields == {"version": "1", "revision": "r"}
     assert decode_payload(None) is None
     with pytest.raises(TypeError):
         encode_payload(object())  # type: ignore[arg-type]

@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,7 +81,8 @@ class TestLocal(ContentStoreSuite):
         assert (d / "total").read_text() == "10"
         started = parse_timestamp((d / "startedat").read_text())
         updated = parse_timestamp((d / "updatedat").read_text())
-        assert started is not None and updated is not None
+        assert started is not None
+        assert updated is not None
         assert updated == before
         st = await local.status("with-total")
         assert (st.started_at, st.updated_at, st.offset, st.total) == (started, updated, 5, 10)
@@ -224,7 +224,8 @@ class TestLocal(ContentStoreSuite):
         errors.append(exc_info.value)
         for err in errors:
             assert root not in str(err), str(err)
-            assert "/ingest" not in str(err) and "/blobs" not in str(err), str(err)
+            assert "/ingest" not in str(err), str(err)
+            assert "/blobs" not in str(err), str(err)
 
     async def test_bad_digest_checked_before_fs_access(
         self, local: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -434,7 +435,7 @@ async def _committed(store: LocalStore) -> str:
 
 
 @pytest.mark.parametrize(
-    "value,message",
+    ("value", "message"),
     [
         ("", "invalid checksum digest format"),
         ("sha256", "invalid checksum digest format"),
@@ -466,8 +467,8 @@ def test_digest_helpers() -> None:
 
 
 @pytest.fixture
-def fast_store(tmp_path: Path) -> Iterator[LocalStore]:
-    yield LocalStore(tmp_path / "helpers")
+def fast_store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "helpers")
 
 
 async def test_open_writer_retries_until_released(fast_store: LocalStore) -> None:

@@ -138,7 +138,9 @@ async def test_bytes_and_alignment(local: LocalStore, spy: _Spy, sizes: list[int
     chunks = [_data(n, i) for i, n in enumerate(sizes)]
     await _ingest(local, "ref", chunks)
     for offset, n in spy.writes:
-        assert offset % ALIGN == 0 and n % ALIGN == 0 and 0 < n <= STAGE_SIZE, (offset, n)
+        assert offset % ALIGN == 0, (offset, n)
+        assert n % ALIGN == 0, (offset, n)
+        assert 0 < n <= STAGE_SIZE, (offset, n)
     # every chunk of DIRECT_MIN or more sent all of its aligned middle directly
     expected, offset = 0, 0
     for n in sizes:

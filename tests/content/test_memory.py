@@ -54,7 +54,8 @@ async def test_namespaced_store_needs_a_namespace_and_keeps_them_apart() -> None
         with pytest.raises(errdefs.NotFound):
             await store.info(dgst)
         assert [i async for i in store.walk()] == []
-    assert list(store.blobs["a"]) == [dgst] and store.blobs["b"] == {}
+    assert list(store.blobs["a"]) == [dgst]
+    assert store.blobs["b"] == {}
 
 
 async def test_failed_commit_releases_the_lock_and_keeps_the_data() -> None:
@@ -65,7 +66,8 @@ async def test_failed_commit_releases_the_lock_and_keeps_the_data() -> None:
         await w.commit(4, "")
     assert not store.ingests[""]["r"].locked
     w = await open_writer(store, "r")
-    assert (await w.status()).offset == 3 and w.digest() == sha256_of(b"abc")
+    assert (await w.status()).offset == 3
+    assert w.digest() == sha256_of(b"abc")
     await w.commit(3, sha256_of(b"abc"), {"k": "v"})
     assert "r" not in store.ingests[""]
     assert store.blobs[""][sha256_of(b"abc")].labels == {"k": "v"}
@@ -107,4 +109,5 @@ def test_the_documented_snippet_runs_as_a_third_party_would(tmp_path: Path) -> N
     assert re.search(r"asyncio: mode=(Mode\.)?strict", out, re.I), out
     # nothing but passes (strict mode skips an unmarked coroutine case: none may be)
     passed = re.search(r"^=+ (\d+) passed(, \d+ warnings?)? in ", out, re.M)
-    assert passed and int(passed.group(1)) > 60, out
+    assert passed, out
+    assert int(passed.group(1)) > 60, out

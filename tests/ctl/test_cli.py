@@ -94,10 +94,14 @@ def test_human_duration(seconds: float, want: str) -> None:
 
 
 def test_parse_duration_and_labels() -> None:
-    assert parse_duration("10s") == 10 and parse_duration("1m30s") == 90 and parse_duration("24h") == 86400
-    assert parse_duration("500ms") == 0.5 and parse_duration("2.5") == 2.5 and parse_duration("0") == 0
+    assert parse_duration("10s") == 10
+    assert parse_duration("1m30s") == 90
+    assert parse_duration("24h") == 86400
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2.5") == 2.5
+    assert parse_duration("0") == 0
     for bad in ("", "1x", "s", "1h-"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="invalid duration"):
             parse_duration(bad)
     assert parse_labels(["a=b", "c", "d=", "e=x=y"]) == {"a": "b", "c": "true", "d": "", "e": "x=y"}
     with pytest.raises(errdefs.InvalidArgument):
@@ -110,12 +114,18 @@ def test_progress_bar_render() -> None:
     bar._start = 0.0  # pin the clock for the rendering
     bar.update(25_000_000)
     line = bar.render(1.0, 100)
-    assert line.startswith("ref [") and "25MB/100MB" in line and "25MB/s" in line and "ETA 0:03" in line
-    assert "=" * 5 in line and ">" in line
+    assert line.startswith("ref [")
+    assert "25MB/100MB" in line
+    assert "25MB/s" in line
+    assert "ETA 0:03" in line
+    assert "=" * 5 in line
+    assert ">" in line
     final = bar.render(4.0, 100, final=True)
-    assert "ETA" not in final and "in 4.0s" in final
+    assert "ETA" not in final
+    assert "in 4.0s" in final
     narrow = bar.render(1.0, 30)
-    assert len(narrow) <= 30 and "[" not in narrow
+    assert len(narrow) <= 30
+    assert "[" not in narrow
     unknown = ProgressBar(io.StringIO(), "s", None)
     unknown.update(0)
     unknown._start = 0.0
@@ -145,9 +155,11 @@ def test_listings_table_and_json(ctl_in: Callable[..., Result]) -> None:
     r = ctl_in("content", "ls", namespace=ns)
     header, row = r.out.splitlines()
     assert header.split() == ["DIGEST", "SIZE", "AGE", "LABELS"]
-    assert row.split()[:2] == [d, "2.097MB"] and row.endswith("a=b,containerd.io/gc.root=x")
+    assert row.split()[:2] == [d, "2.097MB"]
+    assert row.endswith("a=b,containerd.io/gc.root=x")
     docs = ctl_in("content", "ls", "--format", "json", namespace=ns).json()
-    assert isinstance(docs, list) and len(docs) == 1
+    assert isinstance(docs, list)
+    assert len(docs) == 1
     assert {k: docs[0][k] for k in ("digest", "size", "labels")} == {
         "digest": d, "size": len(data), "labels": {"containerd.io/gc.root": "x", "a": "b"}
     }  # fmt: skip
@@ -168,15 +180,24 @@ def test_listings_table_and_json(ctl_in: Callable[..., Result]) -> None:
         out_file.unlink(missing_ok=True)
     assert ctl_in("content", "get", d, namespace=ns).raw == data
     bad = ctl_in("content", "ingest", "part", "--expected-digest", sha(b"x"), namespace=ns, stdin=b"partial")
-    assert bad.rc == 1 and "unexpected commit digest" in bad.err
+    assert bad.rc == 1
+    assert "unexpected commit digest" in bad.err
     act = ctl_in("content", "active", namespace=ns).out.splitlines()
-    assert act[0].split() == ["REF", "SIZE", "TOTAL", "AGE"] and act[1].split()[:3] == ["part", "7B", "7B"]
+    assert act[0].split() == ["REF", "SIZE", "TOTAL", "AGE"]
+    assert act[1].split()[:3] == ["part", "7B", "7B"]
     [st] = ctl_in("content", "active", "--format", "json", namespace=ns).json()  # type: ignore[misc]
     assert (st["ref"], st["offset"], st["total"]) == ("part", 7, 7)
     assert ctl_in("content", "active", "-q", "ref==nope", namespace=ns).out == ""
     assert ctl_in("content", "abort", "part", namespace=ns).out == "part\n"
     assert ctl_in("content", "active", "-q", namespace=ns).out == ""
+    failed = ctl_in("ns", "rm", ns)
+    assert failed.rc == 1
+    assert failed.err.startswith(f"ctrdctl: unable to delete {ns}: ")
+    assert failed.out == ""
+    assert ctl_in("content", "rm", d, namespace=ns).out == d + "\n"
 
+
+def test_namespace_and_lease_listings(ctl_in: Callable[..., Result]) -> None:
     # namespaces
     assert ctl_in("namespaces", "create", "fmt2", "k=v").rc == 0
     assert ctl_in("ns", "label", "fmt2", "z=1").rc == 0
@@ -186,13 +207,12 @@ def test_listings_table_and_json(ctl_in: Callable[..., Result]) -> None:
     assert {"name": "fmt2", "labels": {"k": "v", "z": "1"}} in ctl_in("ns", "list", "--format", "json").json()  # type: ignore[operator]
     assert "fmt2" in ctl_in("ns", "ls", "-q").out.split()
     assert ctl_in("ns", "rm", "fmt2").out == "fmt2\n"
-    failed = ctl_in("ns", "rm", ns)
-    assert failed.rc == 1 and failed.err.startswith(f"ctrdctl: unable to delete {ns}: ") and failed.out == ""
 
     # leases
     assert ctl_in("leases", "create", "--id", "LX", "-x", "0", "k=v").out == "LX\n"
     made = ctl_in("leases", "create", "--format", "json").json()
-    assert isinstance(made, dict) and made["labels"]["containerd.io/gc.expire"].endswith("Z")
+    assert isinstance(made, dict)
+    assert made["labels"]["containerd.io/gc.expire"].endswith("Z")
     lines = ctl_in("leases", "ls").out.splitlines()
     assert lines[0].split() == ["ID", "CREATED", "AT", "LABELS"]
     assert [line.split()[2] for line in lines[1:] if line.startswith("LX ")] == ["k=v"]
@@ -200,22 +220,25 @@ def test_listings_table_and_json(ctl_in: Callable[..., Result]) -> None:
     assert ctl_in("leases", "ls", "-q", "id==LX").out == "LX\n"
     assert ctl_in("leases", "rm", "--sync", "LX", made["id"]).out == f"LX\n{made['id']}\n"
 
-    # plugins, version
+
+def test_plugin_listings_and_version(ctl_in: Callable[..., Result]) -> None:
     plugins = ctl_in("plugins", "ls").out.splitlines()
     assert plugins[0].split() == ["TYPE", "ID", "PLATFORMS", "STATUS"]
     assert ["io.containerd.grpc.v1", "content", "-", "ok"] in [p.split() for p in plugins]
     detailed = ctl_in("plugins", "ls", "-d", "id==content").out
-    assert "ID:            content" in detailed and "Requires:" in detailed
+    assert "ID:            content" in detailed
+    assert "Requires:" in detailed
     pj = ctl_in("plugins", "ls", "--format", "json", "type==io.containerd.grpc.v1").json()
-    assert isinstance(pj, list) and all(
-        p["type"] == "io.containerd.grpc.v1" and p["status"] == "ok" for p in pj
-    )
+    assert isinstance(pj, list)
+    assert all(p["type"] == "io.containerd.grpc.v1" and p["status"] == "ok" for p in pj)
     assert ctl_in("plugins", "ls", "-q", "id==leases").out.split() == ["leases"]
     v = ctl_in("version").out
-    assert v.startswith("Client:\n  Version:  ") and "\nServer:\n  Version:  0.1.0\n" in v and "UUID: " in v
+    assert v.startswith("Client:\n  Version:  ")
+    assert "\nServer:\n  Version:  0.1.0\n" in v
+    assert "UUID: " in v
     vj = ctl_in("version", "--format", "json").json()
-    assert isinstance(vj, dict) and vj["server"]["revision"] == "ctrd"
-    assert ctl_in("content", "rm", d, namespace=ns).out == d + "\n"
+    assert isinstance(vj, dict)
+    assert vj["server"]["revision"] == "ctrd"
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -234,14 +257,16 @@ def test_daemon_errors_are_one_line(ctl_in: Callable[..., Result], tmp_path: Pat
     for args, want in cases:
         r = ctl_in(*args)
         assert r.rc == 1, args
-        assert r.err.startswith("ctrdctl: ") and r.err.count("\n") == 1 and want in r.err, (args, r.err)
+        assert r.err.startswith("ctrdctl: "), (args, r.err)
+        assert r.err.count("\n") == 1, (args, r.err)
+        assert want in r.err, (args, r.err)
     assert ctl_in("namespaces", "create", "dup").rc == 0
     r = ctl_in("namespaces", "create", "dup")
     assert (r.rc, r.err) == (1, 'ctrdctl: namespace "dup": already exists\n')
     r = ctl_in("version", address=str(tmp_path / "nope.sock"))
+    assert r.rc == 1
     assert (
-        r.rc == 1
-        and r.err
+        r.err
         == f"ctrdctl: cannot connect to {tmp_path / 'nope.sock'}: No such file or directory: unavailable\n"
     )
 
@@ -310,17 +335,22 @@ def test_console_script_end_to_end(ctrd_proc: DaemonProcess, tmp_path: Path) -> 
         p = subprocess.run(
             [script, "content", "ingest", "s1"], stdin=f, capture_output=True, env=env, timeout=60
         )
-    assert p.returncode == 0 and p.stdout.decode().strip() == sha(blob.read_bytes())
+    assert p.returncode == 0
+    assert p.stdout.decode().strip() == sha(blob.read_bytes())
     p = subprocess.run([script, "content", "ls", "-q"], capture_output=True, env=env, timeout=60)
     assert p.stdout.decode().split() == [sha(blob.read_bytes())]
     p = subprocess.run(
         [script, "content", "get", "sha256:" + "0" * 64], capture_output=True, env=env, timeout=60
     )
-    assert p.returncode == 1 and p.stderr.decode().count("\n") == 1 and b"Traceback" not in p.stderr
+    assert p.returncode == 1
+    assert p.stderr.decode().count("\n") == 1
+    assert b"Traceback" not in p.stderr
     p = subprocess.run([script, "content"], capture_output=True, env=env, timeout=60)
-    assert p.returncode == 2 and b"usage: ctrdctl content" in p.stderr
+    assert p.returncode == 2
+    assert b"usage: ctrdctl content" in p.stderr
     p = subprocess.run([script, "-a", str(tmp_path / "x.sock"), "version"], capture_output=True, timeout=60)
-    assert p.returncode == 1 and p.stderr.startswith(b"ctrdctl: cannot connect to ")
+    assert p.returncode == 1
+    assert p.stderr.startswith(b"ctrdctl: cannot connect to ")
     p = subprocess.run(
         [script, "content", "ingest", "tty"],
         capture_output=True,
@@ -344,11 +374,13 @@ def test_broken_pipe_is_quiet(ctrd_proc: DaemonProcess) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     assert len(proc.stdout.read(10)) == 10
     proc.stdout.close()  # as `| head -c 10` does
     err = proc.stderr.read()
-    assert proc.wait(30) == 141 and err == b""
+    assert proc.wait(30) == 141
+    assert err == b""
 
 
 def test_progress_bar_on_a_terminal(ctrd_proc: DaemonProcess, tmp_path: Path) -> None:
@@ -390,7 +422,8 @@ def test_progress_bar_on_a_terminal(ctrd_proc: DaemonProcess, tmp_path: Path) ->
     assert (tmp_path / "out").read_bytes() == blob.read_bytes()
     # no terminal: no bar
     p = run_tool(CTRDCTL, ctrd_proc.address, "content", "ingest", "nobar", "-f", str(blob), namespace="tty")
-    assert p.returncode == 0 and p.stderr == b""
+    assert p.returncode == 0
+    assert p.stderr == b""
 
 
 def test_events_command(ctrd_proc: DaemonProcess) -> None:
@@ -400,7 +433,8 @@ def test_events_command(ctrd_proc: DaemonProcess) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     try:
         os.set_blocking(proc.stdout.fileno(), False)
 
@@ -420,7 +454,8 @@ def test_events_command(ctrd_proc: DaemonProcess) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(20)
-    assert rc == 130 and "Traceback" not in proc.stderr.read()
+    assert rc == 130
+    assert "Traceback" not in proc.stderr.read()
 
 
 # -- completion --------------------------------------------------------------------------------------
@@ -462,7 +497,8 @@ def test_bash_completion(ctrd_proc: DaemonProcess, tmp_path: Path) -> None:
     ]
     zsh = subprocess.run([*CTRDCTL, "completion", "zsh"], capture_output=True, text=True, check=True).stdout
     assert zsh.endswith(_SCRIPT[0])
-    assert "bashcompinit" in zsh and "complete -o default -F _ctrdctl ctrdctl" in zsh
+    assert "bashcompinit" in zsh
+    assert "complete -o default -F _ctrdctl ctrdctl" in zsh
     if shutil.which("zsh"):
         p = subprocess.run(["zsh", "-n", "-c", zsh], capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stderr

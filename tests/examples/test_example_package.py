@@ -124,9 +124,13 @@ def test_installed_plugins_in_ctr_plugins_ls(venv: Venv, ctrd_in: Callable[..., 
     assert r["io.containerd.grpc.v1 example"] == "ok"
     assert r["ctrd.example.quota.v1 content"] == "ok"
     detail = ctr(d.address, "plugins", "ls", "-d", "id==example").stdout.decode()
-    assert "service" in detail and "ctrd_example.v1.Example" in detail and "Servus" in detail
+    assert "service" in detail
+    assert "ctrd_example.v1.Example" in detail
+    assert "Servus" in detail
     detail = ctr(d.address, "plugins", "ls", "-d", "type==ctrd.example.quota.v1").stdout.decode()
-    assert "default_limit_bytes" in detail and "100" in detail and "io.containerd.metadata.v1" in detail
+    assert "default_limit_bytes" in detail
+    assert "100" in detail
+    assert "io.containerd.metadata.v1" in detail
 
 
 def test_quota_error_through_ctr(venv: Venv, ctrd_in: Callable[..., DaemonProcess]) -> None:
@@ -137,11 +141,10 @@ def test_quota_error_through_ctr(venv: Venv, ctrd_in: Callable[..., DaemonProces
     err = p.stderr.decode()
     # on the wire: RESOURCE_EXHAUSTED; containerd 1.6's client has no class for it and prints
     # "<message>: resource exhausted: unknown"
-    assert p.returncode != 0 and "resource exhausted" in err, err
-    assert (
-        'quota exceeded in namespace "default"' in err
-        and "(30 bytes) would use 110 of 100 bytes (80 in use)" in err
-    )
+    assert p.returncode != 0, err
+    assert "resource exhausted" in err, err
+    assert 'quota exceeded in namespace "default"' in err
+    assert "(30 bytes) would use 110 of 100 bytes (80 in use)" in err
     # the daemon goes on serving; another namespace has its own quota
     assert ctr(d.address, "-n", "other", "content", "ingest", "b", data=os.urandom(30)).returncode == 0
     assert ctr(d.address, "content", "get", sha256_of(small)).stdout == small
@@ -157,7 +160,8 @@ def test_example_tests_pass_from_the_installation(venv: Venv) -> None:
         cwd=str(EXAMPLE),
     )
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-2000:]
-    assert " passed" in p.stdout and "failed" not in p.stdout
+    assert " passed" in p.stdout
+    assert "failed" not in p.stdout
 
 
 @pytest.mark.parametrize(
@@ -171,7 +175,8 @@ def test_bad_config_value_stops_startup(venv: Venv, config: str, message: str) -
     with pytest.raises(RuntimeError) as ei:
         start_ctrd(config, python=venv.python)
     text = str(ei.value)
-    assert "exited with 1" in text and message in text, text
+    assert "exited with 1" in text, text
+    assert message in text, text
     assert "[plugins." in text
 
 
@@ -184,7 +189,8 @@ def test_uninstall_removes_them(ctrd_in: Callable[..., DaemonProcess]) -> None:
         v.pip("uninstall", "-y", "ctrd-plugin-example")
         d = ctrd_in(v)
         r = rows(d.address)
-        assert "io.containerd.grpc.v1 example" not in r and "ctrd.example.quota.v1 content" not in r
+        assert "io.containerd.grpc.v1 example" not in r
+        assert "ctrd.example.quota.v1 content" not in r
         assert r["io.containerd.grpc.v1 content"] == "ok"
     finally:
         shutil.rmtree(v.path, ignore_errors=True)

@@ -147,14 +147,16 @@ async def test_root_and_reference_chains_survive(env: Env) -> None:
     stats = await env.collect()
     assert await env.rows("a") == {dg[t] for t in ("root", "child", "dot", "slash", "grand", "cycle")}
     assert stats.blobs == 2
-    assert dg["loose"] not in env.files() and dg["dangling-ref"] not in env.files()
+    assert dg["loose"] not in env.files()
+    assert dg["dangling-ref"] not in env.files()
     # dropping the root label lets the whole chain go
     with ns("a"):
         await env.store.update(
             Info(digest=dg["root"], size=0, created_at=utcnow(), updated_at=utcnow()), ["labels"]
         )
     stats = await env.collect()
-    assert stats.blobs == 6 and await env.rows("a") == set()
+    assert stats.blobs == 6
+    assert await env.rows("a") == set()
     assert env.files() == set()
 
 
@@ -178,7 +180,8 @@ async def test_leased_content_survives_until_the_lease_goes(env: Env) -> None:
         await write_blob(env.store, "r", data)
     stats = await env.collect()
     assert not stats.removed_anything()
-    assert await env.rows("a") == {d} and d in env.files()
+    assert await env.rows("a") == {d}
+    assert d in env.files()
     await env.drop_lease("a", "l1")
     stats = await env.collect()
     assert (stats.blobs, stats.files) == (1, 1)
@@ -217,10 +220,14 @@ async def test_lease_expiry(env: Env, expire: str, survives: bool) -> None:
     resources = await env.db.view_all("SELECT id FROM lease_resources")
     if survives:
         assert (stats.leases, stats.blobs) == (0, 0)
-        assert len(leases) == 1 and len(resources) == 1 and d in env.files()
+        assert len(leases) == 1
+        assert len(resources) == 1
+        assert d in env.files()
     else:
         assert (stats.leases, stats.blobs, stats.files) == (1, 1, 1)
-        assert leases == [] and resources == [] and d not in env.files()
+        assert leases == []
+        assert resources == []
+        assert d not in env.files()
 
 
 async def test_lease_expires_by_the_injected_clock(env: Env) -> None:
@@ -256,7 +263,8 @@ async def test_blob_shared_into_two_namespaces_keeps_its_file_until_both_drop_it
     # deletion no longer touches the file; collection keeps it while b holds it
     assert d in env.files()
     stats = await env.collect()
-    assert stats.files == 0 and d in env.files()
+    assert stats.files == 0
+    assert d in env.files()
     with ns("b"):
         assert await read_blob(env.store, d) == data
         await env.store.delete(d)
@@ -275,7 +283,8 @@ async def test_isolated_policy_same_rules(isolated: Env) -> None:
     with ns("a"):
         await env.store.update(Info(d, 0, utcnow(), utcnow(), {ROOT: "y"}), ["labels"])
     await env.collect()
-    assert await env.rows("a") == {d} and await env.rows("b") == set()
+    assert await env.rows("a") == {d}
+    assert await env.rows("b") == set()
     assert d in env.files()
 
 
@@ -294,7 +303,8 @@ async def test_expired_ingest_goes_after_24h(env: Env) -> None:
     env.clock.offset = _dt.timedelta(hours=24, seconds=1)
     stats = await env.collect()
     assert (stats.ingests, stats.backend_ingests) == (1, 1)
-    assert await env.ingests() == set() and env.ingest_dirs() == set()
+    assert await env.ingests() == set()
+    assert env.ingest_dirs() == set()
     with ns("a"), pytest.raises(errdefs.NotFound):
         await env.store.status("partial")
 
@@ -324,7 +334,8 @@ async def test_shared_writer_expectation_keeps_the_file(env: Env) -> None:
     with ns("a"):
         await env.store.delete(d)
     stats = await env.collect()
-    assert stats.files == 0 and d in env.files()
+    assert stats.files == 0
+    assert d in env.files()
     with ns("b"):
         await w.commit(len(data), d, {ROOT: "z"})
         assert await read_blob(env.store, d) == data
@@ -399,7 +410,8 @@ async def test_record_without_file_is_removed_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="ctrd.gc"):
         stats = await env.collect()
     assert stats.missing == 2
-    assert await env.rows("a") == {other} and await env.rows("b") == set()
+    assert await env.rows("a") == {other}
+    assert await env.rows("b") == set()
     assert any(d in r.getMessage() and "missing" in r.getMessage() for r in caplog.records)
 
 
@@ -411,7 +423,8 @@ async def test_ingest_row_without_backend_data_is_removed(env: Env) -> None:
     bref = str((await env.db.view_one("SELECT backend_ref FROM ingests"))[0])
     await env.backend.abort(bref)
     stats = await env.collect()
-    assert stats.ingests == 1 and await env.ingests() == set()
+    assert stats.ingests == 1
+    assert await env.ingests() == set()
     with ns("a"):
         # the ref is free again and starts from zero
         w = await env.store.writer("ghost")
@@ -425,7 +438,7 @@ async def test_ingest_row_without_backend_data_is_removed(env: Env) -> None:
 async def test_deletes_no_longer_remove_files_inline(env: Env) -> None:
     data, d = blob("inline")
     called: list[int] = []
-    env.store.on_delete = lambda: called.append(1)
+    env.store.observe_deletions(lambda: called.append(1))
     with ns("a"):
         await write_blob(env.store, "r", data)
         await env.store.delete(d)
@@ -439,7 +452,8 @@ async def test_commit_in_flight_protects_its_file(env: Env) -> None:
     await write_blob(env.backend, "direct", data)  # the file a commit has just renamed into place
     async with env.store.gate.committing(d, "a/1/r"):
         stats = await env.collect()
-        assert stats.files == 0 and d in env.files()
+        assert stats.files == 0
+        assert d in env.files()
     assert (await env.collect()).files == 1
 
 
@@ -479,7 +493,9 @@ async def test_a_write_between_mark_and_sweep_is_honoured(env: Env, monkeypatch:
     monkeypatch.setattr(env.gc, "_mark", mark_then_write)
     stats = await env.collect()
     assert len(calls) == 2, "the stale mark must be recomputed under the write lock"
-    assert stats.blobs == 0 and await env.rows("a") == {d} and d in env.files()
+    assert stats.blobs == 0
+    assert await env.rows("a") == {d}
+    assert d in env.files()
 
 
 async def test_concurrent_commits_deletes_and_collections_never_lose_a_committed_blob(env: Env) -> None:
@@ -515,7 +531,8 @@ async def test_concurrent_commits_deletes_and_collections_never_lose_a_committed
     assert errors == []
     await env.collect()
     # converged: nothing is held, so nothing is left
-    assert env.files() == set() and await env.ingests() == set()
+    assert env.files() == set()
+    assert await env.ingests() == set()
 
 
 async def test_stats_and_log_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
@@ -524,7 +541,8 @@ async def test_stats_and_log_line(env: Env, caplog: pytest.LogCaptureFixture) ->
         await write_blob(env.store, "r", data)
     with caplog.at_level(logging.INFO, logger="ctrd.gc"):
         stats = await env.collect()
-    assert stats.duration > 0 and stats.lock_duration >= 0
+    assert stats.duration > 0
+    assert stats.lock_duration >= 0
     line = next(r.getMessage() for r in caplog.records if "garbage collected" in r.getMessage())
     assert line.startswith("garbage collected d=")
     assert f"blobs=1 files=1 bytes={len(data)}" in line

@@ -39,7 +39,8 @@ class Client:
 
     def scheduler(self) -> GCScheduler:
         p = self.daemon.plugins.get("io.containerd.gc.v1.scheduler")
-        assert p is not None and isinstance(p.instance, GCScheduler), p and p.error
+        assert p is not None, p and p.error
+        assert isinstance(p.instance, GCScheduler), p and p.error
         return p.instance
 
     def files(self) -> set[str]:

@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ctrd import errdefs
+from ctrd import errdefs, namespaces
+from ctrd.content import sha256_of, write_blob
 from ctrd.content.plugin import local as content_plugin
 from ctrd.gc.plugin import SchedulerConfig
 from ctrd.gc.plugin import scheduler as gc_plugin
-from ctrd.gc.scheduler import GCScheduler
+from ctrd.gc.scheduler import GCScheduler, Scheduler
 from ctrd.golang import DurationError, format_duration, parse_duration
+from ctrd.metadata import GarbageCollection
+from ctrd.metadata.gc import GCStats
 from ctrd.metadata.plugin import sqlite as metadata_plugin
 from ctrd.server.config import Config, ConfigError
 from ctrd.server.daemon import Daemon
@@ -134,7 +137,8 @@ async def test_bad_config_stops_the_daemon_with_a_clear_error(tmp_path: Path) ->
         await daemon.load_plugins()
     text = str(info.value)
     assert 'plugins."io.containerd.gc.v1.scheduler"' in text
-    assert "startup_delay" in text and 'unknown unit " minutes"' in text
+    assert "startup_delay" in text
+    assert 'unknown unit " minutes"' in text
 
 
 async def test_plugin_exports_and_wiring(tmp_path: Path) -> None:
@@ -147,7 +151,8 @@ async def test_plugin_exports_and_wiring(tmp_path: Path) -> None:
     await daemon.load_plugins()
     try:
         p = daemon.plugins.get("io.containerd.gc.v1.scheduler")
-        assert p is not None and p.ok, p and p.error
+        assert p is not None, p and p.error
+        assert p.ok, p and p.error
         assert p.exports == {
             "PauseThreshold": "0.02",
             "DeletionThreshold": "0",
@@ -157,18 +162,56 @@ async def test_plugin_exports_and_wiring(tmp_path: Path) -> None:
         }
         sched = p.instance
         assert isinstance(sched, GCScheduler)
-        md = daemon.plugins.get("io.containerd.metadata.v1.sqlite")
-        assert md is not None
-        assert md.instance.content.on_delete == sched.notify_deletion
-        if getattr(md.instance, "leases", None) is not None:
-            assert md.instance.leases.collector == sched.schedule_and_wait
+        assert isinstance(sched, Scheduler)
         stats = await asyncio.wait_for(sched.schedule_and_wait(), 10)
-        assert stats.duration > 0 and sched.runs == 1
+        assert stats.duration > 0
+        assert sched.runs == 1
     finally:
         await daemon.close_plugins()
     assert sched._task is None
     with pytest.raises(errdefs.Unavailable):
         await sched.schedule_and_wait()
+
+
+async def test_plugin_wiring_by_construction(tmp_path: Path) -> None:
+    """The scheduler runs the metadata plugin's own collector and observes its deletions."""
+    cfg = Config(
+        root=str(tmp_path / "root"),
+        state=str(tmp_path / "state"),
+        plugins={  # nothing collects unless asked
+            "io.containerd.gc.v1.scheduler": {
+                "startup_delay": "1h",
+                "deletion_threshold": 1000,
+                "mutation_threshold": 0,
+            }
+        },
+    )
+    daemon = Daemon(cfg, [content_plugin, metadata_plugin, gc_plugin])
+    await daemon.load_plugins()
+    try:
+        p = daemon.plugins.get("io.containerd.gc.v1.scheduler")
+        md = daemon.plugins.get("io.containerd.metadata.v1.sqlite")
+        assert p is not None, p and p.error
+        assert p.ok, p and p.error
+        assert md is not None, md.error
+        assert md.ok, md.error
+        sched = p.instance
+        assert isinstance(sched, GCScheduler)
+        assert isinstance(sched, Scheduler)
+        assert isinstance(md.instance, GarbageCollection)
+        with namespaces.with_namespace("default"):
+            await write_blob(md.instance.content, "r", b"x", expected=sha256_of(b"x"))
+            await md.instance.content.delete(sha256_of(b"x"))
+            assert sched._deletions == 1
+            await md.instance.leases.create("L")
+            await md.instance.leases.delete("L")
+            assert sched._deletions == 2
+        stats = await asyncio.wait_for(sched.schedule_and_wait(), 10)
+        assert isinstance(stats, GCStats)
+        assert sched.runs == 1
+        assert stats.files == 1  # the deleted blob's file
+    finally:
+        await daemon.close_plugins()
 
 
 # -- triggers -------------------------------------------------------------------------------------
@@ -233,7 +276,8 @@ async def test_startup_collection_after_the_delay(make: Any) -> None:
     assert c.starts[0] - t0 >= 0.14
     await asyncio.sleep(0.2)
     assert len(c.starts) == 1, "nothing asked for another collection"
-    assert s.runs == 1 and s.freed_bytes == 7
+    assert s.runs == 1
+    assert s.freed_bytes == 7
 
 
 async def test_deletion_collects_promptly_with_threshold_zero(make: Any) -> None:
@@ -306,7 +350,8 @@ async def test_mutation_threshold_zero_disables_it(make: Any) -> None:
 async def test_schedule_and_wait(make: Any) -> None:
     s, c = make()
     a, b = await asyncio.gather(s.schedule_and_wait(), s.schedule_and_wait())
-    assert a is b and len(c.starts) == 1
+    assert a is b
+    assert len(c.starts) == 1
     # a request during a run waits for the next run (which starts after it)
     c.gate.clear()
     first = asyncio.ensure_future(s.schedule_and_wait())
@@ -315,8 +360,10 @@ async def test_schedule_and_wait(make: Any) -> None:
     await asyncio.sleep(0.02)
     c.gate.set()
     r1, r2 = await first, await second
-    assert r1 is not r2 and len(c.starts) == 3
-    assert s.runs == 3 and s.total_duration > 0
+    assert r1 is not r2
+    assert len(c.starts) == 3
+    assert s.runs == 3
+    assert s.total_duration > 0
 
 
 async def test_explicit_trigger_ignores_the_pause_limit(make: Any) -> None:
@@ -331,7 +378,8 @@ async def test_failure_is_reported_and_retried(make: Any, caplog: pytest.LogCapt
     s, c = make(FakeCollector(fail=1), pause_threshold=0.5)
     with pytest.raises(RuntimeError, match="disk on fire"):
         await s.schedule_and_wait()
-    assert s.failures == 1 and s.runs == 0
+    assert s.failures == 1
+    assert s.runs == 0
     assert any("garbage collection failed" in r.getMessage() for r in caplog.records)
     # retried (interval + 1 s) later without being asked again
     await wait_runs(c, 2, timeout=10.0)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from _daemon import version_of
 
@@ -130,7 +131,6 @@ def pushing_writers(path: str, streams: int, size: int, seconds: float = 20.0) -
     with, for those that ended)."""
     from h2.config import H2Configuration
     from h2.connection import H2Connection
-    from h2.events import ResponseReceived, StreamEnded, TrailersReceived
 
     conn = H2Connection(H2Configuration(client_side=True, header_encoding="ascii"))
     conn.initiate_connection()
@@ -155,49 +155,64 @@ def pushing_writers(path: str, streams: int, size: int, seconds: float = 20.0) -
     while time.monotonic() < deadline and time.monotonic() - idle_since < 2.0:
         progressed = False
         for sid in list(remaining):
-            if sid in statuses:
+            n = -1 if sid in statuses else _push(conn, sid, heads, remaining, zeros)
+            if n < 0:
                 remaining.pop(sid)
-                continue
-            try:
-                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-            except Exception:
-                remaining.pop(sid)
-                continue
-            head = heads.get(sid, b"")
-            if head:
-                if window < len(head):
-                    continue
-                conn.send_data(sid, head)
-                del heads[sid]
-                window -= len(head)
-            n = min(window, remaining[sid], len(zeros))
-            if n > 0:
-                conn.send_data(sid, zeros[:n])
-                remaining[sid] -= n
+            elif n > 0:
                 sent += n
                 progressed = True
         out = conn.data_to_send()
         if out:
             sock.sendall(out)
-        readable, _, _ = select.select([sock], [], [], 0.05)
-        incoming = sock.recv(1 << 20) if readable else b""
-        if incoming:
-            for event in conn.receive_data(incoming):
-                if isinstance(event, (TrailersReceived, ResponseReceived)):
-                    status = dict(event.headers).get("grpc-status")
-                    if status is not None:  # trailers, or a trailers-only reply
-                        statuses[event.stream_id] = status
-                elif isinstance(event, StreamEnded) and event.stream_id not in statuses:
-                    statuses[event.stream_id] = "ended"
-            out = conn.data_to_send()
-            if out:
-                sock.sendall(out)
+        _read_statuses(conn, sock, statuses)
         if progressed:
             idle_since = time.monotonic()
         if not remaining:
             break
     sock.close()
     return sent, statuses
+
+
+def _push(conn: Any, sid: int, heads: dict[int, bytes], remaining: dict[int, int], zeros: bytes) -> int:
+    """Queue what flow control lets stream *sid* send (its message head first); the data bytes
+    queued, or -1 when the stream is gone."""
+    try:
+        window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+    except Exception:
+        return -1
+    head = heads.get(sid, b"")
+    if head:
+        if window < len(head):
+            return 0
+        conn.send_data(sid, head)
+        del heads[sid]
+        window -= len(head)
+    n = min(window, remaining[sid], len(zeros))
+    if n <= 0:
+        return 0
+    conn.send_data(sid, zeros[:n])
+    remaining[sid] -= n
+    return n
+
+
+def _read_statuses(conn: Any, sock: socket.socket, statuses: dict[int, str]) -> None:
+    """Take what the server sent (waiting up to 50 ms); record each call's grpc-status."""
+    from h2.events import ResponseReceived, StreamEnded, TrailersReceived
+
+    readable, _, _ = select.select([sock], [], [], 0.05)
+    incoming = sock.recv(1 << 20) if readable else b""
+    if not incoming:
+        return
+    for event in conn.receive_data(incoming):
+        if isinstance(event, (TrailersReceived, ResponseReceived)):
+            status = dict(event.headers).get("grpc-status")
+            if status is not None:  # trailers, or a trailers-only reply
+                statuses[event.stream_id] = status
+        elif isinstance(event, StreamEnded) and event.stream_id not in statuses:
+            statuses[event.stream_id] = "ended"
+    out = conn.data_to_send()
+    if out:
+        sock.sendall(out)
 
 
 def _varint4(n: int) -> bytes:

@@ -9,7 +9,6 @@ when ``CTRD_LONG=1`` is set (outside CI); the quick ones are part of every run.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,9 +34,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture
-def figures() -> Iterator[Figures]:
+def figures() -> Figures:
     """Where a test records a measured figure (printed at the end of the run)."""
-    yield FIGURES
+    return FIGURES
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ async def test_heap_profile_stops_tracing_after_its_seconds() -> None:
 async def test_dropped_heap_request_stops_tracing() -> None:
     async with test_utils.TestClient(test_utils.TestServer(DebugApp(_Daemon()).app())) as c:
         call = asyncio.ensure_future(c.get("/debug/pprof/heap?seconds=30"))
-        while not tracemalloc.is_tracing():
+        while not tracemalloc.is_tracing():  # no event tells: poll  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         # dropped: the test server cancels the handler (the daemon's runs out its seconds)
         call.cancel()

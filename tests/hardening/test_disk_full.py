@@ -80,19 +80,22 @@ async def test_commit_at_zero_free_takes_the_reserve_and_recovers() -> None:
         db = DB(mnt / "db" / "meta.db", reserve)
         await db.open()
         try:
-            assert reserve.held == 4 * MiB and not reserve.low
+            assert reserve.held == 4 * MiB
+            assert not reserve.low
             fill(mnt / "filler")
             # a commit needs room in the write-ahead log: it gets it from the reserve
             for i in range(20):
                 async with db.update(inline=i % 2 == 0) as tx:
                     await tx.run("INSERT INTO namespaces(name, created_at) VALUES (?, 1)", (f"ns{i}",))
-            assert reserve.low and reserve.held == reserve.floor
+            assert reserve.low
+            assert reserve.held == reserve.floor
             assert reserve.releases == 1
             with pytest.raises(errdefs.ResourceExhausted, match="no space left on device"):
                 reserve.gate("write")
             os.unlink(mnt / "filler")
             reserve.gate("write")  # space is back: the reserve is re-allocated, data accepted
-            assert not reserve.low and reserve.held == 4 * MiB
+            assert not reserve.low
+            assert reserve.held == 4 * MiB
         finally:
             await db.close()
 
@@ -105,12 +108,16 @@ async def test_without_a_reserve_a_full_disk_is_resource_exhausted() -> None:
             async with db.update() as tx:  # the log exists, sized for a few pages
                 await tx.run("INSERT INTO namespaces(name, created_at) VALUES ('a', 1)")
             fill(mnt / "filler")
-            with pytest.raises(errdefs.ResourceExhausted, match="metadata database: no space left on device"):
-                for i in range(2000):  # grows the log past what it holds
+
+            async def grow_the_log() -> None:
+                for i in range(2000):  # past what it holds
                     async with db.update(inline=True) as tx:
                         await tx.run(
                             "INSERT INTO namespaces(name, created_at) VALUES (?, 1)", (f"n{i}" + "x" * 900,)
                         )
+
+            with pytest.raises(errdefs.ResourceExhausted, match="metadata database: no space left on device"):
+                await grow_the_log()
             # the writer is usable again once there is room (no transaction left open)
             os.unlink(mnt / "filler")
             async with db.update() as tx:
@@ -195,7 +202,8 @@ def test_full_disk_end_to_end(daemon: Launcher) -> None:
         # 1. fill the disk: every refusal is RESOURCE_EXHAUSTED
         digests, errors = _fill_with_ingests(d, "a")
         assert len(digests) >= 5
-        assert errors and all(isinstance(e, errdefs.ResourceExhausted) for e in errors), errors
+        assert errors, errors
+        assert all(isinstance(e, errdefs.ResourceExhausted) for e in errors), errors
         assert d.log().count("disk full (") == 1  # one line for the event, none per refused call
         # what the daemon gave back is for deletions: take it away too, down to 0 bytes free
         fill(mnt / "filler")
@@ -218,7 +226,8 @@ def test_full_disk_end_to_end(daemon: Launcher) -> None:
         # 4. fill it again, stop, leave not one byte free, restart: it starts and serves
         os.unlink(mnt / "filler")
         more, errors = _fill_with_ingests(d, "b")
-        assert errors and all(isinstance(e, errdefs.ResourceExhausted) for e in errors), errors
+        assert errors, errors
+        assert all(isinstance(e, errdefs.ResourceExhausted) for e in errors), errors
         assert d.stop() == 0
         _assert_clean_log(d)
         fill(mnt / "filler")

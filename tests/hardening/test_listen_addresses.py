@@ -16,7 +16,8 @@ def test_empty_host_is_refused_at_load(section: str) -> None:
         from_mapping({section: {"address": ":1338"}})
     msg = str(ei.value)
     assert f"{section}.address: ':1338' has no host" in msg
-    assert "0.0.0.0:1338" in msg and "[::]:1338" in msg
+    assert "0.0.0.0:1338" in msg
+    assert "[::]:1338" in msg
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0:1338", "[::]:1338", "127.0.0.1:1338", "[::1]:0"])

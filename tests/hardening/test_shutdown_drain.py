@@ -60,7 +60,8 @@ def test_open_write_stream_commits_after_the_signal(daemon: Launcher, sig: int) 
 
     committed, refused = run_sync(ingest)
     assert committed == dgst
-    assert isinstance(refused, errdefs.Unavailable) and "server is shutting down" in str(refused)
+    assert isinstance(refused, errdefs.Unavailable)
+    assert "server is shutting down" in str(refused)
     assert d.proc.wait(15) == 0
     assert "Traceback" not in d.log()
 
@@ -91,7 +92,8 @@ def test_sdk_ingest_interrupted_by_a_signal_succeeds(daemon: Launcher) -> None:
         async with Client(d.socket, namespace="drain", timeout=30) as c:
             labels = {"containerd.io/gc.root": "x"}
             info = await c.content.ingest("sdk", chunks(), size=len(data), labels=labels)
-            assert info.size == len(data) and info.labels == labels
+            assert info.size == len(data)
+            assert info.labels == labels
             return info.digest
 
     assert run_sync(ingest) == dgst

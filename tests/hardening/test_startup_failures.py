@@ -60,5 +60,6 @@ def test_tcp_address_in_use_fails_cleanly(daemon: Launcher) -> None:
     records = d.records()
     inits = [r.removeprefix("init ") for r in records if r.startswith("init ")]
     closes = [r.removeprefix("close ") for r in records if r.startswith("close ")]
-    assert inits and closes == inits[::-1], records
+    assert inits, records
+    assert closes == inits[::-1], records
     assert not re.search(r"serving\.\.\. address=.*ctrd\.sock", d.log())

@@ -71,7 +71,8 @@ def test_content_session(daemon: Callable[..., Any], tmp_path: Path, early_ack: 
 
     ok(ctr_in(d.socket, "work", "content", "ingest", "ref1", stdin=src))
     ls = ok(ctr_in(d.socket, "work", "content", "ls"))
-    assert dgst in ls and "3.146MB" in ls
+    assert dgst in ls
+    assert "3.146MB" in ls
     assert ok(ctr_in(d.socket, "work", "content", "ls", "-q")).split() == [dgst]
     got = subprocess.run(
         [CTR, "-a", d.socket, "-n", "work", "content", "get", dgst],
@@ -83,7 +84,8 @@ def test_content_session(daemon: Callable[..., Any], tmp_path: Path, early_ack: 
     # other namespace sees nothing
     assert ok(ctr_in(d.socket, "other", "content", "ls", "-q")).split() == []
     missing = ctr_in(d.socket, "other", "content", "get", dgst)
-    assert missing.returncode == 1 and f"content digest {dgst}: not found" in missing.stderr
+    assert missing.returncode == 1
+    assert f"content digest {dgst}: not found" in missing.stderr
 
     # labels
     assert ok(ctr_in(d.socket, "work", "content", "label", dgst, "foo=bar")).strip() == "foo=bar"
@@ -99,18 +101,22 @@ def test_content_session(daemon: Callable[..., Any], tmp_path: Path, early_ack: 
     bad = ctr_in(
         d.socket, "work", "content", "ingest", "refbad", "--expected-digest", "sha256:" + "1" * 64, stdin=src
     )
-    assert bad.returncode == 1 and "unexpected commit digest" in bad.stderr
+    assert bad.returncode == 1
+    assert "unexpected commit digest" in bad.stderr
     active = ok(ctr_in(d.socket, "work", "content", "active"))
     assert active.splitlines()[0].split() == ["REF", "SIZE", "AGE"]
-    assert "refbad" in active and "3.146MB" in active
+    assert "refbad" in active
+    assert "3.146MB" in active
     # wrong size: fails, stays active
     bad2 = ctr_in(d.socket, "work", "content", "ingest", "refbad2", "--expected-size", "5", stdin=src)
-    assert bad2.returncode == 1 and "failed size validation" in bad2.stderr
+    assert bad2.returncode == 1
+    assert "failed size validation" in bad2.stderr
 
     # remove: prints the digest; a second rm is silent and exit 0
     assert ok(ctr_in(d.socket, "work", "content", "rm", dgst)).split() == [dgst]
     again = ctr_in(d.socket, "work", "content", "rm", dgst)
-    assert again.returncode == 0 and again.stdout == ""
+    assert again.returncode == 0
+    assert again.stdout == ""
     assert ok(ctr_in(d.socket, "work", "content", "ls", "-q")).split() == []
 
     # no namespace
@@ -121,14 +127,16 @@ def test_content_session(daemon: Callable[..., Any], tmp_path: Path, early_ack: 
         timeout=30,
         check=False,
     )
-    assert nons.returncode == 1 and "namespace is required" in nons.stderr
+    assert nons.returncode == 1
+    assert "namespace is required" in nons.stderr
 
 
 def test_namespace_session(daemon: Callable[..., Any], tmp_path: Path) -> None:
     d = daemon(NO_STARTUP_GC)
     ok(ctr_in(d.socket, "default", "namespaces", "create", "nsa", "team=a"))
     dup = ctr_in(d.socket, "default", "namespaces", "create", "nsa")
-    assert dup.returncode == 1 and 'namespace "nsa": already exists' in dup.stderr
+    assert dup.returncode == 1
+    assert 'namespace "nsa": already exists' in dup.stderr
     ok(ctr_in(d.socket, "default", "namespaces", "create", "nsb"))
     ok(ctr_in(d.socket, "default", "namespaces", "label", "nsb", "foo=bar"))
     lines = ok(ctr_in(d.socket, "default", "namespaces", "ls")).splitlines()
@@ -142,12 +150,14 @@ def test_namespace_session(daemon: Callable[..., Any], tmp_path: Path) -> None:
     ok(ctr_in(d.socket, "nsc", "content", "ingest", "r", stdin=src))  # implicit creation
     assert "nsc" in ok(ctr_in(d.socket, "default", "namespaces", "ls", "-q")).split()
     busy = ctr_in(d.socket, "default", "namespaces", "rm", "nsc")
-    assert busy.returncode == 1 and 'namespace "nsc" must be empty' in busy.stderr
+    assert busy.returncode == 1
+    assert 'namespace "nsc" must be empty' in busy.stderr
 
     assert ok(ctr_in(d.socket, "default", "namespaces", "rm", "nsa")).split() == ["nsa"]
     assert ok(ctr_in(d.socket, "default", "namespaces", "rm", "nosuch")).split() == ["nosuch"]
     bad = ctr_in(d.socket, "default", "namespaces", "create", "bad/name")
-    assert bad.returncode == 1 and "invalid argument" in bad.stderr
+    assert bad.returncode == 1
+    assert "invalid argument" in bad.stderr
     assert ok(ctr_in(d.socket, "default", "namespaces", "ls", "-q")).split() == ["nsb", "nsc"]
 
 
@@ -174,7 +184,8 @@ def test_cross_namespace_ingest(daemon: Callable[..., Any], tmp_path: Path, poli
     if policy == "shared":
         ok(r)
     else:
-        assert r.returncode == 1 and "unexpected commit digest" in r.stderr
+        assert r.returncode == 1
+        assert "unexpected commit digest" in r.stderr
         assert ok(ctr_in(d.socket, "sb", "content", "ls", "-q")).split() == []
         ok(ctr_in(d.socket, "sb", *args[:-1], "rb2", stdin=real))
     got = subprocess.run(

@@ -204,7 +204,8 @@ def test_ctr_plugins_ls_detailed_shows_requires_exports_and_errors(daemon: Launc
     d = daemon(plugins=True)
     r = ctr(d.socket, "plugins", "ls", "-d")
     assert r.returncode == 0, r.stderr
-    assert "Requires:" in r.stdout and "Exports:" in r.stdout
+    assert "Requires:" in r.stdout
+    assert "Exports:" in r.stdout
     b = parse_detailed(r.stdout)
 
     meta = b["io.containerd.metadata.v1.sqlite"]

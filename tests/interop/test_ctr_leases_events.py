@@ -95,7 +95,8 @@ def test_ctr_leases(daemon: Launcher, ctr: Ctr) -> None:
     expire = rfc3339(gen_labels[GC_EXPIRE]) - rfc3339(cells[generated][1])
     assert abs(expire - _dt.timedelta(hours=24)) <= _dt.timedelta(seconds=2)
     l_labels = cells["L"][2].split(",")
-    assert l_labels[0].startswith(GC_EXPIRE + "=") and l_labels[1:] == ["foo=bar"]  # sorted k=v
+    assert l_labels[0].startswith(GC_EXPIRE + "=")
+    assert l_labels[1:] == ["foo=bar"]
     assert cells["forever"][2] == "-"
     # the exact table: space padded, trailing padding on every line
     assert out == tabwriter(rows)
@@ -203,7 +204,8 @@ def wait_subscribed(sock: str, ev: EventsProc, ctr: Ctr, timeout: float = 20.0) 
             line = ev.lines.get(timeout=0.3)
         except queue.Empty:
             return
-        assert "/namespaces/update" in line and "probe" in line, line
+        assert "/namespaces/update" in line, line
+        assert "probe" in line, line
 
 
 #: ``ctr content ingest`` cannot lease or label what it writes, so a collection could remove the
@@ -289,5 +291,6 @@ def test_ctr_events(daemon: Launcher, ctr: Ctr, events_procs: list[EventsProc], 
         ("evns", "/namespaces/delete"),
     ]
     time.sleep(0.3)
-    assert ev.lines.empty() and only_deletes.lines.empty()
+    assert ev.lines.empty()
+    assert only_deletes.lines.empty()
     assert only_deletes.proc.poll() is None

@@ -111,10 +111,13 @@ def run_suite(binary: Path, socket: str, policy: str) -> None:
     missing = [n for n in expected if n not in results]
     bad = sorted(f"{n}: {v}" for n, v in results.items() if v != "PASS")
     passed = sum(v == "PASS" for v in results.values())
-    assert not missing and not bad and proc.returncode == 0, (
+    why = (
         f"{passed} of {len(results)} subtests passed under {policy}; "
         f"not passed: {bad}; never reported: {missing}; exit {proc.returncode}\n--- go test output ---\n{out}"
     )
+    assert not missing, why
+    assert not bad, why
+    assert proc.returncode == 0, why
 
 
 @pytest.mark.parametrize("policy", ["shared", "isolated"])

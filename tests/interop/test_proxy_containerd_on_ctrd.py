@@ -81,13 +81,15 @@ def test_ctr_against_containerd_stores_in_ctrd(daemon: Callable[..., Any]) -> No
         ok(ctr(c.socket, "content", "ingest", "ref1", ns="work", data=data))
         assert dgst in ok(ctr(c.socket, "content", "ls", ns="work"))
         got = ctr(c.socket, "content", "get", dgst, ns="work")
-        assert got.returncode == 0 and got.stdout == data
+        assert got.returncode == 0
+        assert got.stdout == data
 
         # the bytes are in ctrd's store, recorded in the backend namespace only, rooted
         assert ctrd_blobs(d.root) == [dgst]
         assert not (c.root / "io.containerd.content.v1.content").exists()
         listed = ok(ctr(d.socket, "content", "ls", ns="proxy-backend"))
-        assert dgst in listed and "containerd.io/gc.root=" in listed
+        assert dgst in listed
+        assert "containerd.io/gc.root=" in listed
         for ns in ("work", "default"):
             assert ok(ctr(d.socket, "content", "ls", "-q", ns=ns)).split() == []
         # a second containerd namespace with the same digest: no second copy anywhere

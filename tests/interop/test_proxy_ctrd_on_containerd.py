@@ -77,22 +77,26 @@ def test_ctr_against_ctrd_stores_in_containerd(daemon: Callable[..., Any], conta
     ), plugins
     assert "io.containerd.content.v1        content" not in plugins
     detail = ok(ctr(d.socket, "plugins", "ls", "-d", "id==containerd"))
-    assert containerd.socket in detail and "namespace" in detail
+    assert containerd.socket in detail
+    assert "namespace" in detail
 
     data = os.urandom(3 * 1024 * 1024 + 17)
     dgst = "sha256:" + hashlib.sha256(data).hexdigest()
     ok(ctr(d.socket, "content", "ingest", "ref1", ns="work", data=data))
     ls = ok(ctr(d.socket, "content", "ls", ns="work"))
-    assert dgst in ls and "3.146MB" in ls
+    assert dgst in ls
+    assert "3.146MB" in ls
     assert ok(ctr(d.socket, "content", "ls", "-q", ns="other")).split() == []
     got = ctr(d.socket, "content", "get", dgst, ns="work")
-    assert got.returncode == 0 and got.stdout == data
+    assert got.returncode == 0
+    assert got.stdout == data
 
     # the bytes are in containerd's store, in its namespace "ctrd", rooted for its GC
     assert containerd.blobs() == [dgst]
     assert not (Path(d.root) / "io.containerd.content.v1.content").exists()
     remote_ls = ok(ctr(containerd.socket, "content", "ls", ns="ctrd"))
-    assert dgst in remote_ls and "containerd.io/gc.root=" in remote_ls
+    assert dgst in remote_ls
+    assert "containerd.io/gc.root=" in remote_ls
     assert ok(ctr(containerd.socket, "content", "ls", "-q", ns="work")).split() == []
 
     # a second ctrd namespace holding the same digest: still one blob in containerd
@@ -117,7 +121,9 @@ async def test_unavailable_with_address_when_containerd_is_down(
     # ctr reads: one prompt error naming the address
     p = ctr(d.socket, "content", "get", sha256_of(b"before"))
     err = p.stderr.decode()
-    assert p.returncode != 0 and "Unavailable" in err and f"unix://{containerd.socket}" in err, err
+    assert p.returncode != 0, err
+    assert "Unavailable" in err, err
+    assert f"unix://{containerd.socket}" in err, err
     # writes: ctr's writer would retry UNAVAILABLE (containerd's "ref locked") until its context
     # ends, so ask with a client that does not retry: each attempt is answered at once
     ch = Channel(path=d.socket)
@@ -147,7 +153,8 @@ async def test_interrupted_ingest_resumes_through_ctrd(
         await w.close()
         # the partial ingest lives in containerd under ctrd's backend ref
         active = ok(ctr(containerd.socket, "content", "active", ns="ctrd"))
-        assert "work/" in active and "resumable" in active
+        assert "work/" in active
+        assert "resumable" in active
         w = await store.writer("resumable", total=len(data))
         assert (await w.status()).offset == 700_000
         await w.write(data[700_000:])

@@ -222,7 +222,7 @@ async def test_delete_leaves_the_file_to_gc_until_unreferenced(env: tuple[DB, Lo
     db, backend, root = env
     store = NamespacedContentStore(db, backend, SharingPolicy.SHARED)
     deletions: list[int] = []
-    store.on_delete = lambda: deletions.append(1)
+    store.observe_deletions(lambda: deletions.append(1))
     gc = GarbageCollector(db, backend, store.gate)
     data = b"shared bytes"
     d = sha256_of(data)
@@ -388,7 +388,8 @@ async def test_walk_records_filters_match_python_matcher(env: tuple[DB, LocalSto
         # a stored record carries what Info carries
         recs = [r for batch in [b async for b in store.walk_records("labels.b")] for r in batch]
         info = await store.info(recs[0].digest)
-        assert recs[0].labels == info.labels and recs[0].size == info.size
+        assert recs[0].labels == info.labels
+        assert recs[0].size == info.size
         assert recs[0].created_us == int(info.created_at.timestamp() * 1_000_000)
 
 
@@ -397,7 +398,8 @@ def test_sql_prefilter_pushes_simple_selectors_down() -> None:
     from ctrd.metadata.content import _sql_prefilter
 
     where, params = _sql_prefilter(filters.parse_all('labels."containerd.io/gc.root"==x,labels.a'))
-    assert "json_extract" in where and "json_type" in where
+    assert "json_extract" in where
+    assert "json_type" in where
     assert params == ('$."containerd.io/gc.root"', "x", '$."a"')
     # an alternative with nothing translatable: nothing pushed down
     assert _sql_prefilter(filters.parse_all("labels.a==1", "labels.b~=x")) == ("", ())

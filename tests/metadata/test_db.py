@@ -40,10 +40,14 @@ async def test_commit_and_rollback(db: DB, inline: bool) -> None:
         assert [r[0] for r in await tx.all("SELECT name FROM namespaces ORDER BY name")] == ["a", "b", "c"]
     assert db.mutations == before + 1
     assert await db.view_one("SELECT name FROM namespaces WHERE name = ?", ("b",)) == ("b",)
-    with pytest.raises(RuntimeError):
+
+    async def failing_update() -> None:
         async with db.update(inline=inline) as tx:
             await tx.run("DELETE FROM namespaces WHERE name = ?", ("a",))
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await failing_update()
     assert await _names(db) == ["a", "b", "c"]
     assert db.mutations == before + 1
 

@@ -18,6 +18,7 @@ from ctrd.content import open_writer, read_blob, sha256_of, write_blob
 from ctrd.content.local import LocalStore
 from ctrd.metadata import (
     DB,
+    CollectingLeaseManager,
     Lease,
     LeaseManager,
     NamespacedContentStore,
@@ -195,11 +196,7 @@ async def test_delete_is_per_namespace(env: Env) -> None:
 
 async def test_delete_notifies_gc(env: Env) -> None:
     calls: list[str] = []
-
-    async def on_delete() -> None:
-        calls.append("scheduled")
-
-    env.leases.on_delete = on_delete
+    env.leases.observe_deletions(lambda: calls.append("scheduled"))
     with ns("default"):
         await env.leases.create("L")
         with pytest.raises(errdefs.NotFound):
@@ -207,7 +204,7 @@ async def test_delete_notifies_gc(env: Env) -> None:
         assert calls == []
         await env.leases.delete("L")
         assert calls == ["scheduled"]
-        # without a collector, sync just deletes (and still schedules)
+        # the store cannot collect: sync just deletes (and still schedules)
         await env.leases.create("S")
         await env.leases.delete("S", sync=True)
         assert calls == ["scheduled", "scheduled"]
@@ -224,38 +221,44 @@ async def test_sync_delete_waits_for_the_collection(env: Env) -> None:
         events.append(f"gc done, leases={len(rows)}")
         return {"removed": 0}
 
-    async def on_delete() -> None:
-        events.append("scheduled")
-
-    env.leases.collector = collector
-    env.leases.on_delete = on_delete
+    env.leases.observe_deletions(lambda: events.append("scheduled"))
+    leases = CollectingLeaseManager(env.leases, collector)
+    assert isinstance(leases, LeaseManager)
     with ns("default"):
-        await env.leases.create("L")
-        await env.leases.delete("L", sync=True)
+        await leases.create("L")
+        await leases.delete("L", sync=True)
         events.append("delete returned")
-        assert events == ["gc start", "gc done, leases=0", "delete returned"]
-        await env.leases.create("M")
-        await env.leases.delete("M")  # not sync: only scheduled
+        assert events == ["scheduled", "gc start", "gc done, leases=0", "delete returned"]
+        await leases.create("M")
+        await leases.delete("M")  # not sync: only scheduled
         assert events[-1] == "scheduled"
+        assert events.count("gc start") == 1
+        # everything else goes to the store
+        await leases.create("N", {"k": "v"})
+        await leases.add_resource("N", Resource(id="r", type="ingests"))
+        assert [x.id for x in await leases.list("labels.k==v")] == ["N"]
+        assert await leases.list_resources("N") == [Resource(id="r", type="ingests")]
+        await leases.delete_resource("N", Resource(id="r", type="ingests"))
+        assert await env.leases.list_resources("N") == []
 
 
 async def test_sync_delete_propagates_collector_errors(env: Env) -> None:
     async def collector() -> object:
         raise errdefs.Unavailable("gc is busy")
 
-    env.leases.collector = collector
+    leases = CollectingLeaseManager(env.leases, collector)
     with ns("default"):
-        await env.leases.create("L")
+        await leases.create("L")
         with pytest.raises(errdefs.Unavailable):
-            await env.leases.delete("L", sync=True)
-        assert await env.leases.list() == []  # the lease is deleted anyway
+            await leases.delete("L", sync=True)
+        assert await leases.list() == []  # the lease is deleted anyway
 
 
 async def test_failing_delete_hook_is_logged(env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    async def on_delete() -> None:
+    def on_delete() -> None:
         raise RuntimeError("boom")
 
-    env.leases.on_delete = on_delete
+    env.leases.observe_deletions(on_delete)
     with ns("default"):
         await env.leases.create("L")
         with caplog.at_level(logging.WARNING, logger="ctrd.metadata"):
@@ -352,11 +355,7 @@ async def test_resource_errors(env: Env) -> None:
 
 async def test_delete_resource_notifies_gc(env: Env) -> None:
     calls: list[int] = []
-
-    async def on_delete() -> None:
-        calls.append(1)
-
-    env.leases.on_delete = on_delete
+    env.leases.observe_deletions(lambda: calls.append(1))
     d = sha256_of(b"x")
     with ns("default"):
         await env.leases.create("L")

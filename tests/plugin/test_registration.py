@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pytest
 from _daemon import TESTPLUGINS
+from pydantic import BaseModel
 
 from ctrd import errdefs
 from ctrd.plugin import (
     GROUP,
+    GrpcSettings,
     InitContext,
     InvalidRegistration,
     Plugin,
@@ -227,12 +229,82 @@ def test_init_context_lookups(tmp_path: Path) -> None:
     with pytest.raises(errdefs.NotFound):
         ic.get_by_id("io.dep.v1", "absent")
     assert ic.get_by_type("io.dep.v1") == {"ok": "OK"}
+    assert ic.get_by_type("io.dep.v1", str) == {"ok": "OK"}
+    with pytest.raises(errdefs.FailedPrecondition, match="is not a int"):
+        ic.get_by_type("io.dep.v1", int)
     assert ic.get_by_type("io.none.v1") == {}
 
     ps.add(Plugin(Registration(type="io.dep.v1", id="ok2", init=_init), instance="OK2"))
     with pytest.raises(errdefs.FailedPrecondition, match=r"multiple plugins of type io\.dep\.v1"):
         ic.get_single("io.dep.v1")
     assert [p.registration.id for p in ps.by_type("io.dep.v1")] == ["ok", "skipped", "ok2"]
-    assert skipped.skipped and not skipped.ok
-    assert not failed.skipped and not failed.ok
+    assert skipped.skipped
+    assert not skipped.ok
+    assert not failed.skipped
+    assert not failed.ok
     assert ok.ok
+
+
+class _Cfg(BaseModel):
+    greeting: str = "hi"
+
+
+@runtime_checkable
+class _Greeter(Protocol):
+    def greet(self) -> str: ...
+
+
+class _Hello:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def greet(self) -> str:
+        return self.text
+
+
+async def test_daemon_gives_typed_config_grpc_settings_and_string_properties(tmp_path: Path) -> None:
+    from ctrd.server.config import Config, GrpcConfig
+    from ctrd.server.daemon import Daemon
+
+    seen: dict[str, Any] = {}
+
+    async def provider(ic: InitContext[_Cfg]) -> _Hello:
+        seen["config"] = ic.config
+        seen["grpc"] = ic.grpc
+        seen["properties"] = dict(ic.properties)
+        return _Hello(ic.config.greeting)
+
+    async def user(ic: InitContext[None]) -> str:
+        seen["user_config"] = ic.config
+        return ic.get_single("io.t.greeter.v1", _Greeter).greet()  # required by a protocol
+
+    regs: list[Registration] = [
+        Registration(type="io.t.greeter.v1", id="p", config=_Cfg, init=provider),
+        Registration(type="io.t.user.v1", id="u", requires=("io.t.greeter.v1",), init=user),
+    ]
+    sock = str(tmp_path / "s.sock")
+    cfg = Config(
+        root=str(tmp_path / "root"),
+        state=str(tmp_path / "state"),
+        grpc=GrpcConfig(address=sock, max_recv_message_size=1 << 20, max_send_message_size=2 << 20),
+        plugins={"io.t.greeter.v1.p": {"greeting": "moin"}},
+    )
+    daemon = Daemon(cfg, regs)
+    await daemon.load_plugins()
+    try:
+        assert seen["config"] == _Cfg(greeting="moin")
+        assert seen["user_config"] is None
+        assert seen["grpc"] == GrpcSettings(
+            address=sock, max_recv_message_size=1 << 20, max_send_message_size=2 << 20
+        )
+        # containerd's string properties only: no daemon, no whole config
+        assert seen["properties"] == {
+            "grpc.address": sock,
+            "root": str(tmp_path / "root"),
+            "state": str(tmp_path / "state"),
+        }
+        u = daemon.plugins.get("io.t.user.v1.u")
+        assert u is not None
+        assert u.instance == "moin"
+    finally:
+        await daemon.close_plugins()

@@ -43,7 +43,8 @@ async def daemon(**content_grpc: Any) -> AsyncIterator[tuple[Daemon, str, str]]:
 async def test_every_call_acts_in_the_backend_namespace() -> None:
     async with daemon() as (dm, sock, backend):
         p = dm.plugins.get("io.containerd.grpc.v1.content")
-        assert p is not None and p.ok
+        assert p is not None
+        assert p.ok
         assert p.exports == {"proxy_backend_address": backend, "proxy_backend_namespace": "proxy-backend"}
         bch, mch = Channel(path=backend), Channel(path=sock)
         try:
@@ -133,6 +134,8 @@ async def test_backend_on_the_main_socket_is_refused() -> None:
         await dm.start()
         try:
             p = dm.plugins.get("io.containerd.grpc.v1.content")
-            assert p is not None and not p.ok and "must differ" in str(p.error)
+            assert p is not None
+            assert not p.ok
+            assert "must differ" in str(p.error)
         finally:
             await dm.stop(drain_timeout=1.0)

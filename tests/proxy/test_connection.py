@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -35,7 +36,7 @@ def test_parse_address(address: str, target: Target) -> None:
     "address", ["relative.sock", "unix://rel.sock", "host", ":80", "host:http", "a:99999"]
 )
 def test_parse_address_rejects(address: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(repr(address))):
         parse_address(address)
 
 
@@ -56,7 +57,8 @@ async def test_unreachable_is_unavailable_with_address_and_backs_off(tmp_path: P
         async with conn.call("proxy plugin io.containerd.content.v1.p"):
             pass
     msg = str(ei.value)
-    assert f"unix://{sock}" in msg and "proxy plugin io.containerd.content.v1.p" in msg, msg
+    assert f"unix://{sock}" in msg, msg
+    assert "proxy plugin io.containerd.content.v1.p" in msg, msg
     assert conn.dials == 1
     # within the back-off window: fails at once, without dialling
     with pytest.raises(errdefs.Unavailable, match=r"next attempt in 0\.5s"):
@@ -150,7 +152,8 @@ async def test_a_hung_remote_times_out_as_unavailable(tmp_path: Path) -> None:
         for call in (store.info("sha256:" + "0" * 64), store.list_statuses(), store.writer("ref")):
             with pytest.raises(errdefs.Unavailable) as ei:
                 await call
-            assert "timed out" in str(ei.value) and f"unix://{sock}" in str(ei.value)
+            assert "timed out" in str(ei.value)
+            assert f"unix://{sock}" in str(ei.value)
         with pytest.raises(errdefs.Unavailable, match="timed out"):
             async for _ in store.walk():
                 pass
@@ -163,18 +166,24 @@ async def test_cache_shares_and_closes(tmp_path: Path) -> None:
     a = cache.acquire("/x/a.sock")
     b = cache.acquire(" /x/a.sock ")
     c = cache.acquire("/x/c.sock")
-    assert a is b and a is not c and len(cache) == 2
+    assert a is b
+    assert a is not c
+    assert len(cache) == 2
     cache.release(a)
     assert not a.closed
     cache.release(b)
-    assert a.closed and len(cache) == 1
+    assert a.closed
+    assert len(cache) == 1
     with pytest.raises(errdefs.Unavailable, match="closed"):
         await a.connect()
     # a new acquire after the close gets a fresh connection
     d = cache.acquire("/x/a.sock")
-    assert d is not a and not d.closed
+    assert d is not a
+    assert not d.closed
     cache.close()
-    assert c.closed and d.closed and len(cache) == 0
+    assert c.closed
+    assert d.closed
+    assert len(cache) == 0
 
 
 async def test_concurrent_callers_share_one_dial(tmp_path: Path) -> None:
@@ -182,4 +191,5 @@ async def test_concurrent_callers_share_one_dial(tmp_path: Path) -> None:
     conn = Connection(str(tmp_path / "none.sock"), backoff_base=0.5, clock=clock)
     results = await asyncio.gather(*(conn.connect() for _ in range(20)), return_exceptions=True)
     assert all(isinstance(r, errdefs.Unavailable) for r in results)
-    assert conn.dials == 1 and conn._delay == 0.5
+    assert conn.dials == 1
+    assert conn._delay == 0.5

@@ -93,7 +93,8 @@ async def test_fixed_namespace_no_lease_gc_root(remote: tuple[str, RemoteContent
         got = [i.digest async for i in proxy.walk()]
         assert namespaces.current() == "callers-ns"
     assert got == [d]
-    assert info.labels["a"] == "b" and info.labels[GC_ROOT].endswith("Z")
+    assert info.labels["a"] == "b"
+    assert info.labels[GC_ROOT].endswith("Z")
     with namespaces.with_namespace("ctrd"):
         assert (await direct.info(d)).size == len(data)
     with namespaces.with_namespace("callers-ns"), pytest.raises(errdefs.NotFound):
@@ -123,7 +124,8 @@ async def test_gc_root_kept_when_given(remote: tuple[str, RemoteContentStore, Ch
     data = b"x"
     await write_blob(proxy, "r", data, expected=sha256_of(data), labels={GC_ROOT: "mine"})
     assert (await proxy.info(sha256_of(data))).labels[GC_ROOT] == "mine"
-    assert gc_root_value().endswith("Z") and "T" in gc_root_value()
+    assert gc_root_value().endswith("Z")
+    assert "T" in gc_root_value()
     conn.close()
 
 
@@ -137,7 +139,8 @@ async def test_writer_resumes_at_remote_offset(remote: tuple[str, RemoteContentS
     await w.close()
     w = await proxy.writer("resume-me", total=len(data))
     st = await w.status()
-    assert st.offset == 300_000 and st.total == len(data)
+    assert st.offset == 300_000
+    assert st.total == len(data)
     await w.write(data[300_000:])
     assert w.digest() == sha256_of(data)  # the metadata store's commit gate keys on this
     await w.commit(len(data), sha256_of(data))
@@ -154,7 +157,8 @@ async def test_aclose_releases_the_shared_connection(remote: tuple[str, RemoteCo
     c1, c2 = cache.acquire(sock), cache.acquire(sock)
     p1 = ProxyContentStore(c1, "a", on_close=lambda: cache.release(c1))
     p2 = ProxyContentStore(c2, "b", on_close=lambda: cache.release(c2))
-    assert await p1.list_statuses() == [] and await p2.list_statuses() == []
+    assert await p1.list_statuses() == []
+    assert await p2.list_statuses() == []
     await p1.aclose()
     await p1.aclose()  # idempotent
     assert not c1.closed

@@ -70,7 +70,8 @@ def test_bad_entries_fail_startup(tmp_path: Path, entry: dict[str, Any], name: s
     c = cfg(str(tmp_path), proxy_plugins={name: entry}, disabled_plugins=["io.containerd.content.v1.content"])
     with pytest.raises(ConfigError) as ei:
         proxy_registrations(c)
-    assert message in str(ei.value) and f"[proxy_plugins.{name}]" in str(ei.value)
+    assert message in str(ei.value)
+    assert f"[proxy_plugins.{name}]" in str(ei.value)
 
 
 async def test_unknown_type_fails_daemon_start(tmp_path: Path) -> None:
@@ -131,18 +132,24 @@ async def test_content_proxy_as_metadata_backend_with_exports(tmp_path: Path) ->
                 tmp, proxy_plugins=pp, disabled_plugins=["io.containerd.content.v1.content"]
             ) as d:
                 p = d.plugins.get("io.containerd.content.v1.remote")
-                assert p is not None and p.ok
+                assert p is not None
+                assert p.ok
                 assert p.exports == {"owner": "ops", "address": rsock, "namespace": "from-ctrd"}
-                assert p.capabilities == ["remote"] and p.platforms == ["linux/amd64"]
+                assert p.capabilities == ["remote"]
+                assert p.platforms == ["linux/amd64"]
                 assert isinstance(p.instance, ProxyContentStore)
                 s = d.plugins.get("io.containerd.snapshotter.v1.native")
-                assert s is not None and s.ok and isinstance(s.instance, RemoteSnapshotter)
+                assert s is not None
+                assert s.ok
+                assert isinstance(s.instance, RemoteSnapshotter)
                 assert s.instance.snapshotter == "native"
                 # one connection for both plugins (same address)
                 assert p.instance._conn is s.instance._conn
                 conn = p.instance._conn
                 md = d.plugins.get("io.containerd.metadata.v1.sqlite")
-                assert md is not None and md.ok and md.instance.content.backend is p.instance
+                assert md is not None
+                assert md.ok
+                assert md.instance.content.backend is p.instance
                 data = b"through ctrd to the remote"
                 with namespaces.with_namespace("users"):
                     await write_blob(md.instance.content, "r", data, expected=sha256_of(data))
@@ -168,7 +175,8 @@ async def test_unreachable_proxy_starts_and_answers_unavailable(tmp_path: Path) 
             tmp, proxy_plugins=pp, disabled_plugins=["io.containerd.content.v1.content"]
         ) as d:
             p = d.plugins.get("io.containerd.content.v1.remote")
-            assert p is not None and p.ok  # lazily dialled: the daemon starts
+            assert p is not None
+            assert p.ok
             from grpclib.client import Channel
 
             ch = Channel(path=f"{tmp}/s.sock")
@@ -176,9 +184,8 @@ async def test_unreachable_proxy_starts_and_answers_unavailable(tmp_path: Path) 
                 client = RemoteContentStore(ch, namespace="default", timeout=10)
                 with pytest.raises(errdefs.Unavailable) as ei:
                     await client.writer("ref")
-                assert f"unix://{gone}" in str(ei.value) and "io.containerd.content.v1.remote" in str(
-                    ei.value
-                )
+                assert f"unix://{gone}" in str(ei.value)
+                assert "io.containerd.content.v1.remote" in str(ei.value)
                 # the metadata store answers what it knows without the backend
                 assert [i async for i in client.walk()] == []
             finally:

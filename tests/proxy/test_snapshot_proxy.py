@@ -44,59 +44,75 @@ async def test_native_snapshotter_through_the_proxy() -> None:
         await daemon.start()
         try:
             p = daemon.plugins.get("io.containerd.snapshotter.v1.native")
-            assert p is not None and p.ok, p and p.error
-            assert p.exports["address"] == c.socket and p.platforms == ["linux/amd64"]
+            assert p is not None, p and p.error
+            assert p.ok, p and p.error
+            assert p.exports["address"] == c.socket
+            assert p.platforms == ["linux/amd64"]
             sn = p.instance
             assert isinstance(sn, RemoteSnapshotter)
 
             mounts = await sn.prepare("work", labels={"purpose": "test"})
-            assert len(mounts) == 1 and mounts[0].type == "bind" and "rw" in mounts[0].options
+            assert len(mounts) == 1
+            assert mounts[0].type == "bind"
+            assert "rw" in mounts[0].options
             native_root = c.root / "io.containerd.snapshotter.v1.native" / "snapshots"
-            assert mounts[0].source.startswith(str(native_root)) and os.path.isdir(mounts[0].source)
+            assert mounts[0].source.startswith(str(native_root))
+            assert os.path.isdir(mounts[0].source)
             assert await sn.mounts("work") == mounts
             with open(os.path.join(mounts[0].source, "hello"), "wb") as f:
                 f.write(b"x" * 10000)
             info = await sn.stat("work")
-            assert info.kind is Kind.ACTIVE and info.parent == ""
-            assert info.labels["purpose"] == "test" and info.labels[GC_ROOT]  # kept from containerd's GC
+            assert info.kind is Kind.ACTIVE
+            assert info.parent == ""
+            assert info.labels["purpose"] == "test"
+            assert info.labels[GC_ROOT]
             usage = await sn.usage("work")
-            assert usage.size >= 10000 and usage.inodes >= 2
+            assert usage.size >= 10000
+            assert usage.inodes >= 2
 
-            await sn.commit("layer1", "work", labels={"layer": "1"})
-            committed = await sn.stat("layer1")
-            assert committed.kind is Kind.COMMITTED and committed.labels["layer"] == "1"
-            with pytest.raises(errdefs.NotFound):
-                await sn.stat("work")  # an active snapshot is gone once committed
-
-            child = await sn.prepare("child", "layer1")
-            assert (await sn.stat("child")).parent == "layer1"
-            with open(os.path.join(child[0].source, "hello"), "rb") as f:  # native copies the parent
-                assert len(f.read()) == 10000
-            view = await sn.view("ro", "layer1")
-            assert "ro" in view[0].options and (await sn.stat("ro")).kind is Kind.VIEW
-
-            names = {i.name: i.kind async for i in sn.walk()}
-            assert names == {"layer1": Kind.COMMITTED, "child": Kind.ACTIVE, "ro": Kind.VIEW}
-            assert [i.name async for i in sn.walk("kind==committed")] == ["layer1"]
-
-            updated = await sn.update(dataclasses.replace(committed, labels={"extra": "yes"}), "labels.extra")
-            assert updated.labels["extra"] == "yes" and updated.labels["layer"] == "1"
-
-            with pytest.raises(errdefs.FailedPrecondition):
-                await sn.remove("layer1")  # has children
-            for key in ("child", "ro", "layer1"):
-                await sn.remove(key)
-            assert [i async for i in sn.walk()] == []
-            with pytest.raises(errdefs.NotFound, match="does not exist"):
-                await sn.stat("layer1")
-            with pytest.raises(errdefs.Unimplemented):  # containerd 1.6's snapshotters have no Cleanup
-                await sn.cleanup()
+            await _commit_view_walk_update_remove(sn)
             # the remote namespace is the proxy's (default "ctrd"), not containerd's "default"
             ls = run_ctr(c.address, "snapshots", "--snapshotter", "native", "ls", namespace="ctrd")
             assert ls.returncode == 0
         finally:
             await daemon.stop(drain_timeout=1.0)
         assert sn._conn.closed
+
+
+async def _commit_view_walk_update_remove(sn: RemoteSnapshotter) -> None:
+    """The rest of the snapshot life cycle, from the active snapshot ``work``."""
+    await sn.commit("layer1", "work", labels={"layer": "1"})
+    committed = await sn.stat("layer1")
+    assert committed.kind is Kind.COMMITTED
+    assert committed.labels["layer"] == "1"
+    with pytest.raises(errdefs.NotFound):
+        await sn.stat("work")  # an active snapshot is gone once committed
+
+    child = await sn.prepare("child", "layer1")
+    assert (await sn.stat("child")).parent == "layer1"
+    with open(os.path.join(child[0].source, "hello"), "rb") as f:  # native copies the parent
+        assert len(f.read()) == 10000
+    view = await sn.view("ro", "layer1")
+    assert "ro" in view[0].options
+    assert (await sn.stat("ro")).kind is Kind.VIEW
+
+    names = {i.name: i.kind async for i in sn.walk()}
+    assert names == {"layer1": Kind.COMMITTED, "child": Kind.ACTIVE, "ro": Kind.VIEW}
+    assert [i.name async for i in sn.walk("kind==committed")] == ["layer1"]
+
+    updated = await sn.update(dataclasses.replace(committed, labels={"extra": "yes"}), "labels.extra")
+    assert updated.labels["extra"] == "yes"
+    assert updated.labels["layer"] == "1"
+
+    with pytest.raises(errdefs.FailedPrecondition):
+        await sn.remove("layer1")  # has children
+    for key in ("child", "ro", "layer1"):
+        await sn.remove(key)
+    assert [i async for i in sn.walk()] == []
+    with pytest.raises(errdefs.NotFound, match="does not exist"):
+        await sn.stat("layer1")
+    with pytest.raises(errdefs.Unimplemented):  # containerd 1.6's snapshotters have no Cleanup
+        await sn.cleanup()
 
 
 async def test_unreachable_snapshotter_is_unavailable_naming_the_address() -> None:
@@ -114,7 +130,8 @@ async def test_unreachable_snapshotter_is_unavailable_naming_the_address() -> No
         await daemon.start()
         try:
             p = daemon.plugins.get("io.containerd.snapshotter.v1.native")
-            assert p is not None and p.ok
+            assert p is not None
+            assert p.ok
             with pytest.raises(errdefs.Unavailable, match=f"unix://{gone}"):
                 await p.instance.stat("x")
         finally:

@@ -221,7 +221,8 @@ def test_a_team_a_client_cannot_reach_team_b_under_isolated(authz_daemon: Daemon
         d, [["ns.list", "default"], ["content.list", "team-b"], ["content.read", "team-b", digest(SECRET)]]
     )
     assert root[0] == ["OK", ["team-a", "team-a-ci", "team-b"]]
-    assert root[1] == ["OK", [digest(SECRET)]] and root[2] == ["OK", SECRET]
+    assert root[1] == ["OK", [digest(SECRET)]]
+    assert root[2] == ["OK", SECRET]
     labels = run_sync(lambda: _labels(d.socket, "team-b"))
     assert "containerd.io/namespace.shareable" not in labels
     assert len(denial_lines(d)) == 9
@@ -304,21 +305,27 @@ def test_ctr_as_a_non_root_user(authz_daemon: DaemonProc) -> None:
     ingest = ctr(TEAM_A_UID, "team-a", "content", "ingest", "ctr-ref", stdin="from ctr")
     assert ingest.returncode == 0, ingest.stderr
     ok = ctr(TEAM_A_UID, "team-a", "content", "ls", "-q")
-    assert ok.returncode == 0 and ok.stdout.split() == [digest("from ctr")], ok.stderr
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split() == [digest("from ctr")], ok.stderr
     denied = ctr(TEAM_A_UID, "team-b", "content", "ls")
     assert denied.returncode != 0
     assert 'namespace "team-b" is not permitted: permission denied' in denied.stderr
     shareable = "containerd.io/namespace.shareable=true"
     label = ctr(TEAM_A_UID, "team-a", "namespaces", "label", "team-b", shareable)
-    assert label.returncode != 0 and "permission denied" in label.stderr
+    assert label.returncode != 0
+    assert "permission denied" in label.stderr
     ls = ctr(TEAM_A_UID, "team-a", "namespaces", "ls", "-q")
-    assert ls.returncode == 0 and ls.stdout.split() == ["team-a"]
+    assert ls.returncode == 0
+    assert ls.stdout.split() == ["team-a"]
     version = ctr(STRANGER_UID, "team-a", "version")
-    assert version.returncode == 0 and "Server:" in version.stdout
+    assert version.returncode == 0
+    assert "Server:" in version.stdout
     stranger = ctr(STRANGER_UID, "team-a", "content", "ls")
-    assert stranger.returncode != 0 and "no authorization principal matches" in stranger.stderr
+    assert stranger.returncode != 0
+    assert "no authorization principal matches" in stranger.stderr
     root = ctr(0, "team-b", "content", "ls")
-    assert root.returncode == 0 and digest(SECRET) in root.stdout
+    assert root.returncode == 0
+    assert digest(SECRET) in root.stdout
 
 
 # -- TLS ---------------------------------------------------------------------------------------

@@ -117,12 +117,15 @@ def test_authorization_is_off_by_default_and_parsed(tmp_path: Path) -> None:
         )
     )
     auth = cfg.authorization
-    assert auth.enabled and len(auth.principals) == 2
-    assert auth.principals[0].uids == [1000] and auth.principals[0].manage_namespaces is False
+    assert auth.enabled
+    assert len(auth.principals) == 2
+    assert auth.principals[0].uids == [1000]
+    assert auth.principals[0].manage_namespaces is False
     policy = auth.policy(superusers=(0, 5))
     assert [p.name for p in policy.principals] == ["team-a", "#2"]
     assert policy.superusers == frozenset({0, 5})
-    assert policy.principals[1].manage_namespaces and policy.principals[1].tls_subjects == {"ci.example"}
+    assert policy.principals[1].manage_namespaces
+    assert policy.principals[1].tls_subjects == {"ci.example"}
 
 
 CONTAINERD_ONLY = """
@@ -174,7 +177,8 @@ def test_containerd_only_keys_are_accepted_and_logged(
     caplog.set_level(logging.INFO, logger="ctrd.config")
     path = write(tmp_path / "containerd.toml", base(tmp_path) + CONTAINERD_ONLY)
     cfg = load(path)
-    assert cfg.debug.level == "info" and cfg.debug.format == "json"
+    assert cfg.debug.level == "info"
+    assert cfg.debug.format == "json"
     assert cfg.grpc.address == "/run/containerd/containerd.sock"
     # unknown plugin sections are kept for the daemon (which only warns about them)
     assert set(cfg.plugins) == {"io.containerd.grpc.v1.cri", "io.containerd.gc.v1.scheduler"}
@@ -378,7 +382,8 @@ def test_section_for_unregistered_uri_only_warns(daemon: Launcher) -> None:
         '[plugins."io.containerd.snapshotter.v1.overlayfs"]\nroot_path = "/x"\n'
     )
     log = d.log()
-    assert "io.containerd.snapshotter.v1.overlayfs" in log and "names no registered plugin" in log
+    assert "io.containerd.snapshotter.v1.overlayfs" in log
+    assert "names no registered plugin" in log
     assert "disabled plugin io.containerd.snapshotter.v1.btrfs is not registered" in log
     assert "level=warning" in log
 
@@ -432,7 +437,8 @@ def test_config_default_is_complete_commented_and_loads(daemon: Launcher) -> Non
     assert data["authorization"] == {"enabled": False}
     assert "# [[authorization.principals]]" in text  # an example, commented out
     cfg = from_mapping(data)
-    assert cfg.root == data["root"] and cfg.grpc.address == data["grpc"]["address"]
+    assert cfg.root == data["root"]
+    assert cfg.grpc.address == data["grpc"]["address"]
     # and the default file really boots a daemon (paths moved by flags)
     tmp = daemon.tmpdir()
     (tmp / "config.toml").write_text(text)
@@ -495,7 +501,8 @@ def test_config_dump_reflects_merged_values_and_overrides(daemon: Launcher) -> N
     ]
     # the dump is itself a valid config
     again = from_mapping(data)
-    assert again.grpc.max_recv_message_size == 4096 and again.root == "/tmp/flag-root"
+    assert again.grpc.max_recv_message_size == 4096
+    assert again.root == "/tmp/flag-root"
     assert again.authorization == load(tmp / "main.toml").authorization
 
 

@@ -127,11 +127,18 @@ async def test_init_failure_is_recorded_not_fatal(tmp_path: Path) -> None:
     d = Daemon(make_config(tmp_path), [log.reg(A, "bad", fail=boom), log.reg(B, "good")])
     await d.load_plugins()
     bad, good = d.plugins.get("io.t.a.v1.bad"), d.plugins.get("io.t.b.v1.good")
-    assert bad is not None and good is not None
-    assert bad.error is boom and bad.instance is None and not bad.ok and not bad.skipped
-    assert good.ok and good.instance is not None
+    assert bad is not None
+    assert good is not None
+    assert bad.error is boom
+    assert bad.instance is None
+    assert not bad.ok
+    assert not bad.skipped
+    assert good.ok
+    assert good.instance is not None
     st = init_err(bad)
-    assert st is not None and st.code == Status.UNKNOWN.value and st.message == "boom"
+    assert st is not None
+    assert st.code == Status.UNKNOWN.value
+    assert st.message == "boom"
     assert init_err(good) is None
     await d.close_plugins()
     assert log.closes() == ["io.t.b.v1.good"]  # a failed plugin has nothing to close
@@ -142,7 +149,10 @@ async def test_skip_plugin_is_recorded_as_skipped(tmp_path: Path) -> None:
     d = Daemon(make_config(tmp_path), [log.reg(A, "skipper", fail=SkipPlugin("not on this host"))])
     await d.load_plugins()
     p = d.plugins.get("io.t.a.v1.skipper")
-    assert p is not None and p.skipped and not p.ok and p.instance is None
+    assert p is not None
+    assert p.skipped
+    assert not p.ok
+    assert p.instance is None
     st = init_err(p)
     assert st is not None
     assert st.code == 2  # what ctr shows as "skip" (with the message below)
@@ -168,10 +178,12 @@ async def test_failure_propagates_to_dependants_naming_the_type(tmp_path: Path) 
         assert isinstance(p.error, errdefs.FailedPrecondition)
         assert str(p.error) == f"no working plugin of required type {lacked}: failed precondition"
         st = init_err(p)
-        assert st is not None and st.code == Status.FAILED_PRECONDITION.value
+        assert st is not None
+        assert st.code == Status.FAILED_PRECONDITION.value
         assert lacked in st.message
     indep = d.plugins.get("io.t.d.v1.indep")
-    assert indep is not None and indep.ok
+    assert indep is not None
+    assert indep.ok
 
 
 async def test_skipped_only_provider_fails_dependant(tmp_path: Path) -> None:
@@ -179,7 +191,8 @@ async def test_skipped_only_provider_fails_dependant(tmp_path: Path) -> None:
     d = Daemon(make_config(tmp_path), [log.reg(A, "skip", fail=SkipPlugin("no")), log.reg(B, "user", A)])
     await d.load_plugins()
     user = d.plugins.get("io.t.b.v1.user")
-    assert user is not None and not user.ok
+    assert user is not None
+    assert not user.ok
     assert A in str(user.error)
 
 
@@ -189,7 +202,8 @@ async def test_one_working_provider_is_enough(tmp_path: Path) -> None:
     d = Daemon(make_config(tmp_path), regs)
     await d.load_plugins()
     user = d.plugins.get("io.t.b.v1.user")
-    assert user is not None and user.ok
+    assert user is not None
+    assert user.ok
 
 
 async def test_requirement_on_absent_type_does_not_fail(tmp_path: Path) -> None:
@@ -197,7 +211,8 @@ async def test_requirement_on_absent_type_does_not_fail(tmp_path: Path) -> None:
     d = Daemon(make_config(tmp_path), [log.reg(A, "a", "io.nobody.v1")])
     await d.load_plugins()
     p = d.plugins.get("io.t.a.v1.a")
-    assert p is not None and p.ok
+    assert p is not None
+    assert p.ok
 
 
 async def test_star_plugin_loads_when_others_fail(tmp_path: Path) -> None:
@@ -211,7 +226,8 @@ async def test_star_plugin_loads_when_others_fail(tmp_path: Path) -> None:
     d = Daemon(make_config(tmp_path), regs)
     await d.load_plugins()
     star = d.plugins.get("io.t.d.v1.introspection")
-    assert star is not None and star.ok
+    assert star is not None
+    assert star.ok
     assert [p.uri for p in d.plugins][-1] == "io.t.d.v1.introspection"
     assert log.inits()[-1] == "io.t.d.v1.introspection"
 
@@ -315,8 +331,10 @@ async def test_plugin_config_is_validated_and_passed(tmp_path: Path) -> None:
     d = Daemon(cfg, [log.reg(A, "a", config=_Model), log.reg(B, "b", config=_Model)])
     await d.load_plugins()
     a, b = d.plugins.get("io.t.a.v1.a"), d.plugins.get("io.t.b.v1.b")
-    assert a is not None and b is not None
-    assert a.instance.cfg == _Model(size=7) and a.config == _Model(size=7)
+    assert a is not None
+    assert b is not None
+    assert a.instance.cfg == _Model(size=7)
+    assert a.config == _Model(size=7)
     assert b.instance.cfg == _Model()  # defaults when no section
 
 
@@ -369,9 +387,11 @@ async def test_plugin_dirs_are_root_and_state_per_uri(tmp_path: Path) -> None:
     await d.load_plugins()
     assert seen["root"] == tmp_path / "root" / "io.t.a.v1.dirs"
     assert seen["state"] == tmp_path / "state" / "io.t.a.v1.dirs"
-    assert seen["root"].is_dir() and seen["state"].is_dir()
+    assert seen["root"].is_dir()
+    assert seen["state"].is_dir()
     p = d.plugins.get("io.t.a.v1.dirs")
-    assert p is not None and p.exports == {"root": str(tmp_path / "root" / "io.t.a.v1.dirs")}
+    assert p is not None
+    assert p.exports == {"root": str(tmp_path / "root" / "io.t.a.v1.dirs")}
 
 
 async def test_in_process_start_serve_stop() -> None:

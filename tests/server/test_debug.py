@@ -76,7 +76,8 @@ async def test_vars() -> None:
     assert v["rss_bytes"] > 1 << 20
     assert v["peak_rss_bytes"] >= v["rss_bytes"]
     assert len(v["gc"]["counts"]) == 3
-    assert len(v["gc"]["generations"]) == 3 and "collections" in v["gc"]["generations"][0]
+    assert len(v["gc"]["generations"]) == 3
+    assert "collections" in v["gc"]["generations"][0]
     assert v["open_fds"] > 3
     assert v["threads"] >= 1
     assert v["asyncio_tasks"] >= 1
@@ -90,12 +91,14 @@ async def test_vars() -> None:
 async def test_pprof_index_and_cmdline() -> None:
     async with client() as c:
         resp = await c.get("/debug/pprof/")
-        assert resp.status == 200 and resp.content_type == "text/html"
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
         page = await resp.text()
         for name in ("cmdline", "profile?seconds=30", "goroutine", "heap"):
             assert f'href="/debug/pprof/{name}"' in page
         resp = await c.get("/debug/pprof", allow_redirects=False)
-        assert resp.status == 301 and resp.headers["Location"] == "/debug/pprof/"
+        assert resp.status == 301
+        assert resp.headers["Location"] == "/debug/pprof/"
         resp = await c.get("/debug/pprof/cmdline")
         assert (await resp.text()).split("\x00") == sys.orig_argv
         resp = await c.get("/debug/pprof/threadcreate")
@@ -121,7 +124,8 @@ async def test_goroutine_dump_has_tasks_and_threads() -> None:
         await started.wait()
         async with client() as c:
             resp = await c.get("/debug/pprof/goroutine")
-            assert resp.status == 200 and resp.content_type == "text/plain"
+            assert resp.status == 200
+            assert resp.content_type == "text/plain"
             text = await resp.text()
     finally:
         task.cancel()
@@ -173,7 +177,8 @@ async def test_profile_collapsed_stacks_without_blocking_the_loop() -> None:
             req = asyncio.ensure_future(c.get("/debug/pprof/profile?seconds=0.5"))
             lag = await _max_loop_lag(req)
             resp = await req
-            assert resp.status == 200 and resp.content_type == "text/plain"
+            assert resp.status == 200
+            assert resp.content_type == "text/plain"
             text = await resp.text()
     assert lag < 0.2
     assert int(resp.headers["X-Ctrd-Samples"]) > 20
@@ -182,7 +187,8 @@ async def test_profile_collapsed_stacks_without_blocking_the_loop() -> None:
     for line in lines:
         assert re.fullmatch(r"thread [^;]+(;[^;]+)+ \d+", line), line
     burner = [ln for ln in lines if ln.startswith("thread burner;")]
-    assert burner and all(";_burn (" in ln for ln in burner)
+    assert burner
+    assert all(";_burn (" in ln for ln in burner)
     assert sum(int(ln.rsplit(" ", 1)[1]) for ln in burner) > 20
     # the loop waiting in select() is idle: left out by default
     assert not any("select (selectors.py:" in ln for ln in lines)
@@ -201,7 +207,10 @@ async def test_profile_pstats_and_idle() -> None:
     burn = [k for k in stats if k[2] == "_burn"]
     assert burn
     _cc, nc, tt, ct, callers = stats[burn[0]]
-    assert nc > 0 and tt > 0 and ct >= tt and callers
+    assert nc > 0
+    assert tt > 0
+    assert ct >= tt
+    assert callers
     path = Path(f"/tmp/ctrd-test-{os.getpid()}.pstats")
     try:
         path.write_bytes(raw)
@@ -349,7 +358,8 @@ def test_debug_on_a_unix_socket_and_metrics_on_tcp(daemon: Launcher) -> None:
     ) in text.splitlines()
 
     status, headers, body = get(dbg, "/debug/vars")
-    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
     v = json.loads(body)
     assert v["pid"] == d.pid
     assert v["cmdline"][-4:] == ["--config", str(d.config_path), "--address", d.socket]
@@ -362,9 +372,11 @@ def test_debug_on_a_unix_socket_and_metrics_on_tcp(daemon: Launcher) -> None:
     assert "task 'Task-1' (Daemon.run):" in body.decode()
     assert "thread 'MainThread'" in body.decode()
     status, _, body = get(dbg, "/debug/pprof/heap?seconds=0.1")
-    assert status == 200 and body.startswith(b"allocations made during 0.1 s of tracing")
+    assert status == 200
+    assert body.startswith(b"allocations made during 0.1 s of tracing")
     status, _, body = get(dbg, "/debug/pprof/")
-    assert status == 200 and b'href="/debug/pprof/goroutine"' in body
+    assert status == 200
+    assert b'href="/debug/pprof/goroutine"' in body
 
     d.stop()
     assert not os.path.exists(dbg)  # removed at shutdown
@@ -404,7 +416,8 @@ def test_profile_during_load_and_daemon_keeps_serving(daemon: Launcher) -> None:
     text = body.decode()
     assert int(headers["X-Ctrd-Samples"]) > 100
     lines = text.splitlines()
-    assert lines and all(re.fullmatch(r"thread [^;]+(;[^;]+)+ \d+", ln) for ln in lines)
+    assert lines
+    assert all(re.fullmatch(r"thread [^;]+(;[^;]+)+ \d+", ln) for ln in lines)
     # the loop thread was caught serving gRPC calls (where it releases the GIL: see docs/metrics.md)
     serving = ("(grpclib/", "GrpcListener._serve (ctrd/wire/server.py")
     assert any(ln.startswith("thread MainThread;") and any(s in ln for s in serving) for ln in lines), text

@@ -155,7 +155,8 @@ async def test_every_registered_method_is_preinitialised_at_zero() -> None:
     async with running() as r:
         m = await r.scrape()
         methods = {path: h.cardinality for s in r.daemon.servables() for path, h in s.__mapping__().items()}
-        assert f"/{CONTENT}/Info" in methods and WRITE_PATH in methods
+        assert f"/{CONTENT}/Info" in methods
+        assert WRITE_PATH in methods
         for path, card in methods.items():
             _, service, method = path.split("/")
             t = GRPC_TYPES[card]
@@ -615,7 +616,8 @@ def test_ctr_content_get_missing_counts_not_found_info(daemon: Launcher) -> None
     url = f"http://{d.wait_for_log(METRICS_ADDR.pattern).group(1)}/v1/metrics"
     before = _scrape_url(url)
     res = run_ctr(d.socket, "content", "get", MISSING)
-    assert res.returncode != 0 and "not found" in res.stderr
+    assert res.returncode != 0
+    assert "not found" in res.stderr
     d_ = delta(before, _scrape_url(url))
     assert d_[handled("Info", "NotFound")] == 1.0
     assert d_[grpc("grpc_server_started_total", "Info")] == 1.0

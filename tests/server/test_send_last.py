@@ -162,13 +162,16 @@ async def test_one_chunk_read_is_one_write(spy: Spy) -> None:
         before = await r.scrape()
         async with channel(path=r.sock) as ch:
             replies = await read(ch, dgst)
-            assert chunks(replies) == [(0, 3000)] and replies[0].data == data
+            assert chunks(replies) == [(0, 3000)]
+            assert replies[0].data == data
             # a range inside the blob: still one message, offsets relative to the request
             replies = await read(ch, dgst, offset=1000, size=500)
-            assert chunks(replies) == [(0, 500)] and replies[0].data == data[1000:1500]
+            assert chunks(replies) == [(0, 500)]
+            assert replies[0].data == data[1000:1500]
             # to the end from an offset
             replies = await read(ch, dgst, offset=2999)
-            assert chunks(replies) == [(0, 1)] and replies[0].data == data[2999:]
+            assert chunks(replies) == [(0, 1)]
+            assert replies[0].data == data[2999:]
         d = delta(before, await r.scrape())
     assert spy.results == [True, True, True]
     # headers, DATA and trailers in one transport write, nothing after them on that call
@@ -279,8 +282,10 @@ async def test_send_message_listener_takes_grpclibs_path(spy: Spy) -> None:
         bytes(content_api.ReadContentResponse(offset=0, data=data)),
         bytes(content_api.ReadContentResponse(offset=0, data=data[10:30])),
     ]
-    assert observed == direct and observed_range == direct_range
-    assert observed[0].data == data and observed_range[0].data == data[10:30]
+    assert observed == direct
+    assert observed_range == direct_range
+    assert observed[0].data == data
+    assert observed_range[0].data == data[10:30]
     assert all(n >= 3 for n in spy.writes_since_send_last()[2:])  # headers, data and trailers apart
     assert sent(d) == 2.0
     assert d[handled("Read", "OK", "server_stream")] == 2.0
@@ -306,9 +311,11 @@ async def test_message_over_the_clients_frame_size(spy: Spy) -> None:
 
             h2c.receive_data = receive_data  # type: ignore[method-assign,assignment]
             replies = await read(ch, dgst)
-            assert chunks(replies) == [(0, size)] and replies[0].data == data
+            assert chunks(replies) == [(0, size)]
+            assert replies[0].data == data
             again = await read(ch, dgst, offset=1, size=size - 2)
-            assert chunks(again) == [(0, size - 2)] and again[0].data == data[1:-1]
+            assert chunks(again) == [(0, size - 2)]
+            assert again[0].data == data[1:-1]
     assert spy.results == [True, True]
     assert spy.writes_since_send_last() == [1, 1]
     # grpc prefix (5) + protobuf tag and length (1 + 3) + data, in frames of at most 16 KiB
@@ -332,10 +339,12 @@ async def test_small_client_window_sizes_the_replies(spy: Spy, size: int) -> Non
     assert b"".join(m.data for m in replies) == data
     pos = 0
     for offset, length in chunks(replies):
-        assert offset == pos and 0 < length <= window - 64
+        assert offset == pos
+        assert 0 < length <= window - 64
         pos += length
     assert len(replies) >= -(-size // (window - 64))
-    assert chunks(small) == [(0, 30 * KiB)] and small[0].data == data[5 : 5 + 30 * KiB]
+    assert chunks(small) == [(0, 30 * KiB)]
+    assert small[0].data == data[5 : 5 + 30 * KiB]
     # the last reply of each call leaves with the trailers in one write
     assert spy.results == [True, True]
     assert spy.writes_since_send_last() == [1, 1]
@@ -355,13 +364,16 @@ async def test_connections_remember_repeated_header_blocks(spy: Spy) -> None:
             for _ in range(4):
                 assert (await read(ch, dgst))[0].data == data
             client = ch._protocol.connection._connection  # type: ignore[union-attr]
-    assert type(client.encoder) is _MemoEncoder and type(client.decoder) is _MemoDecoder
+    assert type(client.encoder) is _MemoEncoder
+    assert type(client.decoder) is _MemoDecoder
     assert client.encoder._memo  # the request headers (no grpc-timeout: the same list each time)
     assert client.decoder._memo  # the reply's headers
     server = spy.connections[-1]
     assert all(c is server for c in spy.connections)
-    assert type(server.encoder) is _MemoEncoder and type(server.decoder) is _MemoDecoder
-    assert server.decoder._memo and server.encoder._memo
+    assert type(server.encoder) is _MemoEncoder
+    assert type(server.decoder) is _MemoDecoder
+    assert server.decoder._memo
+    assert server.encoder._memo
     assert spy.results == [True] * 4
 
 
@@ -436,7 +448,8 @@ async def test_commit_replies_and_trailers_in_one_write(spy: Spy) -> None:
     W = content_api.WriteAction
     assert [m.action for m in replies] == [W.STAT, W.WRITE, W.COMMIT, W.COMMIT]
     assert replies[2] == replies[3]
-    assert replies[2].offset == len(data) and replies[2].digest == dgst
+    assert replies[2].offset == len(data)
+    assert replies[2].digest == dgst
     assert write_sent(d) == 4.0
     assert d[handled("Write", "OK", "bidi_stream")] == 1.0
 
@@ -459,6 +472,8 @@ async def test_commit_replies_through_grpclib_with_a_listener() -> None:
             observed = await write_stream(ch, "observed", blob(2000, seed=7))
         d = delta(before, await r.scrape())
     assert [m.action for m in observed] == [m.action for m in direct]
-    assert observed[2] == observed[3] and observed[2].digest == digest(blob(2000, seed=7))
-    assert len(seen) == 4 and seen[2] == seen[3]  # the listener saw both commit replies
+    assert observed[2] == observed[3]
+    assert observed[2].digest == digest(blob(2000, seed=7))
+    assert len(seen) == 4
+    assert seen[2] == seen[3]
     assert write_sent(d) == 4.0

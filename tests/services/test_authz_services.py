@@ -102,7 +102,8 @@ async def test_namespaces_list_get_and_changes_for_a_restricted_principal(connec
         listed = await stub.list(ns_api.ListNamespacesRequest())
         assert [n.name for n in listed.namespaces] == ["team-a", "team-a-ci"]
         got = await stub.get(ns_api.GetNamespaceRequest(name="team-a"))
-        assert got.namespace is not None and got.namespace.labels == {"k": "v"}
+        assert got.namespace is not None
+        assert got.namespace.labels == {"k": "v"}
         assert await status_of(stub.get(ns_api.GetNamespaceRequest(name="team-b"))) is G.PERMISSION_DENIED
         # the shareable-label attack: no namespace label may be set without manage_namespaces
         in_a = ns_api.NamespacesStub(ch, metadata=md("team-a"))
@@ -117,7 +118,8 @@ async def test_namespaces_list_get_and_changes_for_a_restricted_principal(connec
         assert await status_of(in_a.create(create)) is G.PERMISSION_DENIED
         delete = ns_api.DeleteNamespaceRequest(name="team-a-ci")
         assert await status_of(in_a.delete(delete)) is G.PERMISSION_DENIED
-    assert world.store.calls == [] and world.publisher.events == []  # nothing reached the store
+    assert world.store.calls == []
+    assert world.publisher.events == []
     assert world.denied("containerd.services.namespaces.v1.Namespaces", "Update") == 2
     assert world.denied("containerd.services.namespaces.v1.Namespaces", "Get") == 1
     assert world.handled("containerd.services.namespaces.v1.Namespaces", "Get", "PermissionDenied") == 1

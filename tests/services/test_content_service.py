@@ -286,7 +286,8 @@ async def test_info_not_found_and_namespace_isolation(stub: api.ContentStub, sto
     assert err.status is G.NOT_FOUND
     assert err.message == f"content digest {d}: not found"
     resp = await stub.info(api.InfoRequest(digest=d), metadata={namespaces.GRPC_HEADER: "other"})
-    assert resp.info is not None and resp.info.size == 5
+    assert resp.info is not None
+    assert resp.info.size == 5
 
 
 async def test_info_without_namespace(channel: Channel, store: FakeStore) -> None:
@@ -310,7 +311,8 @@ async def test_update_replaces_all(stub: api.ContentStub, store: FakeStore, path
     resp = await stub.update(_update(d, {"new": "3"}, paths))
     assert resp.info is not None
     assert resp.info.labels == {"new": "3"}
-    assert resp.info.updated_at is not None and resp.info.updated_at.tzinfo is not None
+    assert resp.info.updated_at is not None
+    assert resp.info.updated_at.tzinfo is not None
     assert store.blobs[NS][d].labels == {"new": "3"}
 
 
@@ -340,7 +342,8 @@ async def test_update_oversize_label(stub: api.ContentStub, store: FakeStore) ->
     )
     # exactly 4096 is fine; an oversize label outside the mask is not applied, so not checked
     ok = await stub.update(_update(d, {"k": "v" * 4095, "big": "x" * 5000}, ["labels.k"]))
-    assert ok.info is not None and set(ok.info.labels) == {"k"}
+    assert ok.info is not None
+    assert set(ok.info.labels) == {"k"}
 
 
 async def test_update_errors(stub: api.ContentStub, store: FakeStore) -> None:
@@ -396,7 +399,8 @@ async def test_delete_publishes_event(
     assert len(publisher.events) == 1
     ns, topic, event = publisher.events[0]
     assert (ns, topic) == (NS, "/content/delete")
-    assert isinstance(event, ContentDelete) and event.digest == d
+    assert isinstance(event, ContentDelete)
+    assert event.digest == d
     err = await _error(stub.info(api.InfoRequest(digest=d)))
     assert err.status is G.NOT_FOUND
 
@@ -524,7 +528,8 @@ async def test_status(stub: api.ContentStub, store: FakeStore, channel: Channel)
     st = resp.status
     assert st is not None
     assert (st.ref, st.offset, st.total, st.expected) == ("r1", 3, 10, "")
-    assert st.started_at is not None and st.started_at.tzinfo is dt.UTC
+    assert st.started_at is not None
+    assert st.started_at.tzinfo is dt.UTC
     assert st.updated_at is not None
 
 
@@ -542,7 +547,8 @@ async def test_status_never_reveals_paths(stub: api.ContentStub, store: FakeStor
     store.status_error = FileNotFoundError(2, "No such file or directory", "/var/lib/ctrd/secret")
     err = await _error(stub.status(api.StatusRequest(ref="x")))
     assert err.status is G.UNKNOWN
-    assert err.message is not None and "/var/lib" not in err.message
+    assert err.message is not None
+    assert "/var/lib" not in err.message
     store.status_error = errdefs.Unavailable("busy")
     err = await _error(stub.status(api.StatusRequest(ref='a"b')))
     assert err.status is G.UNAVAILABLE
@@ -590,10 +596,12 @@ async def test_write_ctr_sequence(channel: Channel, store: FakeStore) -> None:
     assert [r.action for r in replies] == [STAT_A, STAT_A, WRITE_A, WRITE_A, COMMIT_A, COMMIT_A]
     assert [r.offset for r in replies] == [0, 0, MIB, len(data), len(data), len(data)]
     assert replies[0].digest == EMPTY_SHA256
-    assert replies[3].digest == d and replies[4].digest == d
+    assert replies[3].digest == d
+    assert replies[4].digest == d
     # the response message is reused: STAT's fields stay in later replies
     started = replies[0].started_at
-    assert started is not None and started.tzinfo is dt.UTC
+    assert started is not None
+    assert started.tzinfo is dt.UTC
     assert all(r.started_at == started for r in replies)
     assert all(r.total == 0 for r in replies)
     # the commit reply is pumped once more
@@ -634,7 +642,8 @@ async def test_write_stat_fields_and_total(channel: Channel, store: FakeStore) -
     assert [r.total for r in replies] == [10, 10, 10, 20, 20, 20]
     assert replies[2].digest == sha256_of(b"abc")
     assert replies[2].offset == 3
-    assert replies[2].updated_at is not None and replies[0].updated_at is not None
+    assert replies[2].updated_at is not None
+    assert replies[0].updated_at is not None
     assert replies[2].updated_at >= replies[0].updated_at
     # half-close without commit: the last reply is pumped; the ingest stays
     assert replies[-1].action == STAT_A
@@ -726,7 +735,8 @@ async def test_write_expected_exists_later_message(channel: Channel, store: Fake
     data = b"payload"
     d = sha256_of(data)
     replies, err = await exchange(channel, [_stat(ref="l"), _write(data=data)])
-    assert err is None and len(replies) == 3
+    assert err is None
+    assert len(replies) == 3
     calls = store.info_calls
     # the same blob gets committed elsewhere meanwhile; COMMIT carries expected
     store.add(data)
@@ -771,7 +781,8 @@ async def test_write_commit_oversize_label(channel: Channel, store: FakeStore) -
     )
     assert err is not None
     assert err.status is G.INVALID_ARGUMENT
-    assert err.message is not None and err.message.startswith("info.Labels: label key and value length")
+    assert err.message is not None
+    assert err.message.startswith("info.Labels: label key and value length")
     assert store.commits == []
     assert "big" in store.ingests[NS]
 
@@ -805,7 +816,8 @@ async def test_write_commit_failure_keeps_ingest(channel: Channel, store: FakeSt
     assert err.status is G.FAILED_PRECONDITION
     assert err.message == f"unexpected commit digest {sha256_of(b'abc')}, expected {bad}: failed precondition"
     assert [r.action for r in replies] == [WRITE_A]
-    assert "bad" in store.ingests[NS] and not store.ingests[NS]["bad"].locked
+    assert "bad" in store.ingests[NS]
+    assert not store.ingests[NS]["bad"].locked
 
 
 async def test_write_commit_already_exists(channel: Channel, store: FakeStore) -> None:
@@ -861,7 +873,8 @@ async def _hold(channel: Channel, ref: str, data: bytes) -> Any:
     await stream.send_request()
     await stream.send_message(_write(ref=ref, data=data))
     reply = await stream.recv_message()
-    assert reply is not None and reply.offset == len(data)
+    assert reply is not None
+    assert reply.offset == len(data)
     return stream
 
 
@@ -905,7 +918,8 @@ async def test_write_live_holder_fails_at_once_even_with_slow_close(
     first = await _hold(channel, "live", b"abc")
     try:
         _, err = await exchange(channel, [_stat(ref="live")])
-        assert err is not None and err.status is G.UNAVAILABLE
+        assert err is not None
+        assert err.status is G.UNAVAILABLE
         assert err.message == "ref live locked: unavailable"
         await first.end()
         assert [m.offset async for m in first] == [3]
@@ -922,7 +936,8 @@ async def test_write_wait_for_release_is_bounded(
     try:
         await first.end()
         _, err = await exchange(channel, [_stat(ref="stuck")])
-        assert err is not None and err.status is G.UNAVAILABLE
+        assert err is not None
+        assert err.status is G.UNAVAILABLE
         assert err.message == "ref stuck locked: unavailable"
         assert store.closed_writers == 0
         assert [m.offset async for m in first] == [3]  # the first call ends once closed
@@ -987,10 +1002,13 @@ def test_convert_round_trip_and_utc() -> None:
     )
     msg = convert.info_to_proto(info)
     assert msg.created_at == dt.datetime(2024, 1, 1, 10, tzinfo=dt.UTC)
-    assert msg.created_at is not None and msg.created_at.tzinfo is dt.UTC
+    assert msg.created_at is not None
+    assert msg.created_at.tzinfo is dt.UTC
     assert msg.updated_at == dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     back = convert.info_from_proto(api.Info.parse(bytes(msg)))
-    assert back.digest == info.digest and back.labels == {"a": "b"} and back.size == 3
+    assert back.digest == info.digest
+    assert back.labels == {"a": "b"}
+    assert back.size == 3
     assert back.created_at.tzinfo is not None
     empty = convert.info_from_proto(api.Info(digest="d"))
     assert empty.created_at == convert.EPOCH
@@ -1009,7 +1027,8 @@ def test_pack_event_bare_type_url() -> None:
     assert anyv.value == bytes(ev)
     assert pack_event(anyv) is anyv
     back = unpack_event(anyv)
-    assert isinstance(back, ContentDelete) and back.digest == ev.digest
+    assert isinstance(back, ContentDelete)
+    assert back.digest == ev.digest
     assert type_url(ContentDelete) == "containerd.events.ContentDelete"
     with pytest.raises(TypeError):
         type_url(FakeStore)  # type: ignore[arg-type]
@@ -1044,7 +1063,8 @@ async def test_early_ack_ctr_sequence(early: Channel, store: FakeStore) -> None:
     # WRITE replies go out before the chunk is hashed: no digest; STAT and COMMIT carry it
     assert [r.digest for r in replies[1:4]] == ["", "", ""]
     assert replies[0].digest == EMPTY_SHA256
-    assert replies[4].digest == d and replies[5].digest == d
+    assert replies[4].digest == d
+    assert replies[5].digest == d
     assert store.blobs[NS][d].data == data
 
 
@@ -1061,7 +1081,8 @@ async def test_early_ack_failed_write_fails_the_next_reply(early: Channel, store
         ],
     )
     assert [(r.action, r.offset) for r in replies] == [(STAT_A, 0), (WRITE_A, MIB), (WRITE_A, 2 * MIB)]
-    assert err is not None and err.status is G.RESOURCE_EXHAUSTED, err
+    assert err is not None, err
+    assert err.status is G.RESOURCE_EXHAUSTED, err
     assert err.message == "write to ref: no space left on device: resource exhausted"
     assert store.blobs[NS] == {}
     assert len(store.ingests[NS]["e2"].data) == MIB  # what really reached the disk
@@ -1073,7 +1094,8 @@ async def test_early_ack_failed_last_write_fails_the_stream(early: Channel, stor
     replies, err = await exchange(early, [_stat(ref="e3"), _write(data=b"abc")])
     assert [(r.action, r.offset) for r in replies] == [(STAT_A, 0), (WRITE_A, 3)]
     # the half-close waits for the chunk: its failure is the stream's status, not a pumped reply
-    assert err is not None and err.status is G.RESOURCE_EXHAUSTED, err
+    assert err is not None, err
+    assert err.status is G.RESOURCE_EXHAUSTED, err
     assert len(store.ingests[NS]["e3"].data) == 0
 
 
@@ -1082,7 +1104,8 @@ async def test_early_ack_truncate_and_out_of_range_still_checked(early: Channel,
         early, [_write(ref="e4", data=b"abcd"), _write(offset=0, data=b"xy"), _write(offset=9, data=b"z")]
     )
     assert [r.offset for r in replies] == [4, 2]
-    assert err is not None and err.status is G.OUT_OF_RANGE
+    assert err is not None
+    assert err.status is G.OUT_OF_RANGE
     assert bytes(store.ingests[NS]["e4"].data) == b"xy"
 
 
@@ -1101,7 +1124,8 @@ async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, s
     # replies lag behind the sends, by at most PIPELINE WRITEs
     assert 6 * MIB - PIPELINE * MIB <= w.offset < 6 * MIB
     await w.flush()
-    assert w.offset == 6 * MIB and w.digest() == d
+    assert w.offset == 6 * MIB
+    assert w.digest() == d
     await w.commit(len(data), d)
     assert store.blobs[NS][d].data == data
 
@@ -1109,10 +1133,14 @@ async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, s
     store.fail_writes_after = MIB
     w = RemoteWriter(channel, "pipe-fail", MD, pipeline=PIPELINE)
     await w.open(0, "")
-    with pytest.raises(errdefs.ResourceExhausted):
+
+    async def write_all() -> None:
         for i in range(4):
             await w.write(memoryview(data)[i * MIB : (i + 1) * MIB])
         await w.flush()
+
+    with pytest.raises(errdefs.ResourceExhausted):
+        await write_all()
     assert w.closed
     with pytest.raises(errdefs.FailedPrecondition):
         await w.write(b"more")

@@ -114,14 +114,17 @@ def test_payload_from_any() -> None:
     assert known.type_url == "containerd.events.ContentDelete"
     raw = payload_from_any(known)
     assert raw == RawEvent("containerd.events.ContentDelete", known.value)
-    assert raw is not None and raw.decoded == ContentDelete(digest="sha256:1")
+    assert raw is not None
+    assert raw.decoded == ContentDelete(digest="sha256:1")
     prefixed = pb.Any(type_url=GOOGLE_PREFIX + "containerd.events.ContentDelete", value=known.value)
     raw = payload_from_any(prefixed)
-    assert raw is not None and raw.type_url == prefixed.type_url  # kept as sent
+    assert raw is not None
+    assert raw.type_url == prefixed.type_url
     assert raw.decoded == ContentDelete(digest="sha256:1")
     unknown = pb.Any(type_url="example.com/Thing", value=b"\x08\x01")
     raw = payload_from_any(unknown)
-    assert raw == RawEvent("example.com/Thing", b"\x08\x01") and raw.decoded is None
+    assert raw == RawEvent("example.com/Thing", b"\x08\x01")
+    assert raw.decoded is None
     assert payload_from_any(None) is None
 
 
@@ -164,13 +167,15 @@ async def test_publish_and_subscribe(channel: Channel, stub: api.EventsStub, exc
         assert e1.event is not None
         assert e1.event == known  # passed on unchanged, as containerd does
         assert unpack_event(e1.event) == ContentDelete(digest="sha256:abc")
-        assert e1.timestamp is not None and before <= e1.timestamp <= _dt.datetime.now(_dt.UTC)
+        assert e1.timestamp is not None
+        assert before <= e1.timestamp <= _dt.datetime.now(_dt.UTC)
         e2 = await sub.next()
         assert (e2.namespace, e2.topic) == ("other", "/custom/thing")
         assert e2.event is not None
         assert (e2.event.type_url, e2.event.value) == ("example.com/Custom", b"opaque")  # passed through
         e3 = await sub.next()
-        assert e3.topic == "/no/payload" and e3.event is None
+        assert e3.topic == "/no/payload"
+        assert e3.event is None
 
 
 async def test_subscribe_filters(channel: Channel, stub: api.EventsStub, exchange: Exchange) -> None:
@@ -190,10 +195,12 @@ async def test_subscribe_filters(channel: Channel, stub: api.EventsStub, exchang
             api.PublishRequest(topic="/namespaces/create", event=pack_event(NamespaceCreate("n")))
         )
         e = await by_digest.next()
-        assert e.event is not None and unpack_event(e.event) == ContentDelete("sha256:1")
+        assert e.event is not None
+        assert unpack_event(e.event) == ContentDelete("sha256:1")
         assert [(await ored.next()).topic for _ in range(2)] == ["/x/y", "/namespaces/create"]
         await asyncio.sleep(0.05)
-        assert by_digest.empty() and ored.empty()
+        assert by_digest.empty()
+        assert ored.empty()
 
 
 async def test_subscribe_bad_filter(stub: api.EventsStub, exchange: Exchange) -> None:
@@ -244,7 +251,8 @@ async def test_forward(channel: Channel, stub: api.EventsStub, exchange: Exchang
         await stub.forward(api.ForwardRequest(envelope=env))
         got = await sub.next()
         assert (got.timestamp, got.namespace, got.topic) == (ts, "elsewhere", "/fwd/ed")
-        assert got.event is not None and unpack_event(got.event) == ContentDelete("sha256:f")
+        assert got.event is not None
+        assert unpack_event(got.event) == ContentDelete("sha256:f")
     for bad, message in [
         (api.Envelope(namespace="ns", topic="/t"), "timestamp must be set on forwarded event"),
         (api.Envelope(timestamp=ts, namespace="", topic="/t"), "event envelope has invalid namespace"),
@@ -263,7 +271,8 @@ def test_envelope_to_proto_skips_unencodable() -> None:
     ts = _dt.datetime.now(_dt.UTC)
     assert envelope_to_proto(Envelope(ts, "ns", "/t", object())) is None
     msg = envelope_to_proto(Envelope(ts, "ns", "/t", RawEvent("a.B", b"x")))
-    assert msg is not None and msg.event == pb.Any(type_url="a.B", value=b"x")
+    assert msg is not None
+    assert msg.event == pb.Any(type_url="a.B", value=b"x")
 
 
 # -- end to end: the built-in services publish through the exchange plugin -----------------------
@@ -320,9 +329,11 @@ async def test_daemon_publishes_namespace_and_content_events() -> None:
                 ("evns", "/namespaces/delete"),  # in the deleted namespace
             ]
             payloads = [unpack_event(e.event) for e in got if e.event is not None]
-            assert got[0].event is not None and got[0].event.type_url == "containerd.events.NamespaceCreate"
+            assert got[0].event is not None
+            assert got[0].event.type_url == "containerd.events.NamespaceCreate"
             assert payloads[2] == ContentCreate(digest=d, size=len(data))
-            assert got[2].event is not None and got[2].event.type_url == "containerd.events.ContentCreate"
+            assert got[2].event is not None
+            assert got[2].event.type_url == "containerd.events.ContentCreate"
             assert payloads[3] == ContentDelete(digest=d)
             await asyncio.sleep(0.05)
             assert sub.empty()

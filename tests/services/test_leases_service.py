@@ -19,7 +19,13 @@ from ctrd.api.containerd.services.leases import v1 as api
 from ctrd.client import RemoteContentStore
 from ctrd.content import sha256_of, write_blob
 from ctrd.content.local import LocalStore
-from ctrd.metadata import DB, NamespacedContentStore, SharingPolicy, SqliteLeaseStore
+from ctrd.metadata import (
+    DB,
+    CollectingLeaseManager,
+    NamespacedContentStore,
+    SharingPolicy,
+    SqliteLeaseStore,
+)
 from ctrd.services.content import ContentService
 from ctrd.services.leases import LeasesService
 
@@ -74,7 +80,8 @@ async def test_create_with_id_and_labels(env: Env) -> None:
     assert lease is not None
     assert lease.id == "L"
     assert lease.labels == {"foo": "bar", GC_EXPIRE: "2030-01-01T00:00:00Z"}
-    assert lease.created_at is not None and lease.created_at.tzinfo is not None
+    assert lease.created_at is not None
+    assert lease.created_at.tzinfo is not None
     assert before - _dt.timedelta(seconds=1) <= lease.created_at <= _dt.datetime.now(_dt.UTC)
 
 
@@ -123,7 +130,8 @@ async def test_list_filters(env: Env) -> None:
     assert await ids("labels.foo==bar") == ["L"]
     assert await ids("id==forever", "labels.foo") == ["L", "forever"]
     listed = (await env.stub.list(api.ListRequest(filters=["id==L"]))).leases[0]
-    assert listed.labels == {"foo": "bar"} and listed.created_at is not None
+    assert listed.labels == {"foo": "bar"}
+    assert listed.created_at is not None
     err = await grpc_error(env.stub.list(api.ListRequest(filters=["id=="])))
     assert err.status is G.INVALID_ARGUMENT
 
@@ -137,7 +145,7 @@ async def test_delete(env: Env) -> None:
     assert err.message == 'lease "nosuch": not found'
 
 
-async def test_delete_sync_waits_for_gc(env: Env) -> None:
+async def test_delete_sync_waits_for_gc(serve: Serve, env: Env) -> None:
     done = asyncio.Event()
 
     async def collector() -> object:
@@ -145,14 +153,15 @@ async def test_delete_sync_waits_for_gc(env: Env) -> None:
         done.set()
         return None
 
-    env.leases.collector = collector
-    await env.stub.create(api.CreateRequest(id="L"))
-    await env.stub.delete(api.DeleteRequest(id="L", sync=True))
-    assert done.is_set()
-    done.clear()
-    await env.stub.create(api.CreateRequest(id="M"))
-    await env.stub.delete(api.DeleteRequest(id="M"))  # not sync: no collection awaited
-    assert not done.is_set()
+    async with serve(LeasesService(CollectingLeaseManager(env.leases, collector))) as ch:
+        stub = api.LeasesStub(ch, metadata=MD)
+        await stub.create(api.CreateRequest(id="L"))
+        await stub.delete(api.DeleteRequest(id="L", sync=True))
+        assert done.is_set()
+        done.clear()
+        await stub.create(api.CreateRequest(id="M"))
+        await stub.delete(api.DeleteRequest(id="M"))  # not sync: no collection awaited
+        assert not done.is_set()
 
 
 async def test_resources(env: Env) -> None:
@@ -207,12 +216,16 @@ async def test_content_leased_over_grpc(env: Env) -> None:
         await write_blob(env.remote, "test-1", data, total=11, expected=d)
     assert await env.resources("lease-1") == [("content", d)]
     await env.stub.create(api.CreateRequest(id="lease-2"))
-    with namespaces.with_lease("lease-2"), pytest.raises(errdefs.AlreadyExists):
+
+    async def open_and_status() -> None:
         w = await env.remote.writer("test-2", 11, d)
         try:
             await w.status()  # the server answers the first message
         finally:
             await w.close()
+
+    with namespaces.with_lease("lease-2"), pytest.raises(errdefs.AlreadyExists):
+        await open_and_status()
     assert await env.resources("lease-2") == [("content", d)]
 
 

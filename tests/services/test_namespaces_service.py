@@ -181,7 +181,8 @@ async def test_create_invalid_name(
     err = await _error(stub.create(_create(name)))
     assert err.status is G.INVALID_ARGUMENT
     assert err.message == message
-    assert store.calls == [] and publisher.events == []
+    assert store.calls == []
+    assert publisher.events == []
 
 
 async def test_create_missing_namespace_message(stub: api.NamespacesStub) -> None:
@@ -253,13 +254,15 @@ async def test_update_invalid_path(
     err = await _error(stub.update(_update("nsb", {"foo": "bar"}, ["labels.foo", path])))
     assert err.status is G.INVALID_ARGUMENT
     assert err.message == f'cannot update "{path}" field: invalid argument'
-    assert store.calls == [] and publisher.events == []
+    assert store.calls == []
+    assert publisher.events == []
 
 
 async def test_update_oversize_label(stub: api.NamespacesStub, store: FakeNamespaces) -> None:
     err = await _error(stub.update(_update("nsb", {"k": "v" * 5000}, ["labels.k"])))
     assert err.status is G.INVALID_ARGUMENT
-    assert err.message is not None and err.message.startswith("namespace.Labels: label key and value length")
+    assert err.message is not None
+    assert err.message.startswith("namespace.Labels: label key and value length")
     err = await _error(stub.update(_update("nsb", {"k": "v" * 5000}, None)))
     assert err.status is G.INVALID_ARGUMENT
     assert store.calls == []
@@ -282,7 +285,8 @@ async def test_delete(bare: api.NamespacesStub, store: FakeNamespaces, publisher
     assert len(publisher.events) == 1
     ns, topic, event = publisher.events[0]
     assert (ns, topic) == ("evns", "/namespaces/delete")
-    assert isinstance(event, NamespaceDelete) and event.name == "evns"
+    assert isinstance(event, NamespaceDelete)
+    assert event.name == "evns"
 
 
 async def test_delete_errors(

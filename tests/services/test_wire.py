@@ -51,7 +51,8 @@ def test_write_request(req: api.WriteContentRequest) -> None:
 def test_write_request_unknown_fields_and_action() -> None:
     data = bytes(api.WriteContentRequest(ref="r")) + b"\x08\x07" + b"\x98\x06\x01" + b"\xa2\x06\x02hi"
     raw = codecs.RawWriteRequest.FromString(data)
-    assert int(raw.action) == 7 and raw.ref == "r"
+    assert int(raw.action) == 7
+    assert raw.ref == "r"
 
 
 @pytest.mark.parametrize("bad", [b"\x0a\x05ab", b"\x08", b"\x0b", b"\x12\x02\xff\xfe"])

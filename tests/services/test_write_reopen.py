@@ -49,14 +49,16 @@ async def test_reopen_right_after_half_close(daemon: Callable[..., Any], early_a
                     api.WriteContentRequest(action=api.WriteAction.WRITE, ref=ref, data=data[:half])
                 )
                 reply = await first.recv_message()
-                assert reply is not None and reply.offset == half
+                assert reply is not None
+                assert reply.offset == half
                 await first.end()  # half-close; its last reply and trailers are read later
 
                 second = await stack.enter_async_context(_open(channel))
                 await second.send_request()
                 await second.send_message(api.WriteContentRequest(action=api.WriteAction.STAT, ref=ref))
                 stat = await second.recv_message()  # UNAVAILABLE "ref ... locked" before the fix
-                assert stat is not None and stat.offset == half, f"round {i}"
+                assert stat is not None, f"round {i}"
+                assert stat.offset == half, f"round {i}"
                 await second.send_message(
                     api.WriteContentRequest(
                         action=api.WriteAction.COMMIT,

@@ -1,6 +1,9 @@
 """Content store interfaces: what every content store implementation provides.
 
-Three implementations satisfy :class:`Store`: the local blob store
+containerd's roles, each a small protocol: :class:`Provider` (read),
+:class:`InfoProvider` and :class:`Manager` (committed blobs), :class:`IngestManager`
+(ingests in progress) and :class:`Ingester` (writers); :class:`Store` is their
+composition. Three implementations satisfy :class:`Store`: the local blob store
 (:mod:`ctrd.content.local`, no namespaces, no labels), the namespaced metadata
 store (:mod:`ctrd.metadata`), and the remote store speaking containerd's
 Content gRPC service (:mod:`ctrd.client`). One conformance suite
@@ -17,7 +20,12 @@ from typing import NamedTuple, Protocol, runtime_checkable
 __all__ = [
     "CommitChecker",
     "Info",
+    "InfoProvider",
     "InfoRecord",
+    "IngestManager",
+    "Ingester",
+    "Manager",
+    "Provider",
     "ReaderAt",
     "RecordWalker",
     "Status",
@@ -120,12 +128,26 @@ class Writer(Protocol):
 
 
 @runtime_checkable
-class Store(Protocol):
-    """Full content store: provider, ingester and manager in one."""
+class Provider(Protocol):
+    """Reads committed blobs (containerd's ``content.Provider``)."""
+
+    async def reader_at(self, dgst: str) -> ReaderAt:
+        """Open the blob for reading. :raises errdefs.NotFound:"""
+        ...
+
+
+@runtime_checkable
+class InfoProvider(Protocol):
+    """Tells about committed blobs (containerd's ``content.InfoProvider``)."""
 
     async def info(self, dgst: str) -> Info:
         """Return the blob's info. :raises errdefs.NotFound:"""
         ...
+
+
+@runtime_checkable
+class Manager(InfoProvider, Protocol):
+    """Manages committed blobs: info, labels, listing, deletion (containerd's ``content.Manager``)."""
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         """Update mutable fields (labels). :raises errdefs.NotFound, errdefs.InvalidArgument:"""
@@ -139,9 +161,10 @@ class Store(Protocol):
         """Remove the blob. :raises errdefs.NotFound:"""
         ...
 
-    async def reader_at(self, dgst: str) -> ReaderAt:
-        """Open the blob for reading. :raises errdefs.NotFound:"""
-        ...
+
+@runtime_checkable
+class IngestManager(Protocol):
+    """Manages ingests in progress (containerd's ``content.IngestManager``)."""
 
     async def status(self, ref: str) -> Status:
         """Status of an ingest. :raises errdefs.NotFound:"""
@@ -155,6 +178,11 @@ class Store(Protocol):
         """Remove an ingest. :raises errdefs.NotFound:"""
         ...
 
+
+@runtime_checkable
+class Ingester(Protocol):
+    """Opens writers (containerd's ``content.Ingester``)."""
+
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> Writer:
         """Open (or resume) the ingest *ref*.
 
@@ -163,6 +191,16 @@ class Store(Protocol):
         :raises errdefs.AlreadyExists: *expected* is committed already.
         """
         ...
+
+
+@runtime_checkable
+class Store(Manager, Provider, IngestManager, Ingester, Protocol):
+    """Full content store: the four roles in one (containerd's ``content.Store``).
+
+    Code that needs less takes the narrowest role: :class:`Provider` to read,
+    :class:`Ingester` to write, :class:`Manager` / :class:`InfoProvider` for
+    committed blobs' metadata, :class:`IngestManager` for ingests.
+    """
 
 
 @runtime_checkable

@@ -1,9 +1,11 @@
-"""Free functions over the content :class:`~ctrd.content.Store` roles.
+"""Free functions over the content store roles.
 
 Ports of containerd's ``content/helpers.go``: :func:`open_writer`
 (``content.OpenWriter``), :func:`write_blob` (``content.WriteBlob``),
 :func:`copy` (``content.Copy``) and :func:`read_blob` (``content.ReadBlob``).
-They work with any store implementation (local, metadata, remote).
+Each takes the narrowest role it needs (:class:`~ctrd.content.Ingester` to
+write, :class:`~ctrd.content.Provider` to read), so they work with any store
+implementation (local, metadata, remote) and with anything that plays the role.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterable, Mapping
 from typing import Final, TypeAlias
 
 from ctrd import errdefs
-from ctrd.content._store import ReaderAt, Store, Writer
+from ctrd.content._store import Ingester, Provider, ReaderAt, Writer
 
 __all__ = ["CHUNK_SIZE", "Chunk", "Source", "copy", "open_writer", "read_blob", "write_blob"]
 
@@ -38,12 +40,13 @@ Source: TypeAlias = Chunk | ReaderAt | AsyncIterable[Chunk]
 
 
 async def open_writer(
-    store: Store,
+    store: Ingester,
     ref: str,
     total: int = 0,
     expected: str = "",
     *,
-    timeout: float | None = 10.0,
+    # bounds the retries only, and the store's last Unavailable is raised (not a TimeoutError)
+    timeout: float | None = 10.0,  # noqa: ASYNC109
 ) -> Writer:
     """Open a writer, retrying while the ref is locked by another writer.
 
@@ -74,7 +77,7 @@ async def open_writer(
 
 
 async def write_blob(
-    store: Store,
+    store: Ingester,
     ref: str,
     data: bytes | bytearray | memoryview,
     *,
@@ -179,7 +182,7 @@ async def _copy_stream(
         )
 
 
-async def read_blob(store: Store, dgst: str) -> bytes:
+async def read_blob(store: Provider, dgst: str) -> bytes:
     """Read the whole blob *dgst* into memory (containerd ``content.ReadBlob``).
 
     Only for blobs known to be small: the result holds the entire blob.

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ctrd.plugin import InitContext, Registration, types
+
+if TYPE_CHECKING:
+    from ctrd.content.local import LocalStore
 
 __all__ = ["LocalContentConfig", "local"]
 
@@ -22,10 +27,10 @@ class LocalContentConfig(BaseModel):
     )
 
 
-async def _init(ic: InitContext) -> object:
+async def _init(ic: InitContext[LocalContentConfig]) -> LocalStore:
     from ctrd.content.local import LocalStore
 
-    cfg = ic.config if isinstance(ic.config, LocalContentConfig) else LocalContentConfig()
+    cfg = ic.config
     root = ic.root
     ic.exports["root"] = str(root)
     return LocalStore(root, direct_write=cfg.direct_write)

@@ -81,7 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("filters", nargs="*", help="filters, e.g. type==io.containerd.grpc.v1")
     _format(p)
 
-    verbs = _group(sub, "namespaces", "manage namespaces")
+    _namespaces(_group(sub, "namespaces", "manage namespaces"))
+    _content(_group(sub, "content", "manage content"))
+    _leases(_group(sub, "leases", "manage leases"))
+
+    p = sub.add_parser("events", help="print events until interrupted", description="Stream events.")
+    p.set_defaults(command="events")
+    p.add_argument("filters", nargs="*", help="filters, e.g. topic~=/content/ or namespace==x")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="text (as ctr) or JSON lines")
+
+    p = sub.add_parser("completion", help="print a shell completion script", description="Completion.")
+    p.set_defaults(command="completion")
+    p.add_argument("shell", choices=["bash", "zsh"])
+    return parser
+
+
+def _namespaces(verbs: Any) -> None:
     p = _verb(verbs, "create", "create a namespace", "namespaces")
     p.add_argument("name")
     p.add_argument("labels", nargs="*", metavar="KEY=VALUE")
@@ -95,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "rm", "remove namespaces (they must hold no content)", "namespaces")
     p.add_argument("names", nargs="+", metavar="NAME")
 
-    verbs = _group(sub, "content", "manage content")
+
+def _content(verbs: Any) -> None:
     p = _verb(verbs, "ingest", "upload a blob from stdin or a file (resumes an interrupted ref)", "content")
     p.add_argument("ref")
     p.add_argument("-f", "--file", help="read this file instead of stdin")
@@ -126,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "abort", "drop ingests in progress", "content")
     p.add_argument("refs", nargs="+", metavar="REF")
 
-    verbs = _group(sub, "leases", "manage leases")
+
+def _leases(verbs: Any) -> None:
     p = _verb(verbs, "create", "create a lease; prints its id", "leases")
     p.add_argument("--id", help="the lease id (default: chosen by the daemon)")
     p.add_argument("-x", "--expires", default="24h", help="expire after this long; 0: never (default: 24h)")
@@ -139,13 +156,3 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "rm", "delete leases", "leases")
     p.add_argument("--sync", action="store_true", help="wait for the garbage collection")
     p.add_argument("ids", nargs="+", metavar="ID")
-
-    p = sub.add_parser("events", help="print events until interrupted", description="Stream events.")
-    p.set_defaults(command="events")
-    p.add_argument("filters", nargs="*", help="filters, e.g. topic~=/content/ or namespace==x")
-    p.add_argument("--format", choices=["text", "json"], default="text", help="text (as ctr) or JSON lines")
-
-    p = sub.add_parser("completion", help="print a shell completion script", description="Completion.")
-    p.set_defaults(command="completion")
-    p.add_argument("shell", choices=["bash", "zsh"])
-    return parser

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ctrd.plugin import InitContext, Registration, types
+
+if TYPE_CHECKING:
+    from ctrd.events.exchange import Exchange
 
 __all__ = ["ExchangeConfig", "exchange"]
 
@@ -22,10 +27,10 @@ class ExchangeConfig(BaseModel):
     )
 
 
-async def _init(ic: InitContext) -> object:
+async def _init(ic: InitContext[ExchangeConfig]) -> Exchange:
     from ctrd.events.exchange import Exchange
 
-    cfg = ic.config if isinstance(ic.config, ExchangeConfig) else ExchangeConfig()
+    cfg = ic.config
     return Exchange(queue_size=cfg.subscriber_queue_size)
 
 

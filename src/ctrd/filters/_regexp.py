@@ -317,28 +317,10 @@ class _GoSyntax:
                     j += 1
             return j
         elif c == "x" and j < len(p):
-            if p[j] == "{":  # \x{h...}: one or more hex digits, at most U+10FFFF
-                j += 1
-                value = 0
-                digits = 0
-                while j < len(p):
-                    d = p[j]
-                    j += 1
-                    if d == "}":
-                        if digits:
-                            return j
-                        break
-                    if d not in _HEX_DIGITS:
-                        break
-                    value = value * 16 + int(d, 16)
-                    if value > _MAX_RUNE:
-                        break
-                    digits += 1
-            else:  # \xhh: exactly two hex digits
-                two = p[j : j + 2]
-                if len(two) == 2 and all(d in _HEX_DIGITS for d in two):
-                    return j + 2
-                j += len(two)
+            end = _hex_escape_end(p, j)
+            if end > 0:
+                return end
+            j = -end
         elif c in _C_ESCAPES:
             return j
         raise _RegexpError("invalid escape sequence", p[i:j])
@@ -503,3 +485,31 @@ def compile_regexp(pattern: str) -> Regexp:
     except re2.error as exc:
         raise _re2_error(pattern, exc) from None
     return Regexp(pattern, compiled)
+
+
+def _hex_escape_end(p: str, j: int) -> int:
+    """Where a ``\\x`` escape whose argument starts at ``p[j]`` ends, or minus the index of the
+    character that makes it invalid: ``\\x{h...}`` (one or more hex digits, at most U+10FFFF)
+    or ``\\xhh`` (exactly two hex digits)."""
+    if p[j] != "{":
+        two = p[j : j + 2]
+        if len(two) == 2 and all(d in _HEX_DIGITS for d in two):
+            return j + 2
+        return -(j + len(two))
+    j += 1
+    value = 0
+    digits = 0
+    while j < len(p):
+        d = p[j]
+        j += 1
+        if d == "}":
+            if digits:
+                return j
+            break
+        if d not in _HEX_DIGITS:
+            break
+        value = value * 16 + int(d, 16)
+        if value > _MAX_RUNE:
+            break
+        digits += 1
+    return -j

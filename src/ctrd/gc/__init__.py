@@ -9,6 +9,6 @@ store) is :mod:`ctrd.metadata.gc`; this package decides *when* it runs
 from __future__ import annotations
 
 from ctrd.gc.duration import DurationError, format_duration, parse_duration
-from ctrd.gc.scheduler import GCScheduler
+from ctrd.gc.scheduler import GCScheduler, Scheduler
 
-__all__ = ["DurationError", "GCScheduler", "format_duration", "parse_duration"]
+__all__ = ["DurationError", "GCScheduler", "Scheduler", "format_duration", "parse_duration"]

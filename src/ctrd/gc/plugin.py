@@ -10,22 +10,28 @@ Config (containerd's names and defaults)::
       startup_delay = "100ms"     # Go duration: first collection after start
 
 Exports, as containerd: ``PauseThreshold``, ``DeletionThreshold``,
-``MutationThreshold``, ``ScheduleDelay``, ``StartupDelay``. The instance is the
-:class:`ctrd.gc.scheduler.GCScheduler` (with the collector as ``.collector``);
-init wires the metadata store's deletion hooks to it, and the lease store's
-``collector`` (used by ``Leases.Delete`` with ``sync=true``) to
+``MutationThreshold``, ``ScheduleDelay``, ``StartupDelay``. The plugin requires
+the metadata type; the metadata plugin's instance must be a
+:class:`ctrd.metadata.GarbageCollection`: the scheduler runs that store's own
+collector, reads its mutation counter and registers itself as its deletion
+observer. The instance is the :class:`ctrd.gc.scheduler.GCScheduler`, a
+:class:`ctrd.gc.Scheduler`: the leases-service plugin makes ``Leases.Delete``
+with ``sync=true`` wait on its
 :meth:`~ctrd.gc.scheduler.GCScheduler.schedule_and_wait`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ctrd.gc.duration import DurationError, format_duration, parse_duration
 from ctrd.plugin import InitContext, Registration, types
+
+if TYPE_CHECKING:
+    from ctrd.gc.scheduler import GCScheduler
 
 __all__ = ["SchedulerConfig", "scheduler"]
 
@@ -98,33 +104,22 @@ def _go_float(v: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-async def _init(ic: InitContext) -> object:
+async def _init(ic: InitContext[SchedulerConfig]) -> GCScheduler:
     from ctrd.gc.scheduler import GCScheduler
-    from ctrd.metadata.gc import GarbageCollector
-    from ctrd.metadata.plugin import MetadataInstance
+    from ctrd.metadata import GarbageCollection
 
     cfg = ic.config
-    assert isinstance(cfg, SchedulerConfig)
-    md = ic.get_single(types.METADATA, MetadataInstance)
-    content = md.content
-    collector = GarbageCollector(md.db, content.backend, content.gate)
-    db = md.db
+    md = ic.get_single(types.METADATA, GarbageCollection)
     sched = GCScheduler(
-        collector.collect,
-        lambda: int(db.mutations),
+        md.collector.collect,
+        md.mutations,
         pause_threshold=cfg.pause_threshold,
         deletion_threshold=cfg.deletion_threshold,
         mutation_threshold=cfg.mutation_threshold,
         schedule_delay=cfg.schedule_delay_s,
         startup_delay=cfg.startup_delay_s,
     )
-    sched.collector = collector
-    _chain_on_delete(content, sched.notify_deletion)
-    leases = getattr(md, "leases", None)
-    if leases is not None:
-        leases.collector = sched.schedule_and_wait
-        if hasattr(leases, "on_delete"):
-            leases.on_delete = sched.notify_deletion_async
+    md.observe_deletions(sched.notify_deletion)
     ic.exports.update(
         {
             "PauseThreshold": _go_float(sched.pause_threshold),
@@ -136,22 +131,6 @@ async def _init(ic: InitContext) -> object:
     )
     sched.start()
     return sched
-
-
-def _chain_on_delete(content: Any, hook: Any) -> None:
-    """Set ``content.on_delete`` to *hook*, keeping a hook someone set before."""
-    prev = getattr(content, "on_delete", None)
-    if prev is None:
-        content.on_delete = hook
-        return
-
-    def both(*args: Any) -> None:
-        try:
-            prev(*args)
-        finally:
-            hook(*args)
-
-    content.on_delete = both
 
 
 scheduler = Registration(

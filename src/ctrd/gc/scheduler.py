@@ -4,8 +4,9 @@ One background task runs the collector; nothing else ever waits for a
 collection except :meth:`GCScheduler.schedule_and_wait`. Triggers:
 
 * **start-up**: one collection ``startup_delay`` after :meth:`GCScheduler.start`;
-* **deletions** (:meth:`GCScheduler.notify_deletion`, wired to content and lease
-  deletes): with ``deletion_threshold == 0`` any deletion asks for a collection
+* **deletions** (:meth:`GCScheduler.notify_deletion`, registered as the metadata
+  store's deletion observer: content and lease deletes): with
+  ``deletion_threshold == 0`` any deletion asks for a collection
   ``schedule_delay`` after it, but not before the pause limit allows (below);
   with ``deletion_threshold = n > 0``, *n* deletions since the last collection
   ask for one ``schedule_delay`` after the n-th, regardless of the pause limit
@@ -39,11 +40,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ctrd import errdefs
 
-__all__ = ["GCScheduler", "Stats"]
+__all__ = ["GCScheduler", "Scheduler", "Stats"]
 
 log = logging.getLogger("ctrd.gc")
 
@@ -63,6 +64,15 @@ class Stats(Protocol):
     @property
     def bytes(self) -> int:
         """Bytes freed in the backend store."""
+        ...
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """What other plugins use of an ``io.containerd.gc.v1`` plugin (containerd's ``gc.Scheduler``)."""
+
+    async def schedule_and_wait(self) -> Any:
+        """Ask for a collection; return its stats once one that started after the call finished."""
         ...
 
 
@@ -116,8 +126,6 @@ class GCScheduler:
         self.freed_bytes = 0
         self.last_stats: Any = None
         self.running = False
-        #: the collector object behind *collect*, if the creator wants it reachable (metrics, tests)
-        self.collector: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -158,10 +166,6 @@ class GCScheduler:
         ):
             self._threshold_at = now
         self._wake.set()
-
-    async def notify_deletion_async(self) -> None:
-        """:meth:`notify_deletion` for hooks that are awaited (the lease store's ``on_delete``)."""
-        self.notify_deletion()
 
     async def schedule_and_wait(self) -> Any:
         """Ask for a collection and return its stats (one that starts after this call).

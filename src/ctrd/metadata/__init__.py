@@ -5,17 +5,34 @@ Never imports grpclib, aiohttp, betterproto2 or :mod:`ctrd.api`.
 
 from __future__ import annotations
 
-from ctrd.metadata._types import NamespaceStore
+from ctrd.metadata._types import (
+    Collector,
+    CommitGuard,
+    CommitObserver,
+    ContentHooks,
+    DeletionObserver,
+    GarbageCollection,
+    MetadataStores,
+    NamespaceStore,
+)
 from ctrd.metadata.content import NamespacedContentStore, SharingStats
 from ctrd.metadata.db import DB
-from ctrd.metadata.leases import Lease, LeaseManager, Resource, SqliteLeaseStore
+from ctrd.metadata.leases import CollectingLeaseManager, Lease, LeaseManager, Resource, SqliteLeaseStore
 from ctrd.metadata.namespaces import SqliteNamespaceStore
 from ctrd.metadata.policy import SharingPolicy
 
 __all__ = [
     "DB",
+    "CollectingLeaseManager",
+    "Collector",
+    "CommitGuard",
+    "CommitObserver",
+    "ContentHooks",
+    "DeletionObserver",
+    "GarbageCollection",
     "Lease",
     "LeaseManager",
+    "MetadataStores",
     "NamespaceStore",
     "NamespacedContentStore",
     "Resource",

@@ -32,15 +32,16 @@ import dataclasses
 import datetime as _dt
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final
 
 from ctrd import _aio, _faults, errdefs, filters, limits, namespaces
 from ctrd import labels as _labels
 from ctrd.content import Info, InfoRecord, ReaderAt, Status, Store, Writer, utcnow
 from ctrd.content import digest as _digest
-from ctrd.metadata import _leases
+from ctrd.metadata import _lease_refs
 from ctrd.metadata._gate import BlobGate
+from ctrd.metadata._types import CommitGuard, CommitObserver, DeletionObserver
 from ctrd.metadata.db import DB, Tx, from_us, labels_from_json, labels_to_json, to_us
 from ctrd.metadata.policy import SharingPolicy
 
@@ -247,8 +248,8 @@ class NamespacedContentStore:
         backend: Store,
         policy: SharingPolicy = SharingPolicy.SHARED,
         *,
-        on_delete: Callable[[], None] | None = None,
-        on_commit: Callable[[str, str, int], Awaitable[None]] | None = None,
+        on_delete: DeletionObserver | None = None,
+        on_commit: CommitObserver | None = None,
     ) -> None:
         self._db = db
         self._info_cache: dict[tuple[str, str], tuple[int, Info]] = {}
@@ -258,13 +259,28 @@ class NamespacedContentStore:
         self.policy = policy
         self.stats = SharingStats()
         self.content_stats = ContentStats()
-        #: called after each successful delete (settable: the GC scheduler plugs in here)
-        self.on_delete = on_delete
+        self._on_delete: list[DeletionObserver] = [] if on_delete is None else [on_delete]
+        self._on_commit: list[CommitObserver] = [] if on_commit is None else [on_commit]
+        self._guards: list[CommitGuard] = []
         #: shared with the garbage collector (see :mod:`ctrd.metadata._gate`)
         self.gate = BlobGate()
-        #: awaited with (namespace, digest, size) after a commit admitted a new blob into a
-        #: namespace (not on AlreadyExists); the content gRPC plugin publishes /content/create
-        self.on_commit = on_commit
+
+    # -- hooks (:class:`ctrd.metadata.ContentHooks`) -----------------------------------------
+
+    def observe_deletions(self, callback: DeletionObserver) -> None:
+        """Call *callback* after each successful :meth:`delete` (the GC scheduler counts them)."""
+        self._on_delete.append(callback)
+
+    def observe_commits(self, callback: CommitObserver) -> None:
+        """Await *callback* with ``(namespace, digest, size)`` after a commit admitted a new blob
+        into a namespace (not on ``AlreadyExists``); the content gRPC plugin publishes
+        ``/content/create`` this way. Its errors are logged."""
+        self._on_commit.append(callback)
+
+    def guard_commits(self, guard: CommitGuard) -> None:
+        """Enter *guard* around every commit (see :data:`ctrd.metadata.CommitGuard`); an error
+        on entering refuses the commit and keeps the ingest. Guards nest in registration order."""
+        self._guards.append(guard)
 
     @property
     def backend(self) -> Store:
@@ -428,7 +444,7 @@ class NamespacedContentStore:
 
         As in containerd, the file goes at the next collection once no namespace
         holds the digest and no shared writer expects it (:mod:`ctrd.metadata.gc`);
-        :attr:`on_delete` tells the scheduler a collection is due.
+        the deletion observers (:meth:`observe_deletions`) tell the scheduler a collection is due.
         """
         ns = namespaces.required()
         _digest.validate(dgst)
@@ -437,11 +453,14 @@ class NamespacedContentStore:
             n = await tx.run("DELETE FROM blobs WHERE namespace = ? AND digest = ?", (ns, dgst))
             if n == 0:
                 raise errdefs.NotFound(f"content digest {dgst}")
-            await _leases.remove_resource(tx, ns, lease, "content", dgst)
+            await _lease_refs.remove_resource(tx, ns, lease, "content", dgst)
             _faults.point("metadata.delete.in_tx")
         _faults.point("metadata.delete.after_tx")
-        if self.on_delete is not None:
-            self.on_delete()
+        for observe in self._on_delete:
+            try:
+                observe()
+            except Exception:
+                log.warning("deletion hook failed for %s in %s", dgst, ns, exc_info=True)
 
     async def reader_at(self, dgst: str) -> ReaderAt:
         await self.info(dgst)
@@ -501,7 +520,7 @@ class NamespacedContentStore:
             if row is None:
                 raise errdefs.NotFound(f"reference {limits.echo(ref)}")
             await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref))
-            await _leases.remove_resource(tx, ns, lease, "ingests", ref)
+            await _lease_refs.remove_resource(tx, ns, lease, "ingests", ref)
             if not row[1]:
                 with contextlib.suppress(errdefs.NotFound):
                     await self._backend.abort(str(row[0]))
@@ -569,11 +588,11 @@ class NamespacedContentStore:
         self, tx: Tx, ns: str, ref: str, total: int, expected: str, lease: str | None, now: _dt.datetime
     ) -> _Opened:
         """The transaction of :meth:`_open`; holds the backend ref in the gate as its last step."""
-        await _leases.check_lease(tx, ns, lease)
+        await _lease_refs.check_lease(tx, ns, lease)
         if expected:
             hit = await tx.one("SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, expected))
             if hit is not None:
-                await _leases.add_resource(tx, ns, lease, "content", expected)
+                await _lease_refs.add_resource(tx, ns, lease, "content", expected)
                 return _Opened(exists=True)
         shared_size = -1
         if expected and (
@@ -606,7 +625,7 @@ class NamespacedContentStore:
             "expires_at = excluded.expires_at",
             (ns, ref, bref, expected if shared else "", max(shared_size, 0), to_us(now), expires),
         )
-        lease_added = await _leases.add_resource(tx, ns, lease, "ingests", ref)
+        lease_added = await _lease_refs.add_resource(tx, ns, lease, "ingests", ref)
         if shared:
             return _Opened(bref=bref, shared_size=shared_size)
         undo = _UndoOpen(
@@ -643,7 +662,7 @@ class NamespacedContentStore:
                         (*undo.previous, ns, ref, bref),
                     )
                 if undo.lease is not None:
-                    await _leases.remove_resource(tx, ns, undo.lease, "ingests", ref)
+                    await _lease_refs.remove_resource(tx, ns, undo.lease, "ingests", ref)
                 if undo.ns_created:
                     await tx.run(_DELETE_UNUSED_NAMESPACE, (ns,) * 5)
         except errdefs.Error as exc:
@@ -666,10 +685,16 @@ class NamespacedContentStore:
         expected: str,
         labels: Mapping[str, str] | None,
     ) -> None:
-        # From the backend commit to the end of the transaction the new file is referenced
-        # by no row: the gate keeps the garbage collector off it meanwhile.
-        async with self.gate.committing(w.digest(), w.bref):
-            await self._commit_gated(w, size, expected, labels)
+        async with contextlib.AsyncExitStack() as guarded:
+            if self._guards:
+                dgst = expected or w.digest()
+                n = size or (await w.status()).offset
+                for guard in self._guards:
+                    await guarded.enter_async_context(guard(w.ns, dgst, n))
+            # From the backend commit to the end of the transaction the new file is referenced
+            # by no row: the gate keeps the garbage collector off it meanwhile.
+            async with self.gate.committing(w.digest(), w.bref):
+                await self._commit_gated(w, size, expected, labels)
 
     async def _commit_gated(
         self,
@@ -689,21 +714,7 @@ class NamespacedContentStore:
                 raise errdefs.FailedPrecondition(f'"{w.ref}" unexpected digest')
             actual, size = w.expected, w.size
         else:
-            st = await w.backend_writer.status()
-            if size not in (0, st.offset):
-                await w.backend_writer.close()
-                raise errdefs.FailedPrecondition(f'"{w.ref}" failed size validation: {st.offset} != {size}')
-            size = st.offset
-            try:
-                await w.backend_writer.commit(size, expected)
-            except errdefs.AlreadyExists:
-                reupload = True
-            except errdefs.ResourceExhausted as exc:
-                self._out_of_space()
-                raise w._own_words(exc) from None
-            except errdefs.Error as exc:
-                raise w._own_words(exc) from None
-            actual = w.backend_writer.digest()
+            actual, size, reupload = await self._commit_backend(w, w.backend_writer, size, expected)
         ns, lease = w.ns, w.lease
         now_us = to_us(utcnow())
         clean = {k: v for k, v in (labels or {}).items() if v}
@@ -724,15 +735,15 @@ class NamespacedContentStore:
             )
             dup = n == 0
             await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, w.ref))
-            await _leases.remove_resource(tx, ns, lease, "ingests", w.ref)
-            await _leases.add_resource(tx, ns, lease, "content", actual)
+            await _lease_refs.remove_resource(tx, ns, lease, "ingests", w.ref)
+            await _lease_refs.add_resource(tx, ns, lease, "content", actual)
             _faults.point("metadata.commit.in_tx")
         if dup:
             raise errdefs.AlreadyExists(f"content {actual}")
         self.content_stats.commits += 1
-        if self.on_commit is not None:
+        for observe in self._on_commit:
             try:
-                await self.on_commit(ns, actual, size)
+                await observe(ns, actual, size)
             except Exception:
                 log.warning("commit hook failed for %s in %s", actual, ns, exc_info=True)
         if w.backend_writer is None:
@@ -740,6 +751,26 @@ class NamespacedContentStore:
             self.stats.saved_bytes += size
         elif reupload:
             self.stats.isolated_reuploads += 1
+
+    async def _commit_backend(
+        self, w: _NamespacedWriter, bw: Writer, size: int, expected: str
+    ) -> tuple[str, int, bool]:
+        """Commit *w*'s backend writer: ``(digest, size, whether the blob was on disk already)``."""
+        st = await bw.status()
+        if size not in (0, st.offset):
+            await bw.close()
+            raise errdefs.FailedPrecondition(f'"{w.ref}" failed size validation: {st.offset} != {size}')
+        reupload = False
+        try:
+            await bw.commit(st.offset, expected)
+        except errdefs.AlreadyExists:
+            reupload = True
+        except errdefs.ResourceExhausted as exc:
+            self._out_of_space()
+            raise w._own_words(exc) from None
+        except errdefs.Error as exc:
+            raise w._own_words(exc) from None
+        return bw.digest(), st.offset, reupload
 
 
 def _with_ref(st: Status, ref: str) -> Status:

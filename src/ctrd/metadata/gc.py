@@ -66,17 +66,17 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiosqlite
 
 from ctrd import _faults, errdefs
-from ctrd.content import Store, utcnow
+from ctrd.content import IngestManager, Manager, utcnow
 from ctrd.gc.duration import format_duration
 from ctrd.metadata._gate import BlobGate
 from ctrd.metadata.db import DB, Tx, to_us
 
-__all__ = ["GCStats", "GarbageCollector", "parse_expire"]
+__all__ = ["Backend", "GCStats", "GarbageCollector", "parse_expire"]
 
 log = logging.getLogger("ctrd.gc")
 
@@ -205,6 +205,14 @@ class GCStats:
         )
 
 
+class Backend(Manager, IngestManager, Protocol):
+    """What the collector needs of the backend store: its blobs and its ingests.
+
+    A backend that also has ``walk_status_refs()`` (every ingest ref on disk, complete
+    or not) gets its orphaned and dangling ingests reconciled too.
+    """
+
+
 @dataclasses.dataclass
 class _Mark:
     expired_leases: list[tuple[str, str]]
@@ -225,7 +233,7 @@ class GarbageCollector:
     def __init__(
         self,
         db: DB,
-        backend: Store,
+        backend: Backend,
         gate: BlobGate,
         *,
         clock: Callable[[], _dt.datetime] = utcnow,

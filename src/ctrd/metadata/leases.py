@@ -4,7 +4,7 @@ A lease is a named, labelled set of references, per namespace, that protects wha
 it references from garbage collection until the lease is deleted (or expires:
 label ``containerd.io/gc.expire``, RFC 3339, interpreted by the collector). What a
 call writes while a ``containerd-lease`` header names a lease is attached to it
-by the content store (:mod:`ctrd.metadata._leases`); :class:`SqliteLeaseStore`
+by the content store (:mod:`ctrd.metadata._lease_refs`); :class:`SqliteLeaseStore`
 manages the leases themselves and their resources explicitly.
 
 Resources (``lease_resources`` rows) are typed references, never objects:
@@ -25,10 +25,13 @@ blob row for it. Should the namespace later obtain the blob the normal way (uplo
 or admission under ``shared``), the lease protects it from then on.
 
 GC hooks: deleting a lease (or a lease resource) may make objects unreachable.
-:attr:`SqliteLeaseStore.on_delete` (set by the GC plugin) is awaited after such a
-change to schedule a collection; ``delete(id, sync=True)`` instead awaits
-:attr:`SqliteLeaseStore.collector`, which must return only after a complete
-collection. Without a collector a synchronous delete just deletes.
+The deletion observers (:meth:`SqliteLeaseStore.observe_deletions`; the GC
+scheduler registers one through the metadata plugin) are called after such a
+change, so a collection gets scheduled. The store cannot collect by itself:
+``delete(id, sync=True)`` waits for a collection only through
+:class:`CollectingLeaseManager`, which the leases-service plugin puts around the
+store when a GC scheduler is loaded (as containerd's leases service does); the
+bare store's synchronous delete just deletes.
 
 Every call requires a namespace (:func:`ctrd.namespaces.required`).
 """
@@ -49,12 +52,14 @@ from ctrd import _aio, errdefs, filters, identifiers, limits, namespaces
 from ctrd import labels as _labels
 from ctrd.content import digest as _digest
 from ctrd.content import utcnow
+from ctrd.metadata._types import DeletionObserver
 from ctrd.metadata.db import DB, Tx, from_us, labels_from_json, labels_to_json, to_us
 
 __all__ = [
     "RESOURCE_CONTENT",
     "RESOURCE_INGESTS",
     "RESOURCE_SNAPSHOTS",
+    "CollectingLeaseManager",
     "Lease",
     "LeaseManager",
     "Resource",
@@ -178,21 +183,17 @@ async def _lease_exists(tx: Tx, ns: str, id_: str) -> bool:
 class SqliteLeaseStore:
     """Implements :class:`LeaseManager` over the metadata database.
 
-    :param on_delete: awaited after a lease or lease resource is removed (schedules GC).
-    :param collector: awaited by ``delete(id, sync=True)``; runs a full collection.
-    Both are plain attributes: the GC plugin sets them after the metadata plugin started.
+    :param on_delete: called after a lease or lease resource is removed (schedules GC);
+        more observers register through :meth:`observe_deletions`.
     """
 
-    def __init__(
-        self,
-        db: DB,
-        *,
-        on_delete: Callable[[], Awaitable[None]] | None = None,
-        collector: Callable[[], Awaitable[object]] | None = None,
-    ) -> None:
+    def __init__(self, db: DB, *, on_delete: DeletionObserver | None = None) -> None:
         self._db = db
-        self.on_delete = on_delete
-        self.collector = collector
+        self._on_delete: builtins.list[DeletionObserver] = [] if on_delete is None else [on_delete]
+
+    def observe_deletions(self, callback: DeletionObserver) -> None:
+        """Call *callback* after each removal of a lease or of a lease resource."""
+        self._on_delete.append(callback)
 
     async def create(self, lease_id: str = "", labels: Mapping[str, str] | None = None) -> Lease:
         """Create a lease; the namespace is created implicitly.
@@ -219,9 +220,10 @@ class SqliteLeaseStore:
         raise errdefs.AlreadyExists(f"lease {identifiers.go_quote(candidates[-1])}")
 
     async def delete(self, lease_id: str, *, sync: bool = False) -> None:
-        """Delete a lease and its references, then trigger a collection.
+        """Delete a lease and its references, then tell the deletion observers.
 
-        With *sync*, returns once :attr:`collector` has finished (errors propagate).
+        *sync* is accepted for :class:`LeaseManager` and changes nothing here: this store
+        cannot collect (see :class:`CollectingLeaseManager`).
         :raises errdefs.NotFound: ``lease "<id>"``.
         """
         ns = namespaces.required()
@@ -230,19 +232,14 @@ class SqliteLeaseStore:
                 raise _not_found(lease_id)
             await tx.run("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?", (ns, lease_id))
             await tx.run("DELETE FROM leases WHERE namespace = ? AND id = ?", (ns, lease_id))
-        if sync and self.collector is not None:
-            await self.collector()
-        else:
-            await self._notify()
+        self._notify()
 
-    async def _notify(self) -> None:
-        hook = self.on_delete
-        if hook is None:
-            return
-        try:
-            await hook()
-        except Exception:
-            log.warning("lease deletion hook failed", exc_info=True)
+    def _notify(self) -> None:
+        for observe in self._on_delete:
+            try:
+                observe()
+            except Exception:
+                log.warning("lease deletion hook failed", exc_info=True)
 
     async def list(self, *filter_strings: str) -> list[Lease]:
         """Leases matching any of the filters (fields ``id``, ``labels.<key>``), sorted by id.
@@ -295,7 +292,7 @@ class SqliteLeaseStore:
                 (ns, lease_id, typ, ref),
             )
         if n:
-            await self._notify()
+            self._notify()
 
     async def list_resources(self, lease_id: str) -> builtins.list[Resource]:
         """The lease's references: content, then ingests, then snapshots; each sorted.
@@ -312,3 +309,37 @@ class SqliteLeaseStore:
             (ns, lease_id),
         )
         return [Resource(id=str(rid), type=str(typ)) for typ, rid in rows]
+
+
+class CollectingLeaseManager:
+    """A :class:`LeaseManager` whose ``delete(id, sync=True)`` returns after a garbage collection.
+
+    :param leases: the lease store every call goes to.
+    :param collect: awaited after a synchronous delete; returns once a collection that
+        started after the call has finished (``GCScheduler.schedule_and_wait``). Its
+        errors propagate; the lease is deleted anyway.
+    """
+
+    def __init__(self, leases: LeaseManager, collect: Callable[[], Awaitable[object]]) -> None:
+        self._leases = leases
+        self._collect = collect
+
+    async def create(self, lease_id: str = "", labels: Mapping[str, str] | None = None) -> Lease:
+        return await self._leases.create(lease_id, labels)
+
+    async def delete(self, lease_id: str, *, sync: bool = False) -> None:
+        await self._leases.delete(lease_id, sync=sync)
+        if sync:
+            await self._collect()
+
+    async def list(self, *filter_strings: str) -> builtins.list[Lease]:
+        return await self._leases.list(*filter_strings)
+
+    async def add_resource(self, lease_id: str, resource: Resource) -> None:
+        await self._leases.add_resource(lease_id, resource)
+
+    async def delete_resource(self, lease_id: str, resource: Resource) -> None:
+        await self._leases.delete_resource(lease_id, resource)
+
+    async def list_resources(self, lease_id: str) -> builtins.list[Resource]:
+        return await self._leases.list_resources(lease_id)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from ctrd import errdefs, identifiers
 from ctrd import labels as _labels
-from ctrd.content import Store, utcnow
+from ctrd.content import IngestManager, utcnow
 from ctrd.metadata.db import DB, to_us
 
 __all__ = ["SqliteNamespaceStore"]
@@ -23,7 +23,7 @@ def _validate_labels(labels: Mapping[str, str]) -> None:
 class SqliteNamespaceStore:
     """Implements :class:`ctrd.metadata.NamespaceStore`."""
 
-    def __init__(self, db: DB, backend: Store | None = None) -> None:
+    def __init__(self, db: DB, backend: IngestManager | None = None) -> None:
         self._db = db
         self._backend = backend
 

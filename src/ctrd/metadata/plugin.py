@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ctrd.plugin import InitContext, Registration, types
 
+if TYPE_CHECKING:  # the modules are imported when the plugin initialises, not when it is discovered
+    from ctrd.metadata import DB, NamespacedContentStore, SqliteLeaseStore, SqliteNamespaceStore
+    from ctrd.metadata._types import DeletionObserver
+    from ctrd.metadata.gc import GarbageCollector
+
 __all__ = ["MetadataInstance", "SqliteConfig", "sqlite"]
+
+log = logging.getLogger("ctrd.metadata")
 
 
 class SqliteConfig(BaseModel):
@@ -42,21 +50,69 @@ class SqliteConfig(BaseModel):
 
 
 class MetadataInstance:
-    """What the metadata plugin provides to its dependants."""
+    """What the metadata plugin provides to its dependants.
 
-    def __init__(self, db: Any, content: Any, namespaces: Any, leases: Any = None) -> None:
-        self.db = db
-        self.content = content
-        self.namespaces = namespaces
-        #: :class:`ctrd.metadata.SqliteLeaseStore`; the GC plugin sets its ``on_delete``/``collector``
-        self.leases = leases
+    Its stores (:class:`ctrd.metadata.MetadataStores`, for the service plugins) and
+    its own garbage collector (:class:`ctrd.metadata.GarbageCollection`, for the GC
+    scheduler plugin, which decides when to run it). Everything is built here, at
+    construction; other plugins hook in through the stores' registration methods.
+    """
+
+    def __init__(
+        self,
+        db: DB,
+        content: NamespacedContentStore,
+        namespaces: SqliteNamespaceStore,
+        leases: SqliteLeaseStore,
+    ) -> None:
+        self._db = db
+        self._content = content
+        self._namespaces = namespaces
+        self._leases = leases
+        from ctrd.metadata.gc import GarbageCollector
+
+        self._collector = GarbageCollector(db, content.backend, content.gate)
+
+    @property
+    def db(self) -> DB:
+        """The SQLite database (internal schema: prefer the stores)."""
+        return self._db
+
+    @property
+    def content(self) -> NamespacedContentStore:
+        """The namespaced content store."""
+        return self._content
+
+    @property
+    def namespaces(self) -> SqliteNamespaceStore:
+        """The namespace store."""
+        return self._namespaces
+
+    @property
+    def leases(self) -> SqliteLeaseStore:
+        """The lease store."""
+        return self._leases
+
+    @property
+    def collector(self) -> GarbageCollector:
+        """The garbage collector over this database and its content backend."""
+        return self._collector
+
+    def mutations(self) -> int:
+        """Write transactions committed so far (the GC scheduler's mutation threshold counts them)."""
+        return self._db.mutations
+
+    def observe_deletions(self, callback: DeletionObserver) -> None:
+        """Call *callback* after every blob, lease or lease resource deletion."""
+        self._content.observe_deletions(callback)
+        self._leases.observe_deletions(callback)
 
     async def aclose(self) -> None:
         """Close the database."""
-        await self.db.close()
+        await self._db.close()
 
 
-async def _init(ic: InitContext) -> MetadataInstance:
+async def _init(ic: InitContext[SqliteConfig]) -> MetadataInstance:
     from ctrd import errdefs
     from ctrd.content import Store
     from ctrd.metadata import (
@@ -69,7 +125,6 @@ async def _init(ic: InitContext) -> MetadataInstance:
     from ctrd.metadata._reserve import SpaceReserve
 
     cfg = ic.config
-    assert isinstance(cfg, SqliteConfig)
     if cfg.content_plugin:
         type_, _, id_ = cfg.content_plugin.rpartition(".")
         if type_ != types.CONTENT:
@@ -84,9 +139,7 @@ async def _init(ic: InitContext) -> MetadataInstance:
     content = NamespacedContentStore(db, backend, policy)
     ic.exports["path"] = str(path)
     ic.exports["policy"] = policy.value
-    import logging
-
-    logging.getLogger("ctrd.metadata").info("metadata content store policy set policy=%s", policy.value)
+    log.info("metadata content store policy set policy=%s", policy.value)
     return MetadataInstance(db, content, SqliteNamespaceStore(db, backend), SqliteLeaseStore(db))
 
 

@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, cast, overload
+
+from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 from ctrd import errdefs
-from ctrd.plugin._registration import Registration, SkipPlugin
+from ctrd.plugin._registration import ConfigT, Registration, SkipPlugin
 
-__all__ = ["InitContext", "Plugin", "PluginSet"]
+__all__ = ["GrpcSettings", "InitContext", "InitFn", "Plugin", "PluginSet"]
 
 T = TypeVar("T")
+ConfigT_co = TypeVar("ConfigT_co", bound=BaseModel | None, default=Any, covariant=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GrpcSettings:
+    """The daemon's ``[grpc]`` settings a plugin may need (:attr:`InitContext.grpc`).
+
+    A plugin that serves a socket of its own (the content plugin's proxy backend)
+    applies the same message size limits as the daemon's listeners.
+    """
+
+    #: the unix socket of the main listener
+    address: str = ""
+    #: the TCP listener (``""``: none)
+    tcp_address: str = ""
+    #: ``[grpc] max_recv_message_size`` / ``max_send_message_size`` (containerd's default: 16 MiB)
+    max_recv_message_size: int = 16 << 20
+    max_send_message_size: int = 16 << 20
 
 
 @dataclasses.dataclass(eq=False)
 class Plugin:
     """One plugin's outcome: instance, or the error that stopped it."""
 
-    registration: Registration
+    registration: Registration[Any]
     exports: dict[str, str] = dataclasses.field(default_factory=dict)
     capabilities: list[str] = dataclasses.field(default_factory=list)
     platforms: list[str] = dataclasses.field(default_factory=list)
@@ -73,15 +94,22 @@ class PluginSet:
         return [p for p in self._ordered if p.registration.type == type_]
 
 
-class InitContext:
+class InitContext(Generic[ConfigT_co]):
     """What a plugin's init function receives.
 
     ``root`` and ``state`` are the plugin's own directories (``<root>/<uri>``,
     ``<state>/<uri>``), created on first access: ``root`` with mode 0700 (and set
     to it when it exists with another mode), ``state`` with 0711. ``config`` is the
-    validated config model instance (or ``None``). ``exports`` and
-    ``capabilities`` are reported through introspection. ``properties`` carries
-    server-wide facts (e.g. ``grpc.address``).
+    validated config model instance (``None`` for a plugin without a config model),
+    typed by the registration's model. ``exports`` and ``capabilities`` are
+    reported through introspection. ``properties`` carries containerd's
+    server-wide string properties (``root``, ``state``, ``grpc.address``);
+    ``grpc`` the daemon's gRPC settings, typed.
+
+    Plugins reach each other only through the instances their init functions
+    return (:meth:`get_single`, :meth:`get_by_id`, :meth:`get_by_type`); a hook
+    into another plugin's object goes through a method that object's type
+    declares, never by setting its attributes.
     """
 
     def __init__(
@@ -91,16 +119,28 @@ class InitContext:
         *,
         root: Path,
         state: Path,
-        config: Any,
-        properties: Mapping[str, Any],
+        config: ConfigT_co,
+        properties: Mapping[str, str] | None = None,
+        grpc: GrpcSettings | None = None,
     ) -> None:
         self._plugin = plugin
         self._plugins = plugins
         self._root = root / plugin.uri
         self._root_made = False
         self._state = state / plugin.uri
-        self.config = config
-        self.properties = dict(properties)
+        self._config = config
+        self.properties: dict[str, str] = dict(properties or {})
+        self._grpc = grpc if grpc is not None else GrpcSettings()
+
+    @property
+    def config(self) -> ConfigT_co:
+        """The validated config model instance (``None`` when the plugin takes no configuration)."""
+        return self._config
+
+    @property
+    def grpc(self) -> GrpcSettings:
+        """The daemon's ``[grpc]`` settings (addresses, message size limits)."""
+        return self._grpc
 
     @property
     def registration(self) -> Registration:
@@ -143,8 +183,13 @@ class InitContext:
         """Every plugin initialised so far (and those that failed)."""
         return self._plugins
 
-    def get_single(self, type_: str, cls: type[T] | None = None) -> T:
-        """The one working plugin instance of *type_*.
+    @overload
+    def get_single(self, type_: str) -> Any: ...
+    @overload
+    def get_single(self, type_: str, cls: type[T] | None) -> T: ...
+    def get_single(self, type_: str, cls: type[T] | None = None) -> T | Any:
+        """The one working plugin instance of *type_* (checked to be a *cls*, a class or a
+        runtime-checkable protocol, when given).
 
         :raises errdefs.NotFound: none works (the error says why).
         :raises errdefs.FailedPrecondition: several work; choose one in config.
@@ -161,7 +206,11 @@ class InitContext:
             raise errdefs.FailedPrecondition(f"multiple plugins of type {type_}: {names}")
         return self._check(ok[0], cls)
 
-    def get_by_id(self, type_: str, id_: str, cls: type[T] | None = None) -> T:
+    @overload
+    def get_by_id(self, type_: str, id_: str) -> Any: ...
+    @overload
+    def get_by_id(self, type_: str, id_: str, cls: type[T] | None) -> T: ...
+    def get_by_id(self, type_: str, id_: str, cls: type[T] | None = None) -> T | Any:
         """The instance of plugin ``<type_>.<id_>``. :raises errdefs.NotFound:"""
         p = self._plugins.get(f"{type_}.{id_}")
         if p is None:
@@ -170,12 +219,27 @@ class InitContext:
             raise errdefs.NotFound(f"plugin {type_}.{id_} not loaded: {p.error}")
         return self._check(p, cls)
 
-    def get_by_type(self, type_: str) -> dict[str, Any]:
-        """``{id: instance}`` of the working plugins of *type_* (may be empty)."""
-        return {p.registration.id: p.instance for p in self._plugins.by_type(type_) if p.ok}
+    @overload
+    def get_by_type(self, type_: str) -> dict[str, Any]: ...
+    @overload
+    def get_by_type(self, type_: str, cls: type[T] | None) -> dict[str, T]: ...
+    def get_by_type(self, type_: str, cls: type[T] | None = None) -> dict[str, T] | dict[str, Any]:
+        """``{id: instance}`` of the working plugins of *type_* (may be empty).
+
+        :raises errdefs.FailedPrecondition: *cls* is given and an instance is not one.
+        """
+        return {
+            p.registration.id: self._check(p, cls)
+            for p in self._plugins.by_type(type_)
+            if p.ok and p.uri != self._plugin.uri
+        }
 
     @staticmethod
-    def _check(p: Plugin, cls: type[T] | None) -> T:
+    def _check(p: Plugin, cls: type[T] | None) -> T | Any:
         if cls is not None and not isinstance(p.instance, cls):
             raise errdefs.FailedPrecondition(f"plugin {p.uri} is not a {cls.__name__}")
         return cast(T, p.instance)
+
+
+InitFn = Callable[[InitContext[ConfigT]], Awaitable[Any]]
+"""``init(ic)``: returns the plugin's instance, or raises (:class:`SkipPlugin` to opt out)."""

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
 
 from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
-    from ctrd.plugin._context import InitContext
+    from ctrd.plugin._context import InitFn
 
-__all__ = ["InitFn", "InvalidRegistration", "Registration", "SkipPlugin"]
+__all__ = ["ConfigT", "InvalidRegistration", "Registration", "SkipPlugin"]
 
-InitFn = Callable[["InitContext"], Awaitable[Any]]
+ConfigT = TypeVar("ConfigT", bound=BaseModel | None, default=Any)
+"""A plugin's config model (``None`` for a plugin that takes no configuration)."""
 
 
 class SkipPlugin(Exception):
@@ -33,19 +34,23 @@ class InvalidRegistration(ValueError):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Registration:
+class Registration(Generic[ConfigT]):
     """What a plugin declares.
 
     ``requires`` names plugin *types*; ``"*"`` means every other plugin and must
     stand alone. ``config`` is a pydantic model whose defaults are the plugin's
-    defaults; the config file section ``[plugins."<uri>"]`` is validated with it.
+    defaults; the config file section ``[plugins."<uri>"]`` is validated with it
+    and ``init`` receives the instance as ``ic.config``, typed: a registration is
+    generic over its config model (``Registration[SchedulerConfig]`` has an init
+    taking ``InitContext[SchedulerConfig]``). Without ``config``, ``ic.config`` is
+    ``None``.
     """
 
     type: str
     id: str
-    init: InitFn
+    init: InitFn[ConfigT]
     requires: tuple[str, ...] = ()
-    config: builtins.type[BaseModel] | None = None
+    config: builtins.type[ConfigT] | None = None
 
     def __post_init__(self) -> None:
         if not self.type:

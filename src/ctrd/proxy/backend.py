@@ -150,8 +150,16 @@ class ContentServiceWithBackend(ContentService):
     listener on the backend socket (closed by :meth:`aclose`, at shutdown).
     """
 
-    def __init__(self, store: Store, publisher: Publisher | None, listener: Any, address: str) -> None:
-        super().__init__(store, publisher)
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher | None,
+        listener: Any,
+        address: str,
+        *,
+        early_write_ack: bool = False,
+    ) -> None:
+        super().__init__(store, publisher, early_write_ack=early_write_ack)
         self._listener = listener
         self.backend_address = address
 
@@ -165,8 +173,11 @@ class ContentServiceWithBackend(ContentService):
         namespace: str,
         max_recv: int,
         max_send: int,
+        early_write_ack: bool = False,
     ) -> ContentServiceWithBackend:
         """Listen on *address* with a :class:`BackendContentService` in *namespace*.
+
+        *early_write_ack* applies to the main socket's service (as :class:`ContentService`).
 
         :raises errdefs.AlreadyExists: a live daemon holds *address*.
         :raises errdefs.FailedPrecondition: *address* exists and is not a socket.
@@ -187,7 +198,7 @@ class ContentServiceWithBackend(ContentService):
                 await listener.stop(0)
             raise
         log.info("serving content proxy backend... address=%s namespace=%s", address, namespace)
-        return cls(store, publisher, listener, address)
+        return cls(store, publisher, listener, address, early_write_ack=early_write_ack)
 
     async def aclose(self) -> None:
         """Stop the backend listener (in-flight calls get a few seconds to finish)."""

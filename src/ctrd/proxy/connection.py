@@ -207,8 +207,8 @@ class Connection:
             raise errdefs.Unavailable(f"connect to {self.display}: {why}")
 
     @contextlib.asynccontextmanager
-    async def call(self, what: str, timeout: float | None = None) -> AsyncIterator[Channel]:
-        """Run one remote operation: connect first, bound it by *timeout*, name the address on failure.
+    async def call(self, what: str, limit: float | None = None) -> AsyncIterator[Channel]:
+        """Run one remote operation: connect first, bound it by *limit* seconds, name the address on failure.
 
         A failed dial, a transport failure, a local time-out and an UNAVAILABLE
         status from the remote become :class:`errdefs.Unavailable`
@@ -220,10 +220,10 @@ class Connection:
         except errdefs.Unavailable as exc:
             raise errdefs.Unavailable(f"{what}: {exc.context}") from exc
         try:
-            if timeout is None:
+            if limit is None:
                 yield ch
             else:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(limit):
                     yield ch
         except errdefs.Error as exc:
             cause = exc.__cause__
@@ -233,7 +233,7 @@ class Connection:
                 raise errdefs.Unavailable(f"{what} ({self.display}): {exc.context}") from exc
             raise
         except TimeoutError as exc:
-            raise errdefs.Unavailable(f"{what} ({self.display}): timed out after {timeout:g}s") from exc
+            raise errdefs.Unavailable(f"{what} ({self.display}): timed out after {limit:g}s") from exc
         except _TRANSPORT as exc:
             raise errdefs.Unavailable(f"{what} ({self.display}): {exc or type(exc).__name__}") from exc
 

@@ -101,8 +101,9 @@ class ProxyContentStore:
         return self._remote
 
     @contextlib.asynccontextmanager
-    async def _call(self, timeout: float | None) -> AsyncIterator[None]:
-        async with self._conn.call(self.name, timeout):
+    async def _call(self, deadline: float | None) -> AsyncIterator[None]:
+        """One remote call, bounded by *deadline* seconds (``None``: unbounded)."""
+        async with self._conn.call(self.name, deadline):
             with _remote_context(self.namespace):
                 yield
 

@@ -24,6 +24,7 @@ from ctrd import errdefs
 from ctrd.plugin import (
     DependencyCycle,
     Discovered,
+    GrpcSettings,
     InitContext,
     Plugin,
     PluginSet,
@@ -134,13 +135,13 @@ class Daemon:
             raise StartupError(str(exc)) from exc
         present_types = {r.type for r in ordered}
         root, state = Path(cfg.root), Path(cfg.state)
-        props = {
-            "grpc.address": cfg.grpc.address,
-            "root": str(root),
-            "state": str(state),
-            "config": cfg,
-            "daemon": self,
-        }
+        props = {"grpc.address": cfg.grpc.address, "root": str(root), "state": str(state)}
+        grpc = GrpcSettings(
+            address=cfg.grpc.address,
+            tcp_address=cfg.grpc.tcp_address,
+            max_recv_message_size=cfg.grpc.max_recv_message_size,
+            max_send_message_size=cfg.grpc.max_send_message_size,
+        )
         for reg in ordered:
             p = Plugin(reg, config=configs.get(reg.uri))
             self.plugins.add(p)
@@ -155,7 +156,9 @@ class Daemon:
                 )
                 log.warning("failed to load plugin %s: %s", reg.uri, p.error)
                 continue
-            ic = InitContext(p, self.plugins, root=root, state=state, config=p.config, properties=props)
+            ic: InitContext[Any] = InitContext(
+                p, self.plugins, root=root, state=state, config=p.config, properties=props, grpc=grpc
+            )
             log.debug("loading plugin %s", reg.uri)
             try:
                 p.instance = await reg.init(ic)
@@ -306,7 +309,7 @@ class Daemon:
 
         Each starter returns an object whose ``cleanup()`` :meth:`stop` awaits.
         """
-        starters: list[Callable[[], Awaitable[Any]]] = list(getattr(self, "http_hooks", []))
+        starters: list[Callable[[], Awaitable[Any]]] = []
         cfg = self.config
         metrics = self.metrics
         if metrics is not None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ctrd.plugin import InitContext, Registration, types
+
+if TYPE_CHECKING:  # imported when a plugin initialises, not when the registrations are discovered
+    from ctrd.content import Store
+    from ctrd.events import Publisher
+    from ctrd.metadata import LeaseManager, MetadataStores, NamespaceStore
 
 __all__ = [
     "ContentGrpcConfig",
@@ -64,102 +69,113 @@ class ContentGrpcConfig(BaseModel):
         return v
 
 
-def _publisher(ic: InitContext) -> Any:
-    ex = ic.get_by_type(types.EVENT)
-    return next(iter(ex.values()), None)
+def _publisher(ic: InitContext[Any]) -> Publisher | None:
+    """The event exchange, if one works (the gRPC plugins publish through it)."""
+    from ctrd.events import Publisher
+
+    return next(iter(ic.get_by_type(types.EVENT, Publisher).values()), None)
 
 
-async def _content_service(ic: InitContext) -> Any:
-    md: Any = ic.get_single(types.METADATA)
-    return md.content
+def _stores(ic: InitContext[Any]) -> MetadataStores:
+    from ctrd.metadata import MetadataStores
+
+    return ic.get_single(types.METADATA, MetadataStores)
 
 
-async def _namespaces_service(ic: InitContext) -> Any:
-    md: Any = ic.get_single(types.METADATA)
-    return md.namespaces
+async def _content_service(ic: InitContext[None]) -> Store:
+    return _stores(ic).content
 
 
-async def _leases_service(ic: InitContext) -> Any:
-    md: Any = ic.get_single(types.METADATA)
-    leases = getattr(md, "leases", None)
-    if leases is None:
-        from ctrd import errdefs
-
-        raise errdefs.FailedPrecondition("the metadata plugin provides no lease store")
-    return leases
+async def _namespaces_service(ic: InitContext[None]) -> NamespaceStore:
+    return _stores(ic).namespaces
 
 
-async def _content_grpc(ic: InitContext) -> Any:
+async def _leases_service(ic: InitContext[None]) -> LeaseManager:
+    """The metadata plugin's lease store; with a GC scheduler, ``delete(sync=True)`` waits for it."""
+    from ctrd.gc import Scheduler
+    from ctrd.metadata import CollectingLeaseManager
+
+    leases = _stores(ic).leases
+    scheduler = next(iter(ic.get_by_type(types.GC, Scheduler).values()), None)
+    if scheduler is None:
+        return leases
+    return CollectingLeaseManager(leases, scheduler.schedule_and_wait)
+
+
+async def _content_grpc(ic: InitContext[ContentGrpcConfig]) -> Any:
+    from ctrd.content import Store
+    from ctrd.metadata import ContentHooks
     from ctrd.services.content import ContentService
 
-    store: Any = ic.get_by_id(types.SERVICE, "content-service")
+    cfg = ic.config
+    store = ic.get_by_id(types.SERVICE, "content-service", Store)
     publisher = _publisher(ic)
-    if publisher is not None and hasattr(store, "on_commit"):
+    if publisher is not None and isinstance(store, ContentHooks):
         from ctrd.api.containerd.events import ContentCreate
         from ctrd.services.content import TOPIC_CREATE
 
         async def content_created(namespace: str, digest: str, size: int) -> None:
             await publisher.publish(namespace, TOPIC_CREATE, ContentCreate(digest=digest, size=size))
 
-        store.on_commit = content_created
-    cfg = ic.config
-    if isinstance(cfg, ContentGrpcConfig) and cfg.proxy_backend_address:
-        from ctrd.proxy.backend import ContentServiceWithBackend
+        store.observe_commits(content_created)
+    if not cfg.proxy_backend_address:
+        return ContentService(store, publisher, early_write_ack=cfg.early_write_ack)
+    from ctrd.proxy.backend import ContentServiceWithBackend
 
-        grpc_cfg: Any = getattr(ic.properties.get("config"), "grpc", None)
-        if cfg.proxy_backend_address == ic.properties.get("grpc.address"):
-            from ctrd import errdefs
+    if cfg.proxy_backend_address == ic.grpc.address:
+        from ctrd import errdefs
 
-            raise errdefs.InvalidArgument("proxy_backend_address must differ from the [grpc] address")
-        svc = await ContentServiceWithBackend.start(
-            store,
-            publisher,
-            address=cfg.proxy_backend_address,
-            namespace=cfg.proxy_backend_namespace,
-            max_recv=getattr(grpc_cfg, "max_recv_message_size", 16 << 20),
-            max_send=getattr(grpc_cfg, "max_send_message_size", 16 << 20),
-        )
-        ic.exports["proxy_backend_address"] = cfg.proxy_backend_address
-        ic.exports["proxy_backend_namespace"] = cfg.proxy_backend_namespace
-        svc.early_write_ack = cfg.early_write_ack
-        return svc
-    return ContentService(
-        store, publisher, early_write_ack=isinstance(cfg, ContentGrpcConfig) and cfg.early_write_ack
+        raise errdefs.InvalidArgument("proxy_backend_address must differ from the [grpc] address")
+    svc = await ContentServiceWithBackend.start(
+        store,
+        publisher,
+        address=cfg.proxy_backend_address,
+        namespace=cfg.proxy_backend_namespace,
+        max_recv=ic.grpc.max_recv_message_size,
+        max_send=ic.grpc.max_send_message_size,
+        early_write_ack=cfg.early_write_ack,
+    )
+    ic.exports["proxy_backend_address"] = cfg.proxy_backend_address
+    ic.exports["proxy_backend_namespace"] = cfg.proxy_backend_namespace
+    return svc
+
+
+async def _namespaces_grpc(ic: InitContext[None]) -> Any:
+    from ctrd.metadata import NamespaceStore
+    from ctrd.services.namespaces import NamespacesService
+
+    return NamespacesService(
+        ic.get_by_id(types.SERVICE, "namespaces-service", NamespaceStore), _publisher(ic)
     )
 
 
-async def _namespaces_grpc(ic: InitContext) -> Any:
-    from ctrd.services.namespaces import NamespacesService
-
-    return NamespacesService(ic.get_by_id(types.SERVICE, "namespaces-service"), _publisher(ic))
-
-
-async def _leases_grpc(ic: InitContext) -> Any:
+async def _leases_grpc(ic: InitContext[None]) -> Any:
+    from ctrd.metadata import LeaseManager
     from ctrd.services.leases import LeasesService
 
-    return LeasesService(ic.get_by_id(types.SERVICE, "leases-service"))
+    return LeasesService(ic.get_by_id(types.SERVICE, "leases-service", LeaseManager))
 
 
-async def _events_grpc(ic: InitContext) -> Any:
+async def _events_grpc(ic: InitContext[None]) -> Any:
     from ctrd.events.exchange import Exchange
     from ctrd.services.events import EventsService
 
     return EventsService(ic.get_single(types.EVENT, Exchange))
 
 
-async def _introspection(ic: InitContext) -> Any:
+async def _introspection(ic: InitContext[None]) -> Any:
     from ctrd.services.introspection import IntrospectionService, load_uuid
 
     return IntrospectionService(ic.plugins, load_uuid(ic.root))
 
 
-async def _version(ic: InitContext) -> Any:
+async def _version(ic: InitContext[None]) -> Any:
     from ctrd.services.version import VersionService
 
     return VersionService()
 
 
-async def _health(ic: InitContext) -> Any:
+async def _health(ic: InitContext[None]) -> Any:
     from ctrd.services.health import HealthService
 
     return HealthService()

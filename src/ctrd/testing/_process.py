@@ -54,10 +54,10 @@ def toml_str(s: str | os.PathLike[str]) -> str:
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-async def _version(address: str, timeout: float) -> str:
+async def _version(address: str, limit: float) -> str:
     from ctrd.client import Client
 
-    async with Client(address, timeout=timeout) as client:
+    async with Client(address, timeout=limit) as client:
         return (await client.version()).version
 
 

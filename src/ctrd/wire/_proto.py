@@ -119,44 +119,56 @@ def _check(data: memoryview, pos: int, end: int, cls: Any, depth: int) -> None:
         number, wire = key >> 3, key & 7
         if number == 0:
             raise MalformedMessage("field number 0")
-        if wire == 0:
-            _, pos = _read_varint(data, pos, end)
-        elif wire == 1 or wire == 5:
-            pos += 8 if wire == 1 else 4
-            if pos > end:
-                raise MalformedMessage(f"truncated field {number}")
-        elif wire == 2:
-            length, pos = _read_varint(data, pos, end)
-            if length > end - pos:
-                raise MalformedMessage(f"field {number} runs past the end of the message")
-            start, pos = pos, pos + length
-        else:
-            raise MalformedMessage(f"field {number}: wire type {wire} is not supported")
+        start, pos = _skip(data, pos, end, number, wire)
         known = fields.get(number) if fields is not None else None
-        if known is None:
-            continue
-        meta, value_cls = known
-        kind = meta.proto_type
-        if kind in _VARINT_TYPES or kind in _FIXED64_TYPES or kind in _FIXED32_TYPES:
-            scalar = 0 if kind in _VARINT_TYPES else 1 if kind in _FIXED64_TYPES else 5
-            if wire == scalar:
-                continue
-            if wire == 2 and meta.repeated:  # packed
-                _check_packed(data, start, pos, scalar, number)
-                continue
-        elif wire == 2:
-            if kind == "string":
-                try:
-                    str(data[start:pos], "utf-8")
-                except UnicodeDecodeError:
-                    raise MalformedMessage(f"field {number}: invalid UTF-8 in a string") from None
-            elif kind in ("message", "map"):
-                nested = value_cls
-                if _fields_of(nested) is None:
-                    nested = meta.unwrap() if meta.unwrap is not None else None
-                _check(data, start, pos, nested, depth + 1)
-            continue
-        raise MalformedMessage(f"field {number}: wire type {wire} does not match its type {kind}")
+        if known is not None:
+            _check_field(data, start, pos, number, wire, known, depth)
+
+
+def _skip(data: memoryview, pos: int, end: int, number: int, wire: int) -> tuple[int, int]:
+    """Skip the value of field *number* (wire type *wire*) at *pos*: (where it starts, where it ends)."""
+    if wire == 0:
+        _, after = _read_varint(data, pos, end)
+        return pos, after
+    if wire == 1 or wire == 5:
+        after = pos + (8 if wire == 1 else 4)
+        if after > end:
+            raise MalformedMessage(f"truncated field {number}")
+        return pos, after
+    if wire == 2:
+        length, start = _read_varint(data, pos, end)
+        if length > end - start:
+            raise MalformedMessage(f"field {number} runs past the end of the message")
+        return start, start + length
+    raise MalformedMessage(f"field {number}: wire type {wire} is not supported")
+
+
+def _check_field(
+    data: memoryview, start: int, end: int, number: int, wire: int, known: tuple[Any, Any], depth: int
+) -> None:
+    """Check the value ``data[start:end]`` of the known field *number* against its declared type."""
+    meta, value_cls = known
+    kind = meta.proto_type
+    if kind in _VARINT_TYPES or kind in _FIXED64_TYPES or kind in _FIXED32_TYPES:
+        scalar = 0 if kind in _VARINT_TYPES else 1 if kind in _FIXED64_TYPES else 5
+        if wire == scalar:
+            return
+        if wire == 2 and meta.repeated:  # packed
+            _check_packed(data, start, end, scalar, number)
+            return
+    elif wire == 2:
+        if kind == "string":
+            try:
+                str(data[start:end], "utf-8")
+            except UnicodeDecodeError:
+                raise MalformedMessage(f"field {number}: invalid UTF-8 in a string") from None
+        elif kind in ("message", "map"):
+            nested = value_cls
+            if _fields_of(nested) is None:
+                nested = meta.unwrap() if meta.unwrap is not None else None
+            _check(data, start, end, nested, depth + 1)
+        return
+    raise MalformedMessage(f"field {number}: wire type {wire} does not match its type {kind}")
 
 
 def _check_packed(data: memoryview, pos: int, end: int, scalar: int, number: int) -> None:

@@ -653,8 +653,8 @@ class GrpcListener:
         """Make a :meth:`stop` in progress (or to come) stop waiting for in-flight calls."""
         self._tracker.cut.set()
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, let in-flight calls finish within *timeout*, then close.
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let in-flight calls finish within *grace* seconds, then close.
 
         New calls get UNAVAILABLE meanwhile; calls already running (a Write stream's
         later messages and its COMMIT included) go on until they end. The wait
@@ -669,7 +669,7 @@ class GrpcListener:
             log.info("waiting for %d in-flight call(s)", len(tracker.inflight))
             waits = {asyncio.ensure_future(tracker.idle.wait()), asyncio.ensure_future(tracker.cut.wait())}
             try:
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for w in waits:
                     w.cancel()

@@ -14,34 +14,34 @@ blob the namespace already holds costs nothing; a blob admitted from another
 namespace (shared policy: no bytes uploaded) counts in full -- the quota is on
 what a namespace holds, not on what it uploads.
 
-How it hooks in: the plugin requires the metadata type and wraps the content
-store the metadata plugin exposes (``MetadataInstance.content``) in a
-:class:`QuotaContentStore`. The content service takes that store when it
-initialises, so this plugin must initialise before
-``io.containerd.service.v1.content-service``: nothing requires this plugin's
-type, so ctrd orders it by URI among the plugins whose requirements are met,
-and ``ctrd.example...`` sorts before every ``io.containerd...`` plugin that
-needs the content service. The init checks it and fails with a clear error
-otherwise. (A pre-commit hook in the metadata store would remove the ordering
-constraint; see ctrd's docs/plugins.md.)
+How it hooks in: the plugin requires the metadata type and registers a commit
+guard with the namespaced content store the metadata plugin exposes
+(``ic.get_single(types.METADATA, MetadataStores).content``, whose type declares
+``guard_commits``: :class:`ctrd.metadata.ContentHooks`). The store enters the
+guard around every commit, before anything is committed; the guard takes the
+namespace's lock, checks the quota and raises to refuse. Nothing is replaced or
+wrapped, so the order in which the plugins initialise does not matter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from ctrd.plugin import InitContext, Registration, types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["QUOTA_TYPE", "Quota", "QuotaConfig", "QuotaContentStore", "quota"]
+if TYPE_CHECKING:
+    from ctrd.content import Manager
+
+__all__ = ["QUOTA_TYPE", "Quota", "QuotaConfig", "quota"]
 
 log = logging.getLogger("ctrd_plugin_example.quota")
 
 QUOTA_TYPE = "ctrd.example.quota.v1"
-CONTENT_SERVICE = "io.containerd.service.v1.content-service"
 
 
 class QuotaConfig(BaseModel):
@@ -70,11 +70,11 @@ class QuotaConfig(BaseModel):
 
 
 class Quota:
-    """The plugin's instance: limits, usage, and the per-namespace commit lock."""
+    """The plugin's instance: limits, usage, and the commit guard it registers with the store."""
 
-    def __init__(self, config: QuotaConfig, store: Any) -> None:
+    def __init__(self, config: QuotaConfig, store: Manager) -> None:
         self.config = config
-        self._store = store  # the metadata store (unwrapped): usage is read from it
+        self._store = store  # the namespaced content store: usage is read from it
         self._locks: dict[str, asyncio.Lock] = {}
 
     def limit(self, namespace: str) -> int:
@@ -96,126 +96,43 @@ class Quota:
         """Serialises check-and-commit per namespace, so concurrent commits cannot overshoot."""
         return self._locks.setdefault(namespace, asyncio.Lock())
 
+    @contextlib.asynccontextmanager
+    async def guard(self, namespace: str, digest: str, size: int) -> AsyncIterator[None]:
+        """The commit guard: the commit runs inside, under the namespace's lock, if the quota allows.
 
-class QuotaContentStore:
-    """The metadata content store with the quota checked on commit; everything else delegates.
-
-    Attribute reads and writes it does not define go to the wrapped store, so
-    plugins initialised later (the garbage collector reads ``backend`` and
-    ``gate`` and sets ``on_delete``; the content gRPC plugin sets
-    ``on_commit``) see the real store through it.
-    """
-
-    _own = frozenset({"_inner", "_quota"})
-
-    def __init__(self, inner: Any, quota: Quota) -> None:
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "_quota", quota)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._own:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._inner, name, value)
-
-    async def info(self, dgst: str) -> Any:
-        return await self._inner.info(dgst)
-
-    async def update(self, info: Any, fieldpaths: Sequence[str] = ()) -> Any:
-        return await self._inner.update(info, fieldpaths)
-
-    async def walk(self, *filters: str) -> AsyncIterator[Any]:
-        async for info in self._inner.walk(*filters):
-            yield info
-
-    async def delete(self, dgst: str) -> None:
-        await self._inner.delete(dgst)
-
-    async def reader_at(self, dgst: str) -> Any:
-        return await self._inner.reader_at(dgst)
-
-    async def status(self, ref: str) -> Any:
-        return await self._inner.status(ref)
-
-    async def list_statuses(self, *filters: str) -> list[Any]:
-        return list(await self._inner.list_statuses(*filters))
-
-    async def abort(self, ref: str) -> None:
-        await self._inner.abort(ref)
-
-    async def writer(self, ref: str, total: int = 0, expected: str = "") -> Any:
-        from ctrd import namespaces
-
-        w = await self._inner.writer(ref, total, expected)
-        return _QuotaWriter(self, w, namespaces.required())
-
-
-class _QuotaWriter:
-    def __init__(self, store: QuotaContentStore, inner: Any, namespace: str) -> None:
-        self._store = store
-        self._inner = inner
-        self._ns = namespace
-
-    def digest(self) -> str:
-        return str(self._inner.digest())
-
-    async def status(self) -> Any:
-        return await self._inner.status()
-
-    async def write(self, data: bytes | memoryview) -> int:
-        return int(await self._inner.write(data))
-
-    async def truncate(self, size: int) -> None:
-        await self._inner.truncate(size)
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> None:
+        :raises errdefs.ResourceExhausted: the blob would take the namespace past its limit.
+        """
         from ctrd import errdefs
 
-        quota = self._store._quota
-        limit = quota.limit(self._ns)
+        limit = self.limit(namespace)
         if not limit:
-            await self._inner.commit(size, expected, labels)
+            yield
             return
-        async with quota.lock(self._ns):
-            st = await self._inner.status()
-            adding = size or st.offset
-            dgst = expected or self._inner.digest()
+        async with self.lock(namespace):
             try:
-                await self._store.info(dgst)
+                await self._store.info(digest)
             except errdefs.NotFound:
-                pass
-            else:  # already held: the commit reports AlreadyExists and costs nothing
-                await self._inner.commit(size, expected, labels)
-                return
-            used, _ = await quota.usage(self._ns)
-            if used + adding > limit:
-                raise errdefs.ResourceExhausted(
-                    f'quota exceeded in namespace "{self._ns}": committing {dgst} ({adding} bytes) '
-                    f"would use {used + adding} of {limit} bytes ({used} in use)"
-                )
-            await self._inner.commit(size, expected, labels)
+                used, _ = await self.usage(namespace)
+                if used + size > limit:
+                    raise errdefs.ResourceExhausted(
+                        f'quota exceeded in namespace "{namespace}": committing {digest} ({size} bytes) '
+                        f"would use {used + size} of {limit} bytes ({used} in use)"
+                    ) from None
+            # else already held: the commit reports AlreadyExists and costs nothing
+            yield
 
 
-async def _init(ic: InitContext) -> Quota:
-    from ctrd import errdefs
+async def _init(ic: InitContext[QuotaConfig]) -> Quota:
+    from ctrd.metadata import ContentHooks, MetadataStores
 
     cfg = ic.config
-    assert isinstance(cfg, QuotaConfig)
-    if ic.plugins.get(CONTENT_SERVICE) is not None:
-        raise errdefs.FailedPrecondition(
-            f"{ic.registration.uri} must initialise before {CONTENT_SERVICE} (it wraps the store the "
-            "content service takes); nothing may make the content service initialise earlier"
-        )
-    md: Any = ic.get_single(types.METADATA)
-    inner = md.content
-    q = Quota(cfg, inner)
-    md.content = QuotaContentStore(inner, q)
+    store = ic.get_single(types.METADATA, MetadataStores).content
+    if not isinstance(store, ContentHooks):
+        from ctrd import errdefs
+
+        raise errdefs.FailedPrecondition("the metadata plugin's content store takes no commit guards")
+    q = Quota(cfg, store)
+    store.guard_commits(q.guard)
     ic.exports["default_limit_bytes"] = str(cfg.default_limit_bytes)
     ic.exports["limits"] = ",".join(f"{ns}={n}" for ns, n in sorted(cfg.limits.items())) or "-"
     ic.capabilities.append("enforce-on-commit")

@@ -78,9 +78,8 @@ class ExampleService(api.ExampleBase):
         return api.QuotaResponse(namespace=ns, used_bytes=used, limit_bytes=q.limit(ns), blobs=blobs)
 
 
-async def _init(ic: InitContext) -> ExampleService:
-    cfg = ic.config
-    assert isinstance(cfg, ExampleConfig)
+async def _init(ic: InitContext[ExampleConfig]) -> ExampleService:
+    cfg = ic.config  # typed: the registration's config model
     ic.exports["service"] = SERVICE
     ic.exports["greeting"] = cfg.greeting
     return ExampleService(cfg, ic.plugins)

@@ -137,7 +137,7 @@ class StoreCases(SuiteHooks):
             w = await open_writer(store, "bad-expected")
             await w.close()
 
-    @pytest.mark.parametrize("algorithm,length", [("sha256", 64), ("sha384", 96), ("sha512", 128)])
+    @pytest.mark.parametrize(("algorithm", "length"), [("sha256", 64), ("sha384", 96), ("sha512", 128)])
     async def test_unknown_digest_not_found(self, store: Store, algorithm: str, length: int) -> None:
         """Well-formed digests (sha256/sha384/sha512) of absent blobs are NotFound, never InvalidArgument."""
         with self.namespace(1):

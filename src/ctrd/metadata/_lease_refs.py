@@ -1,4 +1,10 @@
-"""Lease bookkeeping used inside write transactions."""
+"""What the context lease references: recorded inside the content store's write transactions.
+
+A call made with a ``containerd-lease`` header (:func:`ctrd.namespaces.current_lease`)
+attaches what it creates (a blob, an ingest) to that lease, in the same transaction,
+so the garbage collector sees the reference as soon as the object exists. The
+leases themselves are managed by :mod:`ctrd.metadata.leases`.
+"""
 
 from __future__ import annotations
 
