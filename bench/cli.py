@@ -337,7 +337,7 @@ def _bench(args: argparse.Namespace) -> int:
         for d in daemons:
             d.start()
             print(f"bench: {d.kind} pid {d.pid} on {d.socket}", flush=True)
-        # ctrd sets glibc malloc thresholds with mallopt at start (ctrd.cli.tune_malloc); record which
+        # ctrd sets glibc malloc thresholds with mallopt at start (ctrd.server.cli.tune_malloc); record which
         machine["ctrd_malloc"] = {
             k: daemons[0].environ(k)
             for k in ("CTRD_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")

@@ -39,8 +39,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("content", ("ctrd.content",)),
     ("metadata", ("ctrd.metadata", "ctrd.gc", "ctrd.events")),
     ("transport", ("ctrd.wire", "ctrd.api")),
-    ("services and server", ("ctrd.services", "ctrd.server", "ctrd.proxy")),
-    ("client and cli", ("ctrd.client", "ctrd.ctl", "ctrd.cli", "ctrd.testing", "ctrd.__main__")),
+    ("remote", ("ctrd.remote",)),
+    ("services", ("ctrd.services", "ctrd.proxy")),
+    ("server", ("ctrd.server",)),
+    ("client and cli", ("ctrd.client", "ctrd.ctl", "ctrd.testing", "ctrd.__main__")),
 )
 
 DOMAIN = ("errors", "plugin core", "content", "metadata")
@@ -142,6 +144,8 @@ def test_layers_hold() -> None:
         (("ctrd.metadata.content", "ctrd.services.content"), "a higher layer"),
         (("ctrd.content.helpers", "ctrd.client"), "a higher layer"),
         (("ctrd.wire.server", "ctrd.server.metrics"), "a higher layer"),
+        (("ctrd.proxy.connection", "ctrd.server.config"), "a higher layer"),
+        (("ctrd.services.plugin", "ctrd.server.daemon"), "a higher layer"),
         (("ctrd.metadata.gc", "grpclib.const"), "never touches the transport"),
         (("ctrd.filters", "ctrd.wire.status"), "never touches the transport"),
         (("ctrd.events.exchange", "betterproto2"), "never touches the transport"),

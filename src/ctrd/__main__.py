@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ctrd.cli import main
+from ctrd.server.cli import main
 
 raise SystemExit(main())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ctrd.client._content import PIPELINE
+from ctrd.remote import PIPELINE
 from ctrd.testing import running_ctrd
 
 MiB = 1 << 20

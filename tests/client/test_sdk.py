@@ -33,8 +33,8 @@ from ctrd.client import (
     RawEvent,
     Resource,
 )
-from ctrd.client._content import PIPELINE
 from ctrd.content import Store, write_blob
+from ctrd.remote import PIPELINE
 
 from .conftest import Backend
 

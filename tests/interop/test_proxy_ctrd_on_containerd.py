@@ -23,8 +23,8 @@ from grpclib.client import Channel
 from ctrd import errdefs, namespaces
 from ctrd.client import RemoteContentStore
 from ctrd.content import Store, sha256_of
-from ctrd.proxy.connection import Connection
 from ctrd.proxy.content import ProxyContentStore
+from ctrd.remote import Connection
 from ctrd.testing import Containerd, running_containerd
 from ctrd.testing.content_suite import ContentStoreSuite
 

@@ -14,30 +14,31 @@ from pathlib import Path
 import pytest
 
 from ctrd import errdefs
-from ctrd.proxy.connection import Connection, ConnectionCache, Target, parse_address
+from ctrd.proxy.connection import ConnectionCache
 from ctrd.proxy.content import ProxyContentStore
+from ctrd.remote import Address, Connection, parse_address
 
 
 @pytest.mark.parametrize(
     ("address", "target"),
     [
-        ("/run/x.sock", Target(path="/run/x.sock")),
-        ("unix:///run/x.sock", Target(path="/run/x.sock")),
-        ("127.0.0.1:1234", Target(host="127.0.0.1", port=1234)),
-        ("tcp://localhost:50051", Target(host="localhost", port=50051)),
-        ("[::1]:7", Target(host="::1", port=7)),
+        ("/run/x.sock", Address(path="/run/x.sock")),
+        ("unix:///run/x.sock", Address(path="/run/x.sock")),
+        ("127.0.0.1:1234", Address(host="127.0.0.1", port=1234)),
+        ("tcp://localhost:50051", Address(host="localhost", port=50051)),
+        ("[::1]:7", Address(host="::1", port=7)),
     ],
 )
-def test_parse_address(address: str, target: Target) -> None:
-    assert parse_address(address) == target
+def test_parse_address(address: str, target: Address) -> None:
+    assert parse_address(address, strict=True) == target
 
 
 @pytest.mark.parametrize(
     "address", ["relative.sock", "unix://rel.sock", "host", ":80", "host:http", "a:99999"]
 )
 def test_parse_address_rejects(address: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(repr(address))):
-        parse_address(address)
+    with pytest.raises(errdefs.InvalidArgument, match=re.escape(repr(address))):
+        parse_address(address, strict=True)
 
 
 class FakeClock:

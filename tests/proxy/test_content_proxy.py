@@ -21,8 +21,9 @@ from ctrd import errdefs, namespaces
 from ctrd.client import RemoteContentStore
 from ctrd.content import Store, sha256_of, write_blob
 from ctrd.labels import GC_ROOT
-from ctrd.proxy.connection import Connection, ConnectionCache
+from ctrd.proxy.connection import ConnectionCache
 from ctrd.proxy.content import ProxyContentStore, gc_root_value
+from ctrd.remote import Connection
 from ctrd.server.config import Config, GrpcConfig
 from ctrd.server.daemon import Daemon
 from ctrd.testing.content_suite import ContentStoreSuite

@@ -17,7 +17,7 @@ from ctrd.proxy.content import ProxyContentStore
 from ctrd.proxy.snapshots import RemoteSnapshotter
 from ctrd.server.config import ConfigError, from_mapping
 from ctrd.server.daemon import Daemon
-from ctrd.server.proxy import proxy_registrations
+from ctrd.server.proxy_plugins import proxy_registrations
 
 from .test_content_proxy import remote_ctrd
 

@@ -1,4 +1,4 @@
-"""The daemon's event loop choice (``ctrd.cli._loop_factory``)."""
+"""The daemon's event loop choice (``ctrd.server.cli._loop_factory``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ctrd import cli
+from ctrd.server import cli
 
 
 def test_uvloop_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

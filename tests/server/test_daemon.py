@@ -789,7 +789,7 @@ def test_connections_accept_large_frames(daemon: Launcher) -> None:
 
 def test_malloc_tuning_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """glibc thresholds are set with mallopt (no re-exec); both opt-outs are honoured."""
-    from ctrd import cli
+    from ctrd.server import cli
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.setenv("CTRD_MALLOC_TUNING", "0")

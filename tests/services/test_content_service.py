@@ -1113,7 +1113,7 @@ async def test_early_ack_truncate_and_out_of_range_still_checked(early: Channel,
 
 
 async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, store: FakeStore) -> None:
-    from ctrd.client._content import PIPELINE, RemoteWriter
+    from ctrd.remote import PIPELINE, RemoteWriter
 
     data = _blob(6 * MIB)
     d = sha256_of(data)
@@ -1167,7 +1167,7 @@ async def test_remote_writer_pipelines_and_surfaces_failures(channel: Channel, s
 async def test_remote_writer_status_after_open_needs_no_round_trip(
     channel: Channel, store: FakeStore
 ) -> None:
-    from ctrd.client._content import RemoteWriter
+    from ctrd.remote import RemoteWriter
 
     w = RemoteWriter(channel, "st", MD)
     await w.open(10, "")

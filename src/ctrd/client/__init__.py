@@ -21,7 +21,6 @@ bare grpclib channel, for code written against the store protocol.
 from __future__ import annotations
 
 from ctrd.client._client import DEFAULT_LEASE_EXPIRE, Client
-from ctrd.client._content import RemoteContentStore, RemoteReaderAt, RemoteWriter
 from ctrd.client._content_client import ContentClient, ContentWriter, Progress
 from ctrd.client._events import (
     ContentCreate,
@@ -37,7 +36,7 @@ from ctrd.client._events import (
 )
 from ctrd.client._services import LeasesClient, NamespacesClient
 from ctrd.client._sources import Source
-from ctrd.client._transport import ADDRESS_ENV, Address, default_address, parse_address
+from ctrd.client._transport import ADDRESS_ENV, default_address
 from ctrd.client._types import (
     GC_EXPIRE_LABEL,
     GC_ROOT_LABEL,
@@ -51,6 +50,7 @@ from ctrd.client._types import (
     Version,
 )
 from ctrd.content import Info, Status
+from ctrd.remote import Address, RemoteContentStore, RemoteReaderAt, RemoteWriter, parse_address
 
 __all__ = [
     "ADDRESS_ENV",

@@ -15,16 +15,9 @@ from ctrd.api.google import protobuf as pb
 from ctrd.client._content_client import ContentClient
 from ctrd.client._events import EventsClient
 from ctrd.client._services import LeasesClient, NamespacesClient, plugin_from_proto
-from ctrd.client._transport import (
-    ClientScope,
-    Connection,
-    default_address,
-    lease_key,
-    parse_address,
-    pop_lease,
-    push_lease,
-)
+from ctrd.client._transport import ClientScope, default_address, lease_key, pop_lease, push_lease
 from ctrd.client._types import Lease, Plugin, ServerInfo, Version
+from ctrd.remote import Connection, parse_address
 
 __all__ = ["DEFAULT_LEASE_EXPIRE", "Client"]
 
@@ -69,7 +62,7 @@ class Client:
         timeout: float | None = None,
     ) -> None:
         raw = address if address else default_address()
-        conn = Connection(parse_address(raw), timeout)
+        conn = Connection(parse_address(raw), timeout=timeout)
         self._init(conn, raw, namespace or namespaces.default_from_env(), None, owner=True)
 
     def _init(self, conn: Connection, raw: str, namespace: str, lease: str | None, *, owner: bool) -> None:

@@ -22,10 +22,9 @@ from typing import Any, Final, TypeAlias
 from grpclib.exceptions import GRPCError
 
 from ctrd import errdefs
-from ctrd.client._content import PIPELINE, RemoteContentStore, RemoteWriter
 from ctrd.client._sources import Source, _Reader, open_source
-from ctrd.client._transport import Scope
 from ctrd.content import Info, Status
+from ctrd.remote import PIPELINE, RemoteContentStore, RemoteWriter, Scope
 from ctrd.wire.convert import EPOCH
 
 __all__ = ["ContentClient", "ContentWriter", "Progress"]
@@ -309,7 +308,7 @@ class ContentClient:
         checking that the bytes the server holds are the source's start (a
         stale ingest with other data is truncated, or, for a stream, reported).
         A shared blob the server already has is committed without sending data.
-        Up to :data:`~ctrd.client._content.PIPELINE` 1 MiB WRITEs are in flight
+        Up to :data:`~ctrd.remote.PIPELINE` 1 MiB WRITEs are in flight
         (the server answers them in order; progress follows the replies).
 
         :param expected: the blob's digest, if known: the commit verifies it, and

@@ -23,7 +23,7 @@ from grpclib.const import Cardinality
 from ctrd.api.containerd import events as events_api
 from ctrd.api.containerd.services.events import v1 as api
 from ctrd.api.google import protobuf as pb
-from ctrd.client._transport import Scope
+from ctrd.remote import Scope
 from ctrd.wire import typeurl as _typeurl
 from ctrd.wire.convert import to_utc
 

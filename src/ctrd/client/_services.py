@@ -11,8 +11,8 @@ from ctrd.api.containerd.services.leases import v1 as leases_api
 from ctrd.api.containerd.services.namespaces import v1 as ns_api
 from ctrd.api.google import protobuf as pb
 from ctrd.api.google.protobuf import FieldMask
-from ctrd.client._transport import Scope
 from ctrd.client._types import GC_EXPIRE_LABEL, Lease, Namespace, Platform, Plugin, PluginError, Resource
+from ctrd.remote import Scope
 from ctrd.wire.convert import to_utc
 
 __all__ = ["LeasesClient", "NamespacesClient", "expire_label", "plugin_from_proto"]

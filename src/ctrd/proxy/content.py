@@ -32,10 +32,10 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from ctrd import errdefs, namespaces
 from ctrd import labels as _labels
-from ctrd.client import RemoteContentStore
 from ctrd.content import Info, ReaderAt, Status, Writer
 from ctrd.content import digest as _digest
-from ctrd.proxy.connection import CALL_TIMEOUT, Connection
+from ctrd.proxy.connection import CALL_TIMEOUT
+from ctrd.remote import Connection, RemoteContentStore
 
 __all__ = ["ProxyContentStore", "gc_root_value"]
 

@@ -33,8 +33,9 @@ from ctrd.api.containerd.services.snapshots import v1 as api
 from ctrd.api.containerd.types import Mount as _PbMount
 from ctrd.api.google.protobuf import FieldMask
 from ctrd.labels import GC_ROOT
-from ctrd.proxy.connection import CALL_TIMEOUT, Connection
+from ctrd.proxy.connection import CALL_TIMEOUT
 from ctrd.proxy.content import gc_root_value
+from ctrd.remote import Connection
 from ctrd.wire.convert import to_utc
 from ctrd.wire.status import translate_to_native
 

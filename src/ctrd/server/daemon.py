@@ -85,7 +85,7 @@ class Daemon:
         found: list[Discovered] = discover()
         self.distributions = {d.registration.uri: d.distribution for d in found}
         regs = [d.registration for d in found]
-        from ctrd.server.proxy import proxy_registrations
+        from ctrd.server.proxy_plugins import proxy_registrations
 
         regs.extend(proxy_registrations(self.config))
         return regs

@@ -120,7 +120,7 @@ async def _content_grpc(ic: InitContext[ContentGrpcConfig]) -> Any:
         store.observe_commits(content_created)
     if not cfg.proxy_backend_address:
         return ContentService(store, publisher, early_write_ack=cfg.early_write_ack)
-    from ctrd.proxy.backend import ContentServiceWithBackend
+    from ctrd.services.content_backend import ContentServiceWithBackend
 
     if cfg.proxy_backend_address == ic.grpc.address:
         from ctrd import errdefs

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from ctrd.wire import _mode
 from ctrd.wire._h2 import LargeFrameChannel
 from ctrd.wire.codecs import EncodedRequest
 
-__all__ = ["open_channel", "send_encoded", "status_after_reset"]
+__all__ = ["dial", "is_connected", "open_channel", "send_encoded", "status_after_reset"]
 
 
 def open_channel(
@@ -92,3 +93,13 @@ def status_after_reset(stream: Any) -> GRPCError | None:
     if status is Status.OK:
         return None
     return GRPCError(status, message)
+
+
+def is_connected(channel: Channel) -> bool:
+    """Whether *channel* has a live HTTP/2 connection now."""
+    return bool(channel._connected)
+
+
+async def dial(channel: Channel, limit: float) -> None:
+    """Connect *channel* now, within *limit* seconds. :raises TimeoutError, OSError:"""
+    await asyncio.wait_for(channel.__connect__(), limit)

@@ -70,12 +70,12 @@ def _check(name: str, pp: ProxyPlugin, installed: set[str]) -> tuple[str | None,
     if not pp.address:
         errors.append(f"{where} address: must not be empty")
     else:
-        from ctrd.proxy.connection import parse_address
+        from ctrd.remote import parse_address
 
         try:
-            parse_address(pp.address)
-        except ValueError as exc:
-            errors.append(f"{where} address: {exc}")
+            parse_address(pp.address, strict=True)
+        except errdefs.InvalidArgument as exc:
+            errors.append(f"{where} address: {exc.context}")
     try:
         identifiers.validate(pp.namespace)
     except errdefs.InvalidArgument as exc:

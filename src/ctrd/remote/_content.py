@@ -24,8 +24,8 @@ from ctrd import errdefs
 from ctrd.api.containerd.services.content import v1 as api
 from ctrd.api.google import protobuf as pb
 from ctrd.api.google.protobuf import FieldMask
-from ctrd.client._transport import ChannelScope, Scope
 from ctrd.content import Info, ReaderAt, Status, Writer
+from ctrd.remote._scope import ChannelScope, Scope
 from ctrd.wire.client import send_encoded, status_after_reset
 from ctrd.wire.codecs import EncodedRequest, encode_write_request
 from ctrd.wire.convert import info_from_proto, info_to_proto, status_from_proto, to_utc
