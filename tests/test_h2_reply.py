@@ -65,7 +65,8 @@ from h2.settings import SettingCodes
 from h2.stream import StreamState
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
-from ctrd.wire._h2 import MAX_FRAME_SIZE, CtrdConnection, _MemoEncoder
+from ctrd.wire._h2 import MAX_FRAME_SIZE, CtrdConnection
+from ctrd.wire._hpack import _MemoEncoder
 
 from .test_h2_direct import (
     CONTINUATION,

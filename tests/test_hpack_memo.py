@@ -21,10 +21,10 @@ import hpack
 import pytest
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
-from ctrd.wire._h2 import (
+from ctrd.wire._h2 import CtrdConnection
+from ctrd.wire._hpack import (
     _MEMO_ENTRIES,
     _MEMO_MAX_BLOCK,
-    CtrdConnection,
     _MemoDecoder,
     _MemoEncoder,
     _VersionedTable,

@@ -33,7 +33,8 @@ from ctrd.api.containerd.services.content import v1 as content_api
 from ctrd.content.digest import EMPTY_SHA256
 from ctrd.content.helpers import write_blob
 from ctrd.services.content import READ_CHUNK
-from ctrd.wire._h2 import LargeFrameChannel, _MemoDecoder, _MemoEncoder
+from ctrd.wire._h2 import LargeFrameChannel
+from ctrd.wire._hpack import _MemoDecoder, _MemoEncoder
 from ctrd.wire.server import CallStream
 
 from .test_metrics import MISSING, ROOT, Running, delta, digest, grpc, handled, running

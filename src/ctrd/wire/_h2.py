@@ -9,33 +9,32 @@
   unaffected: the setting only raises what this side *accepts*. The flow-control
   windows (grpclib's 4 MiB defaults) still bound how much a peer may send before
   we read it, so a connection holds no more memory than before.
-* **Fewer copies** of large DATA frames, received and sent (:class:`CtrdConnection`).
+* **Fewer copies** of large DATA frames, received here and sent by
+  :mod:`ctrd.wire._reply` (:class:`CtrdConnection`).
 * **Repeated header blocks** are coded once per state of the hpack tables
-  (:func:`memoize_hpack`).
-* **Per-call frames by hand**: a reply's frames, and the DATA, flow-control and
-  ping frames a peer sends, without h2's frame objects (:class:`CtrdConnection`).
+  (:mod:`ctrd.wire._hpack`).
+* **Per-call frames by hand**: a reply's frames (:mod:`ctrd.wire._reply`), and the
+  DATA, flow-control and ping frames a peer sends, without h2's frame objects.
 """
 
 from __future__ import annotations
 
-import asyncio
-import struct
-from collections.abc import Sequence
 from typing import Any, Final
 
 from grpclib.client import Channel
 from grpclib.client import Handler as ClientHandler
 from grpclib.protocol import Connection, EventsProcessor, H2Protocol, _set_nodelay
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.events import PingAckReceived, PingReceived, WindowUpdated
 from h2.exceptions import FrameTooLargeError, ProtocolError, StreamClosedError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
-from h2.stream import StreamClosedBy, StreamState
-from hpack import Decoder, Encoder
-from hpack.table import HeaderTable
+from h2.stream import StreamState
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PushPromiseFrame
+
+from ctrd.wire._hpack import memoize_hpack
+from ctrd.wire._reply import DIRECT_BODY_MIN, FRAME_HEADER, ReplyingConnection
 
 __all__ = [
     "DIRECT_BODY_MIN",
@@ -46,114 +45,13 @@ __all__ = [
     "LargeFrameChannel",
     "LargeFrameProtocol",
     "events_processor",
-    "memoize_hpack",
 ]
 
 MAX_FRAME_SIZE: Final = 2 << 20
 """The largest HTTP/2 frame we accept: a 1 MiB message fits in one frame (limit: 16 MiB - 1)."""
 
 
-_MEMO_ENTRIES: Final = 64
-_MEMO_MAX_BLOCK: Final = 1024
-_TEXT: Final = (str, bytes)
-
-
-class _VersionedTable(HeaderTable):
-    """hpack's dynamic table, counting its changes (every ``add`` and resize)."""
-
-    version = 0
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.version += 1
-        super().add(name, value)
-
-    @property
-    def maxsize(self) -> int:
-        return self._maxsize
-
-    @maxsize.setter
-    def maxsize(self, newmax: int) -> None:
-        self.version += 1
-        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
-
-
-class _MemoDecoder(Decoder):
-    """hpack's decoder, remembering blocks whose decoding left the dynamic table as it was.
-
-    Such a block (indexed fields, literals without indexing) decodes to the same
-    headers as long as the table has not changed since; a gRPC client repeating
-    a call sends the same block each time. Any change to the table (an insertion
-    or a resize) invalidates every remembered block.
-    """
-
-    _memo: dict[tuple[bytes, bool, int | None, int], tuple[int, tuple[Any, ...]]]
-
-    def __init__(self, max_header_list_size: int = 1 << 16) -> None:
-        super().__init__(max_header_list_size)
-        self.header_table = _VersionedTable()
-        self._memo = {}
-
-    def decode(self, data: bytes, raw: bool = False) -> Any:
-        table: _VersionedTable = self.header_table  # type: ignore[assignment]
-        # The limits the block was checked against are part of the key: a block
-        # remembered under larger limits is decoded (and checked) again.
-        key = (data, raw, self.max_header_list_size, self.max_allowed_table_size)
-        version = table.version
-        hit = self._memo.get(key)
-        if hit is not None and hit[0] == version:
-            return list(hit[1])
-        headers = super().decode(data, raw)
-        if table.version == version and len(data) <= _MEMO_MAX_BLOCK:
-            if len(self._memo) >= _MEMO_ENTRIES:
-                self._memo.clear()
-            self._memo[key] = (version, tuple(headers))
-        return headers
-
-
-class _MemoEncoder(Encoder):
-    """hpack's encoder, remembering header lists whose encoding left the dynamic table as it was.
-
-    Only lists (or tuples) of plain ``(name, value)`` tuples with ``str``/``bytes``
-    values are remembered (a never-indexed :class:`hpack.NeverIndexedHeaderTuple`
-    compares equal to a plain tuple, ``1 == True == 1.0`` but they encode
-    differently), and only when no table-size update was pending.
-    """
-
-    _memo: dict[tuple[Any, bool], tuple[int, bytes]]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.header_table = _VersionedTable()
-        self._memo = {}
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        table: _VersionedTable = self.header_table  # type: ignore[assignment]
-        if type(headers) not in (list, tuple) or table.resized or self.table_size_changes:
-            return super().encode(headers, huffman)
-        if not all(type(h) is tuple and len(h) == 2 and type(h[1]) in _TEXT for h in headers):
-            return super().encode(headers, huffman)
-        key = (tuple(headers), huffman)
-        version = table.version
-        hit = self._memo.get(key)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-        block = super().encode(headers, huffman)
-        if table.version == version and len(block) <= _MEMO_MAX_BLOCK:
-            if len(self._memo) >= _MEMO_ENTRIES:
-                self._memo.clear()
-            self._memo[key] = (version, block)
-        return block
-
-
-DIRECT_BODY_MIN: Final = 64 << 10
-"""DATA frames at least this large are received into and sent from their own buffer."""
-
-
-_FRAME_HEADER: Final = struct.Struct(">HBBBL")
-_HEADERS: Final = 0x1
 _END_STREAM: Final = 0x1
-_END_HEADERS: Final = 0x4
-_CONTINUATION: Final = 0x9
 _DATA: Final = 0x0
 _PADDED: Final = 0x8
 _SETTINGS: Final = 0x4
@@ -187,21 +85,13 @@ class BoundedFrameBuffer(FrameBuffer):
         return super()._update_header_buffer(f)
 
 
-class CtrdConnection(H2Connection):
+class CtrdConnection(ReplyingConnection):
     """h2's connection as ctrd's server and SDK use it.
 
-    * hpack coders that remember repeated header blocks (:func:`memoize_hpack`);
+    * hpack coders that remember repeated header blocks (:func:`~ctrd.wire._hpack.memoize_hpack`);
     * large DATA frames received with one copy (:meth:`receive_data`);
-    * a large DATA frame's payload sent as it is: h2 serialises a frame into new
-      bytes, appends them to its output buffer and copies that buffer out again
-      (three copies of every byte sent). For an unpadded DATA frame of at least
-      :data:`DIRECT_BODY_MIN` bytes, this writes what h2 had queued so far plus the
-      9-byte frame header, then the payload object itself, to :attr:`transport`
-      (one ``writelines``), keeping the order of everything sent. Stream state
-      and flow-control windows stay h2's own;
-    * a server stream's reply, whole or in parts (headers, messages, trailers),
-      framed by hand and written at once (:meth:`send_reply`), h2's state moved
-      as its own calls would;
+    * replies framed by hand and large DATA payloads sent as they are
+      (:class:`~ctrd.wire._reply.ReplyingConnection`);
     * WINDOW_UPDATE and PING frames, most of what a gRPC peer sends besides
       requests (``ctr`` sends four and one per ``Read``), and complete unpadded
       DATA frames (``ctr`` sends a 1 MiB ``WRITE`` as 64), taken without h2's
@@ -213,9 +103,6 @@ class CtrdConnection(H2Connection):
     on h2's hot paths.
     """
 
-    transport: Any = None  # where large DATA payloads go (:meth:`use_transport`)
-    rooms: Any = None  # the server's memory budgets of this connection (ctrd.wire._budget)
-    _joins_lines = False  # the transport's writelines is asyncio's b"".join + write
     _frame: DataFrame | None = None  # a large DATA frame whose body is arriving
     _body: bytearray
     _filled = 0
@@ -243,29 +130,10 @@ class CtrdConnection(H2Connection):
         buf = self.incoming_buffer
         if buf._data or buf._preamble_len:
             return self._receive_h2(data)
-        # Complete DATA, WINDOW_UPDATE and PING frames are taken here (_data, _control), the
-        # frames between them go to h2 in runs, all in their order. h2 reads a
-        # frame-size limit once per read, which a SETTINGS frame (its ACK) may
-        # change: a read holding one goes to h2 whole.
-        size = len(data)
-        controls: list[tuple[int, int, int]] = []  # (start, end, type) of each frame to take
-        pos = 0
-        while size - pos >= 9:
-            end = pos + 9 + ((data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2])
-            if end > size:
-                break
-            kind = data[pos + 3]
-            if kind == _SETTINGS:
-                return self._receive_h2(data)
-            if (
-                kind == _DATA
-                or (kind == _WINDOW_UPDATE and end - pos == 13)
-                or (kind == _PING and end - pos == 17)
-            ):
-                controls.append((pos, end, kind))
-            pos = end
+        controls = _frames_to_take(data)
         if not controls:
             return self._receive_h2(data)
+        size = len(data)
         events: list[Any] = []
         start = 0
         rest = size  # where what h2 has not been given starts
@@ -373,7 +241,7 @@ class CtrdConnection(H2Connection):
                 events.append(PingAckReceived(ping_data=opaque))
             else:
                 events.append(PingReceived(ping_data=opaque))
-                self._data_to_send += _FRAME_HEADER.pack(0, 8, _PING, _ACK, 0) + opaque
+                self._data_to_send += FRAME_HEADER.pack(0, 8, _PING, _ACK, 0) + opaque
             return True
         increment = int.from_bytes(data[pos + 9 : pos + 13], "big")  # hyperframe: 1 .. 2**31 - 1
         if not 0 < increment <= _MAX_WINDOW:
@@ -484,173 +352,6 @@ class CtrdConnection(H2Connection):
                 values.append(newest)
         self.max_inbound_frame_size = self.local_settings.max_frame_size
 
-    def use_transport(self, transport: Any) -> None:
-        """Send large DATA payloads straight to *transport*."""
-        self.transport = transport
-        self._joins_lines = type(transport).writelines is asyncio.WriteTransport.writelines
-
-    def send_reply(
-        self,
-        stream_id: int,
-        headers: Sequence[tuple[str, str]] | None,
-        body: bytes,
-        trailers: Sequence[tuple[str, str]] | None,
-    ) -> bool:
-        """Send on a server stream in one write: *headers* (if any), *body* as DATA, *trailers* (if any).
-
-        Built here instead of through h2's frame objects: the header blocks come
-        from the (memoizing) hpack encoder in the order h2 would code them, the
-        frames are packed by hand, and h2's bookkeeping moves exactly as its
-        ``send_headers``, ``send_data`` (a frame of at most
-        ``max_outbound_frame_size`` at a time) and ``send_headers(end_stream=True)``
-        would move it: the stream notes its response headers and trailers sent,
-        the trailers close it (closed by us), and both outbound flow-control
-        windows shrink by ``len(body)``. A header block larger than a frame
-        continues in CONTINUATION frames, as h2 splits it. Whatever h2 had queued
-        is written first. The header lists must be valid response headers and
-        trailers; they are not validated again (grpclib's h2 configuration does not
-        validate or normalise them either).
-
-        Returns ``False``, having changed nothing, unless: this is an open server
-        connection with a transport attached; the stream is open or half closed by
-        the peer (and with *trailers*, half closed by the peer: its request is
-        complete); *headers* are given exactly when no response headers were sent
-        yet, and are not an informational (1xx) response; nothing follows trailers;
-        and the flow-control windows take *body*.
-        """
-        transport = self.transport
-        stream = self.streams.get(stream_id)
-        if transport is None or stream is None or self.state_machine.state is not ConnectionState.SERVER_OPEN:
-            return False
-        machine = stream.state_machine
-        state = machine.state
-        if (
-            machine.client is not False
-            or machine.trailers_sent
-            or (headers is None) is not bool(machine.headers_sent)
-            or not (
-                state is StreamState.HALF_CLOSED_REMOTE or (state is StreamState.OPEN and trailers is None)
-            )
-        ):
-            return False
-        if headers is not None and _informational(headers):
-            return False  # a 1xx: h2 keeps the final response's headers to come
-        size = len(body)
-        if size > self.outbound_flow_control_window or size > stream.outbound_flow_control_window:
-            return False
-        # h2's connection state machine maps SEND_HEADERS and SEND_DATA in SERVER_OPEN
-        # to SERVER_OPEN with no events; the stream's maps SEND_HEADERS to "response
-        # headers sent" (then "trailers sent"), SEND_DATA to the same state, and
-        # END_STREAM in HALF_CLOSED_REMOTE to CLOSED, closed by us.
-        encoder = self.encoder
-        pack = _FRAME_HEADER.pack
-        parts: list[Any] = []
-        queued = self._data_to_send
-        if queued:
-            parts.append(bytes(queued))
-            self._data_to_send = bytearray()
-        block_step = stream.max_outbound_frame_size or self.max_outbound_frame_size  # h2 splits blocks by it
-        head = b""
-        if headers is not None:
-            head = _header_frames(encoder.encode(headers), 0, stream_id, block_step)
-            machine.headers_sent = True
-        if size:
-            step = self.max_outbound_frame_size
-            if size <= step:
-                parts.append(head + pack(size >> 8, size & 0xFF, DataFrame.type, 0, stream_id))
-                parts.append(body)
-            else:
-                view = memoryview(body)
-                for pos in range(0, size, step):
-                    n = min(step, size - pos)
-                    parts.append(head + pack(n >> 8, n & 0xFF, DataFrame.type, 0, stream_id))
-                    parts.append(view[pos : pos + n])
-                    head = b""
-            self.outbound_flow_control_window -= size
-            stream.outbound_flow_control_window -= size
-        elif head:
-            parts.append(head)
-        if trailers is not None:
-            machine.trailers_sent = True
-            machine.state = StreamState.CLOSED
-            machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
-            parts.append(_header_frames(encoder.encode(trailers), _END_STREAM, stream_id, block_step))
-        if not parts:
-            return True
-        if self._joins_lines:
-            transport.write(b"".join(parts))
-        else:
-            transport.writelines(parts)
-        return True
-
-    def _prepare_for_sending(self, frames: Any) -> None:
-        transport = self.transport
-        if transport is not None and len(frames) == 1 and type(frames[0]) is DataFrame:
-            frame = frames[0]
-            data = frame.data
-            size = len(data)
-            if size >= DIRECT_BODY_MIN and "PADDED" not in frame.flags:
-                frame.body_len = size
-                flags = 0x1 if "END_STREAM" in frame.flags else 0
-                header = _FRAME_HEADER.pack(size >> 8, size & 0xFF, DataFrame.type, flags, frame.stream_id)
-                queued = self._data_to_send
-                if queued:
-                    header = bytes(queued) + header
-                    self._data_to_send = bytearray()
-                if self._joins_lines:
-                    # asyncio's writelines joins its arguments (a copy); two writes do not, and
-                    # a view lets the transport keep what the socket did not take without a copy.
-                    transport.write(header)
-                    transport.write(memoryview(data))
-                else:
-                    transport.writelines((header, data))
-                return
-        super()._prepare_for_sending(frames)
-
-
-def _informational(headers: Sequence[tuple[Any, Any]]) -> bool:
-    """Whether *headers* are an informational (1xx) response, as h2 tells."""
-    for name, value in headers:
-        if name in (":status", b":status"):
-            return value[:1] in ("1", b"1")
-    return False
-
-
-def _header_frames(block: bytes, flags: int, stream_id: int, step: int) -> bytes:
-    """A header block as h2 frames it: HEADERS (with *flags*), CONTINUATIONs, END_HEADERS on the last."""
-    size = len(block)
-    if size <= step:
-        return _FRAME_HEADER.pack(size >> 8, size & 0xFF, _HEADERS, flags | _END_HEADERS, stream_id) + block
-    out = bytearray()
-    kind = _HEADERS
-    for pos in range(0, size, step):
-        piece = block[pos : pos + step]
-        n = len(piece)
-        last = _END_HEADERS if pos + step >= size else 0
-        out += _FRAME_HEADER.pack(n >> 8, n & 0xFF, kind, flags | last, stream_id)
-        out += piece
-        kind, flags = _CONTINUATION, 0
-    return bytes(out)
-
-
-def memoize_hpack(h2_connection: Any) -> None:
-    """Give an h2 connection memoizing hpack coders with the settings of its current ones.
-
-    Must run before the connection has coded any header block.
-    """
-    encoder, decoder = h2_connection.encoder, h2_connection.decoder
-    if encoder.header_table.dynamic_entries or decoder.header_table.dynamic_entries:
-        raise ValueError("the connection has already coded header blocks")
-    memo_encoder = _MemoEncoder()
-    memo_encoder.header_table.maxsize = encoder.header_table.maxsize
-    memo_encoder.header_table.resized = encoder.header_table.resized
-    memo_encoder.table_size_changes = list(encoder.table_size_changes)
-    memo_decoder = _MemoDecoder(max_header_list_size=decoder.max_header_list_size)
-    memo_decoder.max_allowed_table_size = decoder.max_allowed_table_size
-    memo_decoder.header_table.maxsize = decoder.header_table.maxsize
-    memo_decoder.header_table.resized = decoder.header_table.resized
-    h2_connection.encoder, h2_connection.decoder = memo_encoder, memo_decoder
-
 
 class _Events(EventsProcessor):
     """grpclib's event processing, ignoring DATA frames that carry nothing.
@@ -664,6 +365,34 @@ class _Events(EventsProcessor):
     def process_data_received(self, event: Any) -> None:
         if event.flow_controlled_length or event.data:
             super().process_data_received(event)
+
+
+def _frames_to_take(data: Any) -> list[tuple[int, int, int]]:
+    """(start, end, type) of the complete frames of a read that :class:`CtrdConnection` takes itself.
+
+    Complete DATA, WINDOW_UPDATE and PING frames are taken by hand (``_data``,
+    ``_control``), the frames between them go to h2 in runs, all in their order.
+    h2 reads a frame-size limit once per read, which a SETTINGS frame (its ACK) may
+    change: a read holding one goes to h2 whole (none is taken).
+    """
+    size = len(data)
+    controls: list[tuple[int, int, int]] = []
+    pos = 0
+    while size - pos >= 9:
+        end = pos + 9 + ((data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2])
+        if end > size:
+            break
+        kind = data[pos + 3]
+        if kind == _SETTINGS:
+            return []
+        if (
+            kind == _DATA
+            or (kind == _WINDOW_UPDATE and end - pos == 13)
+            or (kind == _PING and end - pos == 17)
+        ):
+            controls.append((pos, end, kind))
+        pos = end
+    return controls
 
 
 def events_processor(handler: Any, connection: Connection) -> EventsProcessor:
