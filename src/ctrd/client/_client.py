@@ -6,7 +6,7 @@ import contextlib
 import datetime as _dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ctrd import errdefs, namespaces
 from ctrd.api.containerd.services.introspection import v1 as intro_api
@@ -18,6 +18,9 @@ from ctrd.client._services import LeasesClient, NamespacesClient, plugin_from_pr
 from ctrd.client._transport import ClientScope, default_address, lease_key, pop_lease, push_lease
 from ctrd.client._types import Lease, Plugin, ServerInfo, Version
 from ctrd.remote import Connection, parse_address
+
+if TYPE_CHECKING:
+    from grpclib.client import Channel
 
 __all__ = ["DEFAULT_LEASE_EXPIRE", "Client"]
 
@@ -60,7 +63,15 @@ class Client:
         *,
         namespace: str | None = None,
         timeout: float | None = None,
+        channel: Channel | None = None,
     ) -> None:
+        if channel is not None:
+            # a channel the caller made and keeps (an in-memory one in tests:
+            # GrpcListener.in_memory()); it is not closed with the client
+            raw = address or "in-memory"
+            conn = Connection.over(channel, raw, timeout=timeout)
+            self._init(conn, raw, namespace or namespaces.default_from_env(), None, owner=False)
+            return
         raw = address if address else default_address()
         conn = Connection(parse_address(raw), timeout=timeout)
         self._init(conn, raw, namespace or namespaces.default_from_env(), None, owner=True)

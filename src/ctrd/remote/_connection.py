@@ -80,6 +80,13 @@ class Connection:
         #: dial attempts made (tests read it to check the back-off)
         self.dials = 0
 
+    @classmethod
+    def over(cls, channel: Channel, label: str, *, timeout: float | None = None) -> Connection:
+        """A connection using *channel*, made elsewhere (and closed there); *label* names it in messages."""
+        conn = cls(Address(path=label), timeout=timeout)
+        conn._channel = channel
+        return conn
+
     @property
     def display(self) -> str:
         """The address as shown in messages (``unix://`` for sockets, as grpc-go does)."""

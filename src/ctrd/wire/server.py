@@ -32,14 +32,17 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final, Protocol
 
 import grpclib.const as _const
 import grpclib.server as _gs
+from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.protocol import H2Protocol
+from grpclib.testing import _InMemoryTransport
+from grpclib.testing import _Server as _NoServer
 from grpclib.utils import DeadlineWrapper, Wrapper
 
 from ctrd import authz, errdefs, namespaces
@@ -49,6 +52,7 @@ from ctrd.wire._connection import ConnectionHandler, ServerProtocol
 from ctrd.wire._observe import CallObserver, CallRecord
 from ctrd.wire._request import Request, TaskWrapper, Tracker, accepted, cancel_code
 from ctrd.wire._stream import CallStream, ServerRooms
+from ctrd.wire.client import open_channel
 from ctrd.wire.peer import peer_of
 from ctrd.wire.status import CODE_NAMES, status_for
 
@@ -298,6 +302,30 @@ class GrpcListener:
         except Exception as exc:
             log.exception("unexpected error in %s", name)
             raise GRPCError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def in_memory(self) -> AsyncIterator[Channel]:
+        """A client channel connected to this listener's server in memory, with no socket.
+
+        The calls go through the same call handling as over a socket (headers,
+        statuses, budgets, authorization and observer); tests of servicers and SDK
+        code use it (``ctrd.client.Client(channel=...)``).
+        """
+        srv = self._new_server()
+        srv._server = _NoServer()
+        srv._server_closed_fut = srv._loop.create_future()
+        server_protocol = srv._protocol_factory()
+        channel = open_channel()
+        channel._protocol = channel._protocol_factory()
+        channel._protocol.connection_made(_InMemoryTransport(server_protocol))
+        server_protocol.connection_made(_InMemoryTransport(channel._protocol))
+        try:
+            yield channel
+        finally:
+            channel.close()
+            srv.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 2.0)
 
     async def start_unix(self, path: str, *, uid: int = 0, gid: int = 0) -> None:
         """Listen on the unix socket *path* (mode 0660; chown when configured)."""
