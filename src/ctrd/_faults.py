@@ -31,7 +31,7 @@ POINTS: Final = (
     # ctrd.content.local: LocalWriter commit
     "content.commit.before_rename",  # data fsynced and verified, not yet renamed into blobs/
     "content.commit.after_rename",  # blob file in place, ingest directory not yet removed
-    # ctrd.metadata.content: NamespacedContentStore
+    # ctrd.metadata._writer (commit) and ctrd.metadata.content (delete): NamespacedContentStore
     "metadata.commit.before_tx",  # backend commit done, no DB transaction yet
     "metadata.commit.in_tx",  # blob row inserted and ingest row deleted, before COMMIT
     "metadata.delete.in_tx",  # blob row deleted, before COMMIT

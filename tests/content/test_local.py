@@ -24,7 +24,7 @@ from ctrd.content import (
     write_blob,
 )
 from ctrd.content.local import LocalStore
-from ctrd.content.local._writer import format_timestamp, parse_timestamp
+from ctrd.content.local._fs import format_timestamp, parse_timestamp
 from ctrd.testing.content_suite import BAD_DIGESTS, ContentStoreSuite, create_content
 
 
@@ -381,7 +381,7 @@ class TestLocal(ContentStoreSuite):
             assert await rb.read_at(0, len(data)) == data
 
     async def test_fd_cache_is_bounded(self, local: LocalStore) -> None:
-        from ctrd.content.local._store import FD_CACHE_MAX
+        from ctrd.content.local._reader import FD_CACHE_MAX
 
         before = _open_fds()
         blobs = []

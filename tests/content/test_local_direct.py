@@ -22,7 +22,7 @@ from ctrd import errdefs
 from ctrd.content import Store, open_writer, read_blob
 from ctrd.content.local import LocalStore, _direct
 from ctrd.content.local._direct import ALIGN, DIRECT_MIN, STAGE_SIZE
-from ctrd.content.local._writer import INLINE_MAX
+from ctrd.content.local._fs import INLINE_MAX
 from ctrd.testing.content_suite import ContentStoreSuite
 
 pytestmark = pytest.mark.skipif(_direct.O_DIRECT == 0, reason="no O_DIRECT on this platform")

@@ -11,7 +11,7 @@ import pytest
 
 from ctrd.content import sha256_of
 from ctrd.content.local import LocalStore
-from ctrd.content.local._writer import remove_ingest_dir, write_file_atomic, write_files_atomic
+from ctrd.content.local._fs import remove_ingest_dir, write_file_atomic, write_files_atomic
 
 
 def _umask() -> int:

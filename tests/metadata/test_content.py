@@ -395,17 +395,17 @@ async def test_walk_records_filters_match_python_matcher(env: tuple[DB, LocalSto
 
 def test_sql_prefilter_pushes_simple_selectors_down() -> None:
     from ctrd import filters
-    from ctrd.metadata.content import _sql_prefilter
+    from ctrd.metadata._prefilter import sql_prefilter
 
-    where, params = _sql_prefilter(filters.parse_all('labels."containerd.io/gc.root"==x,labels.a'))
+    where, params = sql_prefilter(filters.parse_all('labels."containerd.io/gc.root"==x,labels.a'))
     assert "json_extract" in where
     assert "json_type" in where
     assert params == ('$."containerd.io/gc.root"', "x", '$."a"')
     # an alternative with nothing translatable: nothing pushed down
-    assert _sql_prefilter(filters.parse_all("labels.a==1", "labels.b~=x")) == ("", ())
+    assert sql_prefilter(filters.parse_all("labels.a==1", "labels.b~=x")) == ("", ())
     # keys SQLite's JSON paths would read differently stay in Python
-    assert _sql_prefilter(filters.parse_all('labels."ü"==1')) == ("", ())
-    assert _sql_prefilter(filters.parse_all('labels."q\\"q"==1')) == ("", ())
+    assert sql_prefilter(filters.parse_all('labels."ü"==1')) == ("", ())
+    assert sql_prefilter(filters.parse_all('labels."q\\"q"==1')) == ("", ())
 
 
 async def test_walk_records_pages(env: tuple[DB, LocalStore, Path], monkeypatch: pytest.MonkeyPatch) -> None:

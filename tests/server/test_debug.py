@@ -35,7 +35,8 @@ from grpclib.client import Channel
 from ctrd import __version__, errdefs
 from ctrd.client import RemoteContentStore
 from ctrd.plugin import Plugin, PluginSet, Registration, SkipPlugin
-from ctrd.server.debug import DebugApp, Profile
+from ctrd.server.debug import DebugApp
+from ctrd.server.pprof import Profile
 
 # -- in-process -------------------------------------------------------------------------------
 

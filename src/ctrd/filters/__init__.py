@@ -50,8 +50,9 @@ The parsed structure is public (:attr:`Filter.alternatives`, :class:`Selector`)
 so a store may translate simple selectors into SQL.
 
 Layout: the grammar (scanner and parser) is ``_parser``, the parsed form and
-matching ``_filter``, the regexp dialect ``_regexp``; quoted strings are read
-with :func:`ctrd.golang.unquote`.
+matching ``_filter``, the regexp dialect ``_regexp`` (RE2 with bounds) over
+``_gosyntax`` (Go's syntax checks); quoted strings are read with
+:func:`ctrd.golang.unquote`.
 """
 
 from __future__ import annotations

@@ -22,34 +22,38 @@ A full disk: a backend write, open or commit failing with ``ResourceExhausted``
 tells the database's :class:`~ctrd.metadata._reserve.SpaceReserve`, which gives
 its space back for deletions; until space returns, opening an ingest and writing
 to one fail with ``ResourceExhausted`` at once (commits, deletions and reads go on).
+
+Here: the store's read, list, update and delete path and its ingest queries.
+Opening a writer (the sharing decision) is :mod:`ctrd.metadata._ingests`, the
+writer and the commit path :mod:`ctrd.metadata._writer`, and the SQL that
+narrows a List :mod:`ctrd.metadata._prefilter`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as _dt
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from ctrd import _aio, _faults, errdefs, filters, limits, namespaces
-from ctrd import labels as _labels
 from ctrd.content import Info, InfoRecord, ReaderAt, Status, Store, Writer, utcnow
 from ctrd.content import digest as _digest
 from ctrd.metadata import _lease_refs
 from ctrd.metadata._gate import BlobGate
+from ctrd.metadata._ingests import KeyedLocks, open_writer
+from ctrd.metadata._prefilter import sql_prefilter
 from ctrd.metadata._types import CommitGuard, CommitObserver, DeletionObserver
-from ctrd.metadata.db import DB, Tx, from_us, labels_from_json, labels_to_json, to_us
+from ctrd.metadata._writer import validate_labels, with_ref
+from ctrd.metadata.db import DB, from_us, labels_from_json, labels_to_json, to_us
 from ctrd.metadata.policy import SharingPolicy
 
 __all__ = ["ContentStats", "NamespacedContentStore", "SharingStats"]
 
 log = logging.getLogger("ctrd.metadata")
 
-_INGEST_EXPIRY = _dt.timedelta(hours=24)
 _WALK_BATCH = 1000
 _INFO_CACHE_MAX = 65536
 
@@ -107,138 +111,6 @@ def _row_info(row: Sequence[object]) -> Info:
     )
 
 
-def _sql_selector(sel: filters.Selector) -> tuple[str, tuple[str, ...]] | None:
-    """A SQL condition every blob matching *sel* satisfies, or ``None`` for "any row"."""
-    path = sel.fieldpath
-    if path == ("digest",):
-        if sel.op is filters.Operator.EQUAL:
-            return "digest = ?", (sel.value,)
-        if sel.op is filters.Operator.NOT_EQUAL:
-            return "digest != ?", (sel.value,)
-        return None
-    if len(path) < 2 or path[0] != "labels":
-        return None
-    key = ".".join(path[1:])
-    # SQLite's JSON paths compare keys as written in the stored JSON text; keep
-    # to printable ASCII without quotes or escapes, where that text is the key.
-    if not key or not key.isascii() or not key.isprintable() or '"' in key or "\\" in key:
-        return None
-    jpath = f'$."{key}"'
-    if sel.op is None:
-        return "json_type(labels, ?) IS NOT NULL", (jpath,)
-    if sel.op is filters.Operator.EQUAL:
-        return "json_extract(labels, ?) = ?", (jpath, sel.value)
-    return None
-
-
-def _sql_prefilter(flt: filters.Filter) -> tuple[str, tuple[str, ...]]:
-    """`` AND (...)`` narrowing a blobs query to rows that may match *flt* (``""`` = no narrowing).
-
-    Each alternative contributes the AND of its translatable selectors; if one
-    alternative has none, any row may match and nothing is pushed down.
-    """
-    ors: list[str] = []
-    params: list[str] = []
-    for alternative in flt.alternatives:
-        conds = [c for c in map(_sql_selector, alternative) if c is not None]
-        if not conds:
-            return "", ()
-        ors.append(" AND ".join(c[0] for c in conds))
-        for c in conds:
-            params.extend(c[1])
-    if not ors:
-        return " AND 0", ()
-    return " AND ((" + ") OR (".join(ors) + "))", tuple(params)
-
-
-def _validate_labels(labels: Mapping[str, str] | None) -> None:
-    if labels:
-        try:
-            _labels.validate_all(labels)
-        except errdefs.InvalidArgument as exc:
-            raise errdefs.InvalidArgument(f"info.Labels: {exc.context}") from exc
-
-
-_DELETE_UNUSED_NAMESPACE: Final = (
-    "DELETE FROM namespaces WHERE name = ? "
-    "AND NOT EXISTS (SELECT 1 FROM namespace_labels WHERE namespace = ?) "
-    "AND NOT EXISTS (SELECT 1 FROM blobs WHERE namespace = ?) "
-    "AND NOT EXISTS (SELECT 1 FROM ingests WHERE namespace = ?) "
-    "AND NOT EXISTS (SELECT 1 FROM leases WHERE namespace = ?)"
-)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _UndoOpen:
-    """What :meth:`NamespacedContentStore._undo_open` needs to put back."""
-
-    ns: str
-    ref: str
-    bref: str
-    #: the ingest row's (expected, expected_size, expires_at) before, or None if it was new
-    previous: tuple[str, int, int | None] | None
-    #: the lease the ingest was attached to by this open, if any
-    lease: str | None
-    ns_created: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Opened:
-    """The outcome of :meth:`NamespacedContentStore._open_tx`."""
-
-    exists: bool = False
-    bref: str = ""
-    #: the blob's size for a shared writer (no backend ingest), else -1
-    shared_size: int = -1
-    #: set when a backend writer is to be opened (its ref is then held in the gate)
-    undo: _UndoOpen | None = None
-
-
-class _KeyedLocks:
-    """One :class:`asyncio.Lock` per key, dropped when nobody holds or waits for it."""
-
-    __slots__ = ("_locks",)
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-
-    def hold(self, key: tuple[str, str]) -> _Held:
-        """``async with locks.hold(key)``: hold *key*'s lock for the body."""
-        return _Held(self._locks, key)
-
-
-class _Held:
-    """The context manager of :meth:`_KeyedLocks.hold` (a class: it is on every write's path)."""
-
-    __slots__ = ("_key", "_lock", "_locks")
-
-    def __init__(self, locks: dict[tuple[str, str], tuple[asyncio.Lock, int]], key: tuple[str, str]) -> None:
-        self._locks = locks
-        self._key = key
-
-    async def __aenter__(self) -> None:
-        locks, key = self._locks, self._key
-        lock, users = locks.get(key) or (asyncio.Lock(), 0)
-        locks[key] = (lock, users + 1)
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._drop()
-            raise
-        self._lock = lock
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
-        self._drop()
-
-    def _drop(self) -> None:
-        lock, users = self._locks[self._key]
-        if users <= 1:
-            del self._locks[self._key]
-        else:
-            self._locks[self._key] = (lock, users - 1)
-
-
 class NamespacedContentStore:
     """Implements :class:`ctrd.content.Store` over the metadata database."""
 
@@ -254,7 +126,7 @@ class NamespacedContentStore:
         self._db = db
         self._info_cache: dict[tuple[str, str], tuple[int, Info]] = {}
         #: serialises opening and aborting one (namespace, ref)
-        self._ref_locks = _KeyedLocks()
+        self._ref_locks = KeyedLocks()
         self._backend = backend
         self.policy = policy
         self.stats = SharingStats()
@@ -370,7 +242,7 @@ class NamespacedContentStore:
                             f'cannot update "{path}" field on content info "{dgst}"'
                         )
             new = {k: v for k, v in new.items() if v}
-            _validate_labels(new)
+            validate_labels(new)
             now = utcnow()
             await tx.run(
                 "UPDATE blobs SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?",
@@ -393,13 +265,13 @@ class NamespacedContentStore:
         """Batches of the namespace's matching blobs, sorted by digest (what ``List`` streams).
 
         Simple selectors are pushed into SQL as a necessary condition
-        (:func:`_sql_prefilter`); every row SQL returns is still matched exactly
+        (:func:`~ctrd.metadata._prefilter.sql_prefilter`); every row SQL returns is still matched exactly
         by :mod:`ctrd.filters`.
         """
         ns = namespaces.required()
         flt = filters.parse_all(*filter_strings)
         exact = not flt.matches_all
-        where, params = _sql_prefilter(flt) if exact else ("", ())
+        where, params = sql_prefilter(flt) if exact else ("", ())
         sql = (
             "SELECT digest, size, created_at, updated_at, labels FROM blobs "
             f"WHERE namespace = ? AND digest > ?{where} ORDER BY digest LIMIT ?"
@@ -488,7 +360,7 @@ class NamespacedContentStore:
             st = await self._backend.status(row[0])
         except errdefs.NotFound as exc:
             raise errdefs.NotFound(f"reference {limits.echo(ref)}") from exc
-        return _with_ref(st, ref)
+        return with_ref(st, ref)
 
     async def list_statuses(self, *filter_strings: str) -> list[Status]:
         ns = namespaces.required()
@@ -507,7 +379,7 @@ class NamespacedContentStore:
                 st = await self._backend.status(str(bref))
             except errdefs.NotFound:
                 continue
-            out.append(_with_ref(st, str(ref)))
+            out.append(with_ref(st, str(ref)))
         return out
 
     async def abort(self, ref: str) -> None:
@@ -534,376 +406,4 @@ class NamespacedContentStore:
         lease = namespaces.current_lease()
         self._gate(f"open ref {ref}")
         async with self._ref_locks.hold((ns, ref)):
-            return await self._open(ns, ref, total, expected, lease)
-
-    async def _open(self, ns: str, ref: str, total: int, expected: str, lease: str | None) -> Writer:
-        """:meth:`writer` under the ref's lock.
-
-        The ingest row is committed first and the backend ingest created after,
-        outside the database lock: creating it takes a thread hop and fsyncs (and a
-        resumed ingest is re-hashed), which would otherwise hold up every other
-        metadata write. Until the backend writer exists, the gate holds its backend
-        ref (the collector must not take the row for a dangling one), and the ref's
-        lock keeps other opens and aborts of the ref waiting, as the database lock
-        did; if creating it fails, :meth:`_undo_open` puts the rows back as they were.
-        """
-        now = utcnow()
-        opened: _Opened | None = None
-        try:
-            async with self._db.update(inline=True) as tx:
-                opened = await self._open_tx(tx, ns, ref, total, expected, lease, now)
-        except BaseException:
-            if opened is not None and opened.undo is not None:
-                self.gate.release_ref(opened.bref)  # the COMMIT failed after the hold
-            raise
-        if opened.exists:
-            raise errdefs.AlreadyExists(f"content {expected}")
-        bw: Writer | None = None
-        if opened.undo is not None:
-            try:
-                # the digest is deliberately not passed: the caller must prove possession
-                bw = await self._backend.writer(opened.bref, total=total)
-            except BaseException as exc:
-                if isinstance(exc, errdefs.ResourceExhausted):
-                    self._out_of_space()
-                await asyncio.shield(self._undo_open(opened.undo))
-                if isinstance(exc, errdefs.Error):
-                    raise _in_callers_words(exc, opened.bref, ref) from None
-                raise
-            finally:
-                self.gate.release_ref(opened.bref)
-        return _NamespacedWriter(
-            self,
-            ns=ns,
-            ref=ref,
-            bref=opened.bref,
-            writer=bw,
-            lease=lease,
-            expected=expected if opened.shared_size >= 0 else "",
-            size=max(opened.shared_size, 0),
-            started=now,
-        )
-
-    async def _open_tx(
-        self, tx: Tx, ns: str, ref: str, total: int, expected: str, lease: str | None, now: _dt.datetime
-    ) -> _Opened:
-        """The transaction of :meth:`_open`; holds the backend ref in the gate as its last step."""
-        await _lease_refs.check_lease(tx, ns, lease)
-        if expected:
-            hit = await tx.one("SELECT 1 FROM blobs WHERE namespace = ? AND digest = ?", (ns, expected))
-            if hit is not None:
-                await _lease_refs.add_resource(tx, ns, lease, "content", expected)
-                return _Opened(exists=True)
-        shared_size = -1
-        if expected and (
-            self.policy is SharingPolicy.SHARED or await self._in_shareable_namespace(tx, expected)
-        ):
-            try:
-                binfo = await self._backend.info(expected)
-            except errdefs.NotFound:
-                pass
-            else:
-                if total in (0, binfo.size):
-                    shared_size = binfo.size
-        ns_created = await tx.ensure_namespace(ns, to_us(now))
-        row = await tx.one(
-            "SELECT backend_ref, expected, expected_size, expires_at FROM ingests "
-            "WHERE namespace = ? AND ref = ?",
-            (ns, ref),
-        )
-        if row is not None:
-            bref = str(row[0])
-        else:
-            seq = await tx.next_sequence("ingest")
-            bref = f"{ns}/{seq}/{ref}"
-        expires = None if lease else to_us(now + _INGEST_EXPIRY)
-        shared = shared_size >= 0
-        await tx.run(
-            "INSERT INTO ingests(namespace, ref, backend_ref, expected, expected_size, created_at, "
-            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(namespace, ref) DO UPDATE SET "
-            "expected = excluded.expected, expected_size = excluded.expected_size, "
-            "expires_at = excluded.expires_at",
-            (ns, ref, bref, expected if shared else "", max(shared_size, 0), to_us(now), expires),
-        )
-        lease_added = await _lease_refs.add_resource(tx, ns, lease, "ingests", ref)
-        if shared:
-            return _Opened(bref=bref, shared_size=shared_size)
-        undo = _UndoOpen(
-            ns=ns,
-            ref=ref,
-            bref=bref,
-            previous=None if row is None else (str(row[1]), int(row[2]), row[3]),
-            lease=lease if lease_added else None,
-            ns_created=ns_created,
-        )
-        self.gate.hold_ref(bref)
-        return _Opened(bref=bref, undo=undo)
-
-    async def _undo_open(self, undo: _UndoOpen) -> None:
-        """Put back what :meth:`_open` committed before its backend writer failed.
-
-        The ingest row is removed (or its previous values restored), and so are the
-        lease attachment and an implicitly created namespace that are still unused:
-        what the single transaction's rollback used to leave. The ingest sequence
-        number stays consumed.
-        """
-        ns, ref, bref = undo.ns, undo.ref, undo.bref
-        try:
-            async with self._db.update(inline=True) as tx:
-                if undo.previous is None:
-                    await tx.run(
-                        "DELETE FROM ingests WHERE namespace = ? AND ref = ? AND backend_ref = ?",
-                        (ns, ref, bref),
-                    )
-                else:
-                    await tx.run(
-                        "UPDATE ingests SET expected = ?, expected_size = ?, expires_at = ? "
-                        "WHERE namespace = ? AND ref = ? AND backend_ref = ?",
-                        (*undo.previous, ns, ref, bref),
-                    )
-                if undo.lease is not None:
-                    await _lease_refs.remove_resource(tx, ns, undo.lease, "ingests", ref)
-                if undo.ns_created:
-                    await tx.run(_DELETE_UNUSED_NAMESPACE, (ns,) * 5)
-        except errdefs.Error as exc:
-            log.warning("could not undo the ingest record of %s in %s: %s", ref, ns, exc)
-        except Exception:
-            log.warning("could not undo the ingest record of %s in %s", ref, ns, exc_info=True)
-
-    async def _in_shareable_namespace(self, tx: Tx, dgst: str) -> bool:
-        row = await tx.one(
-            "SELECT 1 FROM blobs b JOIN namespace_labels l ON l.namespace = b.namespace "
-            "WHERE b.digest = ? AND l.key = 'containerd.io/namespace.shareable' AND l.value = 'true' LIMIT 1",
-            (dgst,),
-        )
-        return row is not None
-
-    async def _commit(
-        self,
-        w: _NamespacedWriter,
-        size: int,
-        expected: str,
-        labels: Mapping[str, str] | None,
-    ) -> None:
-        async with contextlib.AsyncExitStack() as guarded:
-            if self._guards:
-                dgst = expected or w.digest()
-                n = size or (await w.status()).offset
-                for guard in self._guards:
-                    await guarded.enter_async_context(guard(w.ns, dgst, n))
-            # From the backend commit to the end of the transaction the new file is referenced
-            # by no row: the gate keeps the garbage collector off it meanwhile.
-            async with self.gate.committing(w.digest(), w.bref):
-                await self._commit_gated(w, size, expected, labels)
-
-    async def _commit_gated(
-        self,
-        w: _NamespacedWriter,
-        size: int,
-        expected: str,
-        labels: Mapping[str, str] | None,
-    ) -> None:
-        _validate_labels(labels)
-        if expected:
-            _digest.validate(expected)
-        reupload = False
-        if w.backend_writer is None:
-            if size not in (0, w.size):
-                raise errdefs.FailedPrecondition(f'"{w.ref}" failed size validation: {w.size} != {size}')
-            if expected and expected != w.expected:
-                raise errdefs.FailedPrecondition(f'"{w.ref}" unexpected digest')
-            actual, size = w.expected, w.size
-        else:
-            actual, size, reupload = await self._commit_backend(w, w.backend_writer, size, expected)
-        ns, lease = w.ns, w.lease
-        now_us = to_us(utcnow())
-        clean = {k: v for k, v in (labels or {}).items() if v}
-        dup = False
-        _faults.point("metadata.commit.before_tx")
-        async with self._db.update(inline=True) as tx:
-            if w.backend_writer is None:
-                # the shared blob may have been collected since the writer opened
-                try:
-                    await self._backend.info(actual)
-                except errdefs.NotFound as exc:
-                    raise errdefs.NotFound(f"content {actual} is no longer available") from exc
-            await tx.ensure_namespace(ns, now_us)
-            n = await tx.run(
-                "INSERT OR IGNORE INTO blobs(namespace, digest, size, created_at, updated_at, labels) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (ns, actual, size, now_us, now_us, labels_to_json(clean)),
-            )
-            dup = n == 0
-            await tx.run("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, w.ref))
-            await _lease_refs.remove_resource(tx, ns, lease, "ingests", w.ref)
-            await _lease_refs.add_resource(tx, ns, lease, "content", actual)
-            _faults.point("metadata.commit.in_tx")
-        if dup:
-            raise errdefs.AlreadyExists(f"content {actual}")
-        self.content_stats.commits += 1
-        for observe in self._on_commit:
-            try:
-                await observe(ns, actual, size)
-            except Exception:
-                log.warning("commit hook failed for %s in %s", actual, ns, exc_info=True)
-        if w.backend_writer is None:
-            self.stats.admissions += 1
-            self.stats.saved_bytes += size
-        elif reupload:
-            self.stats.isolated_reuploads += 1
-
-    async def _commit_backend(
-        self, w: _NamespacedWriter, bw: Writer, size: int, expected: str
-    ) -> tuple[str, int, bool]:
-        """Commit *w*'s backend writer: ``(digest, size, whether the blob was on disk already)``."""
-        st = await bw.status()
-        if size not in (0, st.offset):
-            await bw.close()
-            raise errdefs.FailedPrecondition(f'"{w.ref}" failed size validation: {st.offset} != {size}')
-        reupload = False
-        try:
-            await bw.commit(st.offset, expected)
-        except errdefs.AlreadyExists:
-            reupload = True
-        except errdefs.ResourceExhausted as exc:
-            self._out_of_space()
-            raise w._own_words(exc) from None
-        except errdefs.Error as exc:
-            raise w._own_words(exc) from None
-        return bw.digest(), st.offset, reupload
-
-
-def _with_ref(st: Status, ref: str) -> Status:
-    return Status(
-        ref=ref,
-        offset=st.offset,
-        total=st.total,
-        started_at=st.started_at,
-        updated_at=st.updated_at,
-        expected=st.expected,
-    )
-
-
-def _in_callers_words(exc: errdefs.Error, bref: str, ref: str) -> errdefs.Error:
-    """*exc* from the backend, naming the caller's *ref* instead of the backend's *bref*.
-
-    Backend refs (``<namespace-id>/<sequence>/<ref>``) are the store's internals.
-    """
-    if bref and bref in exc.context:
-        return type(exc)(exc.context.replace(bref, limits.echo(ref)))
-    return exc
-
-
-class _NamespacedWriter:
-    """Writer bound to one namespace; a shared writer has no backend writer."""
-
-    def __init__(
-        self,
-        store: NamespacedContentStore,
-        *,
-        ns: str,
-        ref: str,
-        bref: str,
-        writer: Writer | None,
-        lease: str | None,
-        expected: str,
-        size: int,
-        started: _dt.datetime,
-    ) -> None:
-        self._store = store
-        self.ns = ns
-        self.ref = ref
-        self.bref = bref
-        self.backend_writer = writer
-        self.lease = lease
-        self.expected = expected
-        self.size = size
-        self._started = started
-
-    def digest(self) -> str:
-        if self.backend_writer is None:
-            return self.expected
-        return self.backend_writer.digest()
-
-    async def status(self) -> Status:
-        if self.backend_writer is None:
-            return Status(
-                ref=self.ref,
-                offset=self.size,
-                total=self.size,
-                started_at=self._started,
-                updated_at=self._started,
-                expected=self.expected,
-            )
-        return _with_ref(await self.backend_writer.status(), self.ref)
-
-    async def _copy_up(self, n: int) -> Writer:
-        """Turn a shared writer into a real ingest holding the first *n* bytes of the blob."""
-        backend = self._store.backend
-        bw = await backend.writer(self.bref, total=0)
-        try:
-            await bw.truncate(0)
-            if n:
-                ra = await backend.reader_at(self.expected)
-                try:
-                    off = 0
-                    while off < n:
-                        chunk = await ra.read_at(off, min(1 << 20, n - off))
-                        if not chunk:
-                            raise errdefs.DataLoss(f"short read copying {self.expected}")
-                        await bw.write(chunk)
-                        off += len(chunk)
-                finally:
-                    await ra.close()
-        except BaseException:
-            await bw.close()
-            raise
-        async with self._store._db.update(inline=True) as tx:
-            await tx.run(
-                "UPDATE ingests SET expected = '', expected_size = 0 WHERE namespace = ? AND ref = ?",
-                (self.ns, self.ref),
-            )
-        self.backend_writer = bw
-        self.expected = ""
-        return bw
-
-    def _own_words(self, exc: errdefs.Error) -> errdefs.Error:
-        return _in_callers_words(exc, self.bref, self.ref)
-
-    async def write(self, data: bytes | memoryview) -> int:
-        store = self._store
-        reserve = store._db.reserve
-        if reserve is not None and reserve.low:
-            reserve.gate(f"write to ref {self.ref}")
-        bw = self.backend_writer
-        try:
-            if bw is None:
-                if not len(data):
-                    return 0
-                bw = await self._copy_up(self.size)
-            n = await bw.write(data)
-        except errdefs.ResourceExhausted as exc:
-            store._out_of_space()
-            raise self._own_words(exc) from None
-        except errdefs.Error as exc:
-            raise self._own_words(exc) from None
-        store.content_stats.ingested_bytes += n
-        return n
-
-    async def truncate(self, size: int) -> None:
-        try:
-            if self.backend_writer is None:
-                if size != 0:
-                    raise errdefs.InvalidArgument("truncate: unsupported size")
-                await self._copy_up(0)
-                return
-            await self.backend_writer.truncate(size)
-        except errdefs.Error as exc:
-            raise self._own_words(exc) from None
-
-    async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> None:
-        await self._store._commit(self, size, expected, labels)
-
-    async def close(self) -> None:
-        if self.backend_writer is not None:
-            await self.backend_writer.close()
+            return await open_writer(self, ns, ref, total, expected, lease)

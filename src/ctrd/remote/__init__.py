@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from ctrd.remote._address import Address, parse_address
 from ctrd.remote._connection import BACKOFF_BASE, BACKOFF_MAX, DIAL_TIMEOUT, Connection
-from ctrd.remote._content import PIPELINE, RemoteContentStore, RemoteReaderAt, RemoteWriter
+from ctrd.remote._content import RemoteContentStore, RemoteReaderAt
 from ctrd.remote._scope import ChannelScope, Scope
+from ctrd.remote._writer import PIPELINE, RemoteWriter
 
 __all__ = [
     "BACKOFF_BASE",

@@ -344,7 +344,7 @@ class Daemon:
 
     def dump_stacks(self) -> None:
         """Log every task's and thread's stack (SIGUSR1, like containerd's goroutine dump)."""
-        from ctrd.server.debug import log_stack_dump
+        from ctrd.server.pprof import log_stack_dump
 
         task = asyncio.get_running_loop().create_task(log_stack_dump(), name="ctrd-stack-dump")
         self._dumps.add(task)

@@ -6,7 +6,8 @@ no namespaces and no labels; the metadata store layers those on top.
 
 from __future__ import annotations
 
-from ctrd.content.local._store import LocalReaderAt, LocalStore
+from ctrd.content.local._reader import LocalReaderAt
+from ctrd.content.local._store import LocalStore
 from ctrd.content.local._writer import LocalWriter
 
 __all__ = ["LocalReaderAt", "LocalStore", "LocalWriter"]

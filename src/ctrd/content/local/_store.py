@@ -23,235 +23,33 @@ older ctrd or containerd wrote keep their modes.
 The store has no namespaces and no labels (labels live in the metadata store),
 so :meth:`LocalStore.update` always fails. Digests are validated before any
 path is built from them, and no error message carries a filesystem path.
+
+Here: :class:`LocalStore` itself. Readers and the cache of open blob fds are
+:mod:`ctrd.content.local._reader`, one ingest directory (status, create, resume)
+:mod:`ctrd.content.local._ingest`, the writer :mod:`ctrd.content.local._writer`,
+and the filesystem primitives they share :mod:`ctrd.content.local._fs`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import datetime as _dt
 import hashlib
 import os
 import shutil
 import stat
 import weakref
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Final
 
 from ctrd import _aio, errdefs, filters
 from ctrd.content import digest as _digest
-from ctrd.content._store import Info, Status, utcnow
+from ctrd.content._store import Info, Status
+from ctrd.content.local._fs import DIR_MODE, datetime_from_ns, map_os_error, run_blocking
+from ctrd.content.local._ingest import close_ingest, open_ingest, read_status
 from ctrd.content.local._locks import RefLocks
-from ctrd.content.local._writer import (
-    DIR_MODE,
-    FILE_MODE,
-    INLINE_MAX,
-    LocalWriter,
-    datetime_from_ns,
-    format_timestamp,
-    map_os_error,
-    parse_timestamp,
-    run_blocking,
-    write_file,
-    write_files_atomic,
-)
+from ctrd.content.local._reader import BlobFds, LocalReaderAt, OpenBlob
+from ctrd.content.local._writer import LocalWriter
 
-__all__ = ["LocalReaderAt", "LocalStore"]
-
-_REHASH_CHUNK: Final = 1 << 20
-#: open blob fds kept for reuse while no reader holds them (see :class:`_BlobFds`)
-FD_CACHE_MAX: Final = 64
-
-
-@dataclasses.dataclass(slots=True)
-class _Ingest:
-    """What the blocking part of :meth:`LocalStore.writer` hands back."""
-
-    fd: int
-    offset: int
-    total: int
-    hasher: hashlib._Hash
-    started_at: _dt.datetime
-    updated_at: _dt.datetime
-
-
-class _OpenBlob:
-    """One open read-only fd of a committed blob, shared by its readers."""
-
-    __slots__ = ("digest", "evicted", "fd", "refs", "size")
-
-    def __init__(self, digest: str, fd: int, size: int) -> None:
-        self.digest = digest
-        self.fd = fd
-        self.size = size
-        self.refs = 0
-        #: out of the cache: closed as soon as the last reader releases it
-        self.evicted = False
-
-
-class _BlobFds:
-    """Open fds of committed blobs, reused across readers (LRU, at most *max_idle* kept).
-
-    A committed blob never changes and readers use ``os.pread`` (no file
-    position), so every reader of a digest can share one fd: a ``Read`` RPC per
-    32 KiB (``ctr content get``) then costs no ``open``/``fstat``/``close``.
-    An entry is evicted when its blob is deleted through the store, or when it
-    is the least recently used beyond *max_idle*; an evicted fd is closed once
-    its last reader releases it, so readers of a deleted blob keep reading the
-    unlinked file, as with a private fd. All methods run on the event loop's thread.
-    """
-
-    def __init__(self, max_idle: int = FD_CACHE_MAX) -> None:
-        self._max = max_idle
-        self._open: OrderedDict[str, _OpenBlob] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def get(self, dgst: str) -> _OpenBlob | None:
-        """The cached entry for *dgst* with one more reference, or ``None``."""
-        entry = self._open.get(dgst)
-        if entry is None:
-            return None
-        self._open.move_to_end(dgst)
-        entry.refs += 1
-        return entry
-
-    def add(self, entry: _OpenBlob) -> _OpenBlob:
-        """Cache the freshly opened *entry* and take one reference to it."""
-        old = self._open.pop(entry.digest, None)
-        if old is not None:
-            self._evict(old)
-        self._open[entry.digest] = entry
-        entry.refs += 1
-        while len(self._open) > self._max:
-            _, lru = self._open.popitem(last=False)
-            self._evict(lru)
-        return entry
-
-    def release(self, entry: _OpenBlob) -> None:
-        """Drop one reference; closes the fd of an evicted entry when none is left."""
-        entry.refs -= 1
-        if entry.evicted and entry.refs == 0:
-            os.close(entry.fd)
-
-    def discard(self, dgst: str) -> None:
-        """Evict *dgst* (its blob is being or was deleted)."""
-        entry = self._open.pop(dgst, None)
-        if entry is not None:
-            self._evict(entry)
-
-    def close(self) -> None:
-        """Evict everything (fds in use close when their readers release them)."""
-        while self._open:
-            _, entry = self._open.popitem()
-            self._evict(entry)
-
-    @staticmethod
-    def _evict(entry: _OpenBlob) -> None:
-        entry.evicted = True
-        if entry.refs == 0:
-            os.close(entry.fd)
-
-
-class LocalReaderAt:
-    """Random access to one committed blob through a shared fd and ``os.pread``.
-
-    Implements :class:`ctrd.content.ReaderAt`; also an async context manager.
-    Reads of up to 64 KiB run inline, larger ones in a worker thread. The fd
-    comes from the store's cache of open blobs; :meth:`close` gives it back once
-    no read is in flight.
-    """
-
-    def __init__(self, blob: _OpenBlob, fds: _BlobFds) -> None:
-        self._blob: _OpenBlob | None = blob
-        self._fds = fds
-        self._fd: int | None = blob.fd
-        self._size = blob.size
-        self._digest = blob.digest
-        self._inflight = 0
-        self._closing = False
-
-    @property
-    def size(self) -> int:
-        """Size of the blob in bytes."""
-        return self._size
-
-    @property
-    def digest(self) -> str:
-        """Digest of the blob."""
-        return self._digest
-
-    def __repr__(self) -> str:
-        return f"<LocalReaderAt {self._digest} size={self._size}>"
-
-    async def __aenter__(self) -> LocalReaderAt:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def read_at(self, offset: int, n: int) -> bytes:
-        """Read up to *n* bytes at *offset*.
-
-        Returns fewer bytes only at the end of the blob, and ``b""`` for
-        ``offset >= size`` (Go's ``ReadAt`` gives ``io.EOF`` there).
-
-        :raises errdefs.InvalidArgument: negative *offset* or *n*.
-        :raises errdefs.FailedPrecondition: the reader is closed.
-        """
-        if offset < 0:
-            raise errdefs.InvalidArgument(f"read of {self._digest}: negative offset {offset}")
-        if n < 0:
-            raise errdefs.InvalidArgument(f"read of {self._digest}: negative size {n}")
-        fd = self._fd
-        if fd is None or self._closing:
-            raise errdefs.FailedPrecondition(f"read of {self._digest}: reader is closed")
-        n = min(n, self._size - offset)
-        if n <= 0:
-            return b""
-        self._inflight += 1
-        try:
-            if n <= INLINE_MAX:
-                return self._pread(fd, offset, n)
-            return await run_blocking(self._pread, fd, offset, n)
-        finally:
-            self._inflight -= 1
-            if self._closing and self._inflight == 0:
-                self._release()
-
-    def _pread(self, fd: int, offset: int, n: int) -> bytes:
-        try:
-            data = os.pread(fd, n, offset)
-            if len(data) == n or not data:
-                return data
-            parts = [data]
-            got = len(data)
-            while got < n:
-                chunk = os.pread(fd, n - got, offset + got)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-            return b"".join(parts)
-        except OSError as exc:
-            raise map_os_error(exc, f"read of {self._digest}") from None
-
-    async def close(self) -> None:
-        """Close the fd (after in-flight reads finish). Idempotent."""
-        if self._fd is None or self._closing:
-            return
-        self._closing = True
-        if self._inflight == 0:
-            self._release()
-
-    def _release(self) -> None:
-        blob, self._blob = self._blob, None
-        self._fd = None
-        if blob is not None:
-            self._fds.release(blob)
+__all__ = ["LocalStore"]
 
 
 class LocalStore:
@@ -282,7 +80,7 @@ class LocalStore:
         self._ingest.mkdir(mode=DIR_MODE, exist_ok=True)
         _private_dirs([self._root, self._ingest, self._blobs, *(self._blobs / a for a in _digest.ALGORITHMS)])
         self._locks = RefLocks()
-        self._fds = _BlobFds()
+        self._fds = BlobFds()
         weakref.finalize(self, self._fds.close)
 
     @property
@@ -417,7 +215,7 @@ class LocalStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise errdefs.NotFound(f"content digest {dgst}")
-        return LocalReaderAt(fds.add(_OpenBlob(dgst, fd, st.st_size)), fds)
+        return LocalReaderAt(fds.add(OpenBlob(dgst, fd, st.st_size)), fds)
 
     # -- ingests -----------------------------------------------------------
 
@@ -430,34 +228,10 @@ class LocalStore:
 
         :raises errdefs.NotFound: ``reference <ref>``.
         """
-        st = self._status_sync(self._ingest_dir(ref))
+        st = read_status(self._ingest_dir(ref))
         if st is None or st.ref != ref:
             raise errdefs.NotFound(f"reference {ref}")
         return st
-
-    def _status_sync(self, ingest_dir: Path) -> Status | None:
-        """Read one ingest directory; ``None`` if it, ``data`` or ``ref`` is missing."""
-        try:
-            ref = (ingest_dir / "ref").read_bytes().decode("utf-8", errors="replace")
-            data_st = os.stat(ingest_dir / "data")
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise map_os_error(exc, "read ingest status") from None
-        try:
-            total = int((ingest_dir / "total").read_text(encoding="ascii").strip())
-        except (OSError, ValueError, UnicodeDecodeError):
-            total = 0
-        data_mtime = datetime_from_ns(data_st.st_mtime_ns)
-        started_at = _read_timestamp(ingest_dir / "startedat") or data_mtime
-        updated_at = max(_read_timestamp(ingest_dir / "updatedat") or data_mtime, data_mtime)
-        return Status(
-            ref=ref,
-            offset=data_st.st_size,
-            total=total,
-            started_at=started_at,
-            updated_at=updated_at,
-        )
 
     async def list_statuses(self, *filters_: str) -> list[Status]:
         """Statuses of all ingests matching any of *filters_* (field ``ref``), sorted by ref.
@@ -489,7 +263,7 @@ class LocalStore:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             try:
-                st = self._status_sync(Path(entry.path))
+                st = read_status(Path(entry.path))
             except errdefs.NotFound:
                 continue
             if st is not None:
@@ -574,7 +348,7 @@ class LocalStore:
                 # one stat, cheaper inline than a thread hop
                 if os.path.exists(f"{self._blobs_str}/{algorithm}/{encoded}"):  # noqa: ASYNC240
                     raise errdefs.AlreadyExists(f"content {expected}")
-            ingest = await run_blocking(self._open_ingest_sync, ref, total, ingest_dir, discard=_close_ingest)
+            ingest = await run_blocking(open_ingest, ref, total, ingest_dir, discard=close_ingest)
         except BaseException:
             self._locks.unlock(ref)
             raise
@@ -592,57 +366,6 @@ class LocalStore:
             direct=self._direct_write,
         )
 
-    def _open_ingest_sync(self, ref: str, total: int, ingest_dir: str) -> _Ingest:
-        try:
-            try:
-                os.mkdir(ingest_dir, DIR_MODE)
-            except FileExistsError:
-                st = self._status_sync(Path(ingest_dir))
-                if st is not None:
-                    return self._resume_sync(Path(ingest_dir), ref, total, st)
-            return self._create_sync(ingest_dir, ref, total)
-        except OSError as exc:
-            raise map_os_error(exc, f"open ref {ref}") from None
-
-    def _resume_sync(self, ingest_dir: Path, ref: str, total: int, st: Status) -> _Ingest:
-        if st.ref != ref:
-            raise errdefs.Unknown(f"ref key does not match: {ref} != {st.ref}")
-        if total > 0 and st.total > 0 and total != st.total:
-            raise errdefs.Unknown(f"provided total differs from status: {total} != {st.total}")
-        if total > 0 and st.total == 0:
-            write_file(os.fspath(ingest_dir / "total"), str(total).encode("ascii"))
-        else:
-            total = st.total
-        fd = os.open(ingest_dir / "data", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            hasher = hashlib.sha256()
-            buf = bytearray(_REHASH_CHUNK)
-            view = memoryview(buf)
-            offset = 0
-            while True:
-                n = os.preadv(fd, [buf], offset)
-                if n == 0:
-                    break
-                hasher.update(view[:n])
-                offset += n
-        except BaseException:
-            os.close(fd)
-            raise
-        return _Ingest(fd, offset, total, hasher, st.started_at, st.updated_at)
-
-    def _create_sync(self, ingest_dir: str, ref: str, total: int) -> _Ingest:
-        now = utcnow()
-        stamp = format_timestamp(now).encode()
-        write_file(f"{ingest_dir}/ref", ref.encode())
-        write_files_atomic([(f"{ingest_dir}/startedat", stamp), (f"{ingest_dir}/updatedat", stamp)])
-        if total > 0:
-            write_file(f"{ingest_dir}/total", str(total).encode("ascii"))
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{ingest_dir}/total")
-        fd = os.open(f"{ingest_dir}/data", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        return _Ingest(fd, 0, max(total, 0), hashlib.sha256(), now, now)
-
 
 def _private_dirs(paths: Sequence[Path]) -> None:
     """Set existing directories among *paths* to :data:`DIR_MODE` (an older ctrd made them 0755)."""
@@ -653,14 +376,3 @@ def _private_dirs(paths: Sequence[Path]) -> None:
             continue
         if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) != DIR_MODE:
             os.chmod(path, DIR_MODE)
-
-
-def _read_timestamp(path: Path) -> _dt.datetime | None:
-    try:
-        return parse_timestamp(path.read_text(encoding="ascii", errors="replace"))
-    except OSError:
-        return None
-
-
-def _close_ingest(ingest: _Ingest) -> None:
-    os.close(ingest.fd)
