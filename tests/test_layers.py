@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("plugin core", ("ctrd.plugin",)),
-    ("content", ("ctrd.content",)),
+    ("content", ("ctrd.content", "ctrd.images")),
     ("metadata", ("ctrd.metadata", "ctrd.gc", "ctrd.events")),
     ("transport", ("ctrd.wire", "ctrd.api")),
     ("remote", ("ctrd.remote",)),
