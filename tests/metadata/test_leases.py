@@ -313,6 +313,11 @@ async def test_resource_errors(env: Env) -> None:
                 "resource type images not supported yet",
             ),
             (Resource(id="x", type=""), errdefs.Unimplemented, "resource type  not supported yet"),
+            (  # a long type is echoed cut: the message keeps its meaning under the status limit
+                Resource(id="x", type="Z" * 2000),
+                errdefs.Unimplemented,
+                "resource type " + "Z" * 128 + "…(2000 characters) not supported yet",
+            ),
             (
                 Resource(id="x", type="content/extra"),
                 errdefs.InvalidArgument,
