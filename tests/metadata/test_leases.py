@@ -314,9 +314,14 @@ async def test_resource_errors(env: Env) -> None:
             ),
             (Resource(id="x", type=""), errdefs.Unimplemented, "resource type  not supported yet"),
             (  # a long type is echoed cut: the message keeps its meaning under the status limit
-                Resource(id="x", type="Z" * 2000),
+                Resource(id="x", type="Z" * 1000),
                 errdefs.Unimplemented,
-                "resource type " + "Z" * 128 + "…(2000 characters) not supported yet",
+                "resource type " + "Z" * 128 + "…(1000 characters) not supported yet",
+            ),
+            (  # over the bound of ids and types (ctrd.limits), refused
+                Resource(id="x", type="Z" * 2000),
+                errdefs.InvalidArgument,
+                "resource type " + "Z" * 128 + "…(2000 characters) is longer than the maximum of 1024 bytes",
             ),
             (
                 Resource(id="x", type="content/extra"),
