@@ -251,9 +251,9 @@ class TestLocal(ContentStoreSuite):
     async def test_total_mismatch(self, local: LocalStore) -> None:
         w = await local.writer("tot", total=10)
         await w.close()
-        with pytest.raises(errdefs.Unknown) as exc_info:
+        with pytest.raises(errdefs.FailedPrecondition) as exc_info:  # containerd: Unknown
             await local.writer("tot", total=20)
-        assert str(exc_info.value) == "provided total differs from status: 20 != 10: unknown"
+        assert str(exc_info.value) == "provided total differs from status: 20 != 10: failed precondition"
         w = await local.writer("tot", total=10)  # the lock was released
         await w.close()
         w = await local.writer("tot")  # total 0: keeps the stored total

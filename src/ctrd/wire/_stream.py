@@ -23,7 +23,7 @@ from h2.exceptions import StreamClosedError as H2StreamClosedError
 from ctrd import limits
 from ctrd.wire import _budget
 from ctrd.wire._h2 import DIRECT_BODY_MIN, CtrdConnection
-from ctrd.wire._proto import GRPC_PREFIX, check_message
+from ctrd.wire._proto import GRPC_PREFIX, check_message, strip_unknown
 from ctrd.wire.peer import peer_of
 
 if TYPE_CHECKING:
@@ -135,8 +135,8 @@ class CallStream(_gs.Stream):  # type: ignore[type-arg]
         if len(data) != length:
             raise GRPCError(Status.INTERNAL, "incomplete message")
         try:
-            if self._strict:
-                check_message(data, self._recv_type)
+            if self._strict and check_message(data, self._recv_type):
+                data = strip_unknown(data, self._recv_type)  # betterproto2 keeps them in quadratic time
             msg = self._codec.decode(data, self._recv_type)  # type: ignore[arg-type]  # views: DECODES_VIEWS
         except Exception as exc:  # malformed protobuf: the caller's error, not ours
             reason = limits.echo(str(exc) or type(exc).__name__)

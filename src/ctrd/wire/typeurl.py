@@ -19,6 +19,7 @@ import betterproto2
 import ctrd.api.containerd.events  # noqa: F401  (registers the event messages in the pool)
 from ctrd.api.google import protobuf as pb
 from ctrd.api.message_pool import default_message_pool
+from ctrd.wire._proto import decode
 
 __all__ = ["GOOGLE_PREFIX", "message_type", "pack_event", "type_url", "unpack_event"]
 
@@ -57,12 +58,15 @@ def message_type(url: str) -> type[betterproto2.Message] | None:
 
 
 def unpack_event(any_: pb.Any) -> betterproto2.Message:
-    """Decode the message inside *any_* (bare or ``type.googleapis.com/`` URL).
+    """Decode the message inside *any_* (bare or ``type.googleapis.com/`` URL), checked and
+    in linear time (:func:`ctrd.wire._proto.decode`: a client's payload is untrusted).
 
     :raises TypeError: the type URL names no registered message.
+    :raises ctrd.wire._proto.MalformedMessage: the payload is not a well-formed message of it.
     """
     url = any_.type_url
     found = message_type(url)
     if found is None:
         raise TypeError(f"cannot unpack unregistered type {url!r}")
-    return found.parse(any_.value)
+    message: betterproto2.Message = decode(any_.value, found)
+    return message

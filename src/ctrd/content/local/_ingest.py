@@ -90,7 +90,7 @@ def _resume(ingest_dir: Path, ref: str, total: int, st: Status) -> Ingest:
     if st.ref != ref:
         raise errdefs.Unknown(f"ref key does not match: {ref} != {st.ref}")
     if total > 0 and st.total > 0 and total != st.total:
-        raise errdefs.Unknown(f"provided total differs from status: {total} != {st.total}")
+        raise errdefs.FailedPrecondition(f"provided total differs from status: {total} != {st.total}")
     if total > 0 and st.total == 0:
         write_file(os.fspath(ingest_dir / "total"), str(total).encode("ascii"))
     else:

@@ -333,8 +333,9 @@ class LocalStore:
         :raises errdefs.InvalidArgument: ``ref must not be empty``; malformed *expected*.
         :raises errdefs.Unavailable: ``ref <ref> locked for <d> (since <t>)``.
         :raises errdefs.AlreadyExists: ``content <expected>`` is committed already.
-        :raises errdefs.Unknown: ``provided total differs from status: <total> != <stored>``,
-            or the stored ref differs (``ref key does not match``).
+        :raises errdefs.FailedPrecondition: ``provided total differs from status: <total> != <stored>``
+            (containerd: Unknown; the caller's mistake, not the store's).
+        :raises errdefs.Unknown: the stored ref differs (``ref key does not match``).
         """
         if not ref:
             raise errdefs.InvalidArgument("ref must not be empty")
