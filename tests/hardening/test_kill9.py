@@ -65,7 +65,7 @@ from grpclib.client import Channel
 from ctrd import _faults, errdefs
 from ctrd.client import Client, RemoteContentStore, Resource
 from ctrd.content import Info, sha256_of
-from ctrd.content.helpers import copy, open_writer, read_blob
+from ctrd.content.helpers import copy, read_blob
 from ctrd.protobuf import EPOCH
 
 from ._figures import Figures
@@ -90,11 +90,18 @@ ARGS = ("--log-level", "debug")
 MUST, GONE, MAYBE = "must", "gone", "maybe"
 
 
-def make_pool(rng: random.Random) -> list[tuple[bytes, str]]:
-    """20 payloads: two over 1 MiB (written in several messages, so a kill lands mid-ingest),
-    a few hundred-KB ones, the rest small."""
+SHARED = 20
+PRIVATE = 10
+
+
+def make_pool(rng: random.Random, workers: int) -> list[tuple[bytes, str]]:
+    """The payloads: :data:`SHARED` that every client uses (two over 1 MiB, written in several
+    messages so that a death lands mid-ingest, a few of hundreds of KB, the rest small), then
+    :data:`PRIVATE` small ones per client (their commits write new files, their deletes free
+    files: the shared ones are seldom absent from every namespace)."""
     sizes = [2 * MiB + 4321, MiB + 777, 700_000, 300_000, 260_000, 100_000]
-    sizes += [rng.randint(1, 40_000) for _ in range(14)]
+    sizes += [rng.randint(1, 40_000) for _ in range(SHARED - len(sizes))]
+    sizes += [rng.randint(1, 20_000) for _ in range(PRIVATE * workers)]
     pool = []
     for size in sizes:
         data = rng.randbytes(size)
@@ -134,6 +141,8 @@ class Tally:
     expected_errors: Counter[str] = dataclasses.field(default_factory=Counter)
     failures: list[str] = dataclasses.field(default_factory=list)
     deaths: Counter[str] = dataclasses.field(default_factory=Counter)
+    #: seconds spent starting daemons, in load phases, in checks
+    seconds: Counter[str] = dataclasses.field(default_factory=Counter)
 
     def fail(self, what: str) -> None:
         self.failures.append(what)
@@ -146,7 +155,7 @@ class World:
         self.launcher = launcher
         self.rng = rng
         self.tmp = launcher.tmpdir()
-        self.pool = make_pool(rng)
+        self.pool = make_pool(rng, len(WORKERS))
         #: the payloads as files: ctr reads its stdin from them (an ingest it resumes seeks its input)
         self.files = []
         for j, (data, _) in enumerate(self.pool):
@@ -179,6 +188,13 @@ class World:
         if fault is not None:
             env = {"CTRD_FAULT_POINT": fault[0], "CTRD_FAULT_SKIP": str(fault[1])}
         self.fault = fault is not None
+        t0 = time.monotonic()
+        try:
+            return self._start(fault, env)
+        finally:
+            self.tally.seconds["start"] += time.monotonic() - t0
+
+    def _start(self, fault: tuple[str, int] | None, env: dict[str, str]) -> bool:
         self.killed_at = None
         self.stopping = False
         self.d = self.launcher(CONFIG, tmp=self.tmp, env=env, args=ARGS, wait=fault is None)
@@ -220,7 +236,9 @@ class Worker:
     def __init__(self, world: World, index: int) -> None:
         self.w = world
         self.rng = random.Random(world.rng.random())
-        self.keys = {j: Key() for j in range(len(world.pool))}
+        #: the payloads this client uses: the shared ones and its own
+        self.indices = [*range(SHARED), *range(SHARED + PRIVATE * index, SHARED + PRIVATE * (index + 1))]
+        self.keys = {j: Key() for j in self.indices}
         #: ingest ``w-<j>`` -> bytes the daemon acknowledged holding (0: it may exist)
         self.partial: dict[int, int] = {}
         #: keys whose presence is unknown (an operation in flight when the daemon died)
@@ -248,7 +266,7 @@ class Worker:
     async def run(self) -> None:
         try:
             while not self.w.stopping:
-                await self.step(self.rng.randrange(len(self.w.pool)))
+                await self.step(self.rng.choice(self.indices))
         except Dead:
             pass
 
@@ -270,16 +288,20 @@ class Worker:
         self.w.tally.expected_errors[f"{self.ns} {what}"] += 1
 
     async def failed(
-        self, exc: BaseException, op: str, j: int, *, keeps: bool = False, ingest: bool = False
+        self, exc: BaseException, op: str, j: int, *, keeps: bool = False, ingest: str = ""
     ) -> None:
         """A call failed other than as the op expects: in flight at a death (raises :class:`Dead`),
         or a real error (recorded). Either way the key's state is unknown until the next check;
-        with *keeps*, the operation could not have removed the blob (a label update)."""
+        with *keeps*, the operation could not have removed the blob (a label update). *ingest*:
+        the operation ``writes`` to the ingest ``w-<j>`` (it may now exist) or may have ``ends``
+        it (committed or aborted: what was acknowledged of it need not be there any more)."""
         if not keeps:
             self.keys[j].state = MAYBE
             self.uncertain.add(j)
-        if ingest:
+        if ingest == "writes":
             self.partial.setdefault(j, 0)
+        elif ingest == "ends":
+            self.partial[j] = 0
         if await self.w.dead():
             raise Dead from exc
         self.w.tally.fail(f"{self.ns}: {op} of #{j} failed while the daemon was up: {exc!r}")
@@ -454,7 +476,7 @@ class RootWorker(Worker):
         except errdefs.NotFound:  # it existed unprotected, and was collected before it was labelled
             self.not_found("ingest", j)
         except Exception as exc:
-            await self.failed(exc, "ingest", j, ingest=True)
+            await self.failed(exc, "ingest", j, ingest="ends")
         else:
             self.keys[j] = Key(MUST, {n})
             self.partial.pop(j, None)
@@ -472,7 +494,7 @@ class RootWorker(Worker):
                 self.w.tally.fail(f"{self.ns}: #{j} exists although it was deleted")
             self.expected("writer: ALREADY_EXISTS")
         except Exception as exc:
-            await self.failed(exc, "partial ingest", j, keeps=True, ingest=True)
+            await self.failed(exc, "partial ingest", j, keeps=True, ingest="writes")
         else:
             self.partial[j] = max(self.partial.get(j, 0), held)
             self.ack("partial ingest")
@@ -540,8 +562,8 @@ class LeaseWorker(Worker):
 
     def __init__(self, world: World, index: int) -> None:
         super().__init__(world, index)
-        #: temporary leases whose deletion was not acknowledged -> the key each was made for
-        self.stale: dict[str, int] = {}
+        #: temporary leases whose deletion was not acknowledged -> the keys each was made for
+        self.stale: dict[str, list[int]] = {}
 
     @property
     def held(self) -> Client:
@@ -573,7 +595,7 @@ class LeaseWorker(Worker):
         try:
             await self.held.content.ingest(f"w-{j}", self.data(j), self.dg(j))
         except Exception as exc:
-            await self.failed(exc, "ingest", j, ingest=True)
+            await self.failed(exc, "ingest", j, ingest="ends")
         else:
             self.keys[j] = Key(MUST)
             self.partial.pop(j, None)
@@ -589,7 +611,7 @@ class LeaseWorker(Worker):
         except errdefs.AlreadyExists:
             self.w.tally.fail(f"{self.ns}: #{j} exists although it was deleted")
         except Exception as exc:
-            await self.failed(exc, "partial ingest", j, keeps=True, ingest=True)
+            await self.failed(exc, "partial ingest", j, keeps=True, ingest="writes")
         else:
             self.partial[j] = max(self.partial.get(j, 0), held)
             self.ack("partial ingest")
@@ -626,37 +648,45 @@ class LeaseWorker(Worker):
             self.ack("label")
 
     async def lease_cycle(self, j: int) -> None:
-        """A lease of its own for one ingest: created, checked to hold the blob, deleted."""
+        """A lease of its own for up to three absent payloads (*j* and private ones): created,
+        checked to hold them, deleted (their rows and files become garbage at once)."""
         lid = f"t{self.seq()}"
-        self.stale[lid] = j
+        absent = [i for i in self.indices[SHARED:] if self.keys[i].state == GONE and i != j]
+        batch = [j, *self.rng.sample(absent, min(len(absent), self.rng.randint(0, 2)))]
+        self.stale[lid] = batch
         try:
             await self.client.leases.create(lid)
         except Exception as exc:
             await self.failed(exc, "lease create", j, keeps=True)
             return
         self.ack("lease create")
-        try:
-            await self.client.with_lease(lid).content.ingest(f"w-{j}", self.data(j), self.dg(j))
-        except Exception as exc:
-            await self.failed(exc, "ingest in a lease", j, ingest=True)
-            return
-        self.keys[j] = Key(MUST)
-        self.partial.pop(j, None)
-        self.ack("commit")
+        for i in batch:
+            try:
+                await self.client.with_lease(lid).content.ingest(f"w-{i}", self.data(i), self.dg(i))
+            except Exception as exc:
+                await self.failed(exc, "ingest in a lease", i, ingest="ends")
+                return
+            self.keys[i] = Key(MUST)
+            self.partial.pop(i, None)
+            self.ack("commit")
         try:
             held = await self.client.leases.list_resources(lid)
         except Exception as exc:
             await self.failed(exc, "lease resources", j, keeps=True)
             return
-        if Resource(id=self.dg(j), type="content") not in held:
-            self.w.tally.fail(f"{self.ns}: lease {lid} does not hold #{j} it ingested: {held}")
+        for i in batch:
+            if Resource(id=self.dg(i), type="content") not in held:
+                self.w.tally.fail(f"{self.ns}: lease {lid} does not hold #{i} it ingested: {held}")
         try:
             await self.client.leases.delete(lid, sync=self.rng.random() < 0.2)
         except Exception as exc:
+            for i in batch:
+                self.keys[i] = Key(MAYBE)
             await self.failed(exc, "lease delete", j)
             return
         del self.stale[lid]
-        self.keys[j] = Key(MAYBE)  # nothing keeps it any more
+        for i in batch:
+            self.keys[i] = Key(MAYBE)  # nothing keeps them any more
         self.ack("lease delete")
 
     def protected(self, snap: Snapshot, j: int) -> bool:
@@ -668,11 +698,12 @@ class LeaseWorker(Worker):
         await super().check(snap)
 
     async def resolve_ingests(self, snap: Snapshot) -> None:
-        for lid, j in sorted(self.stale.items()):
+        for lid, batch in sorted(self.stale.items()):
             with contextlib.suppress(errdefs.NotFound):
                 await self.client.leases.delete(lid)
-            if self.keys[j].state == MUST:
-                self.keys[j] = Key(MAYBE)  # that lease may have been all that kept it
+            for j in batch:
+                if self.keys[j].state == MUST:
+                    self.keys[j] = Key(MAYBE)  # that lease may have been all that kept it
         self.stale.clear()
         await super().resolve_ingests(snap)
 
@@ -718,17 +749,17 @@ class RawWorker(Worker):
         data, dg = self.data(j), self.dg(j)
         n = self.seq()
         try:
-            w = await open_writer(self.store, f"w-{j}", len(data), dg)
+            w = await self.store.writer(f"w-{j}", len(data), dg)
         except errdefs.AlreadyExists:
             self.w.tally.fail(f"{self.ns}: #{j} exists although it was deleted")
             return
         except Exception as exc:
-            await self.failed(exc, "open writer", j, ingest=True)
+            await self.failed(exc, "open writer", j, ingest="writes")
             return
         try:
             await copy(w, data, len(data), dg, {ROOT: "1", SEQ: n})
         except Exception as exc:
-            await self.failed(exc, "commit", j, ingest=True)
+            await self.failed(exc, "commit", j, ingest="ends")
             return
         finally:
             with contextlib.suppress(Exception):
@@ -740,7 +771,7 @@ class RawWorker(Worker):
     async def partial_ingest(self, j: int, abort: bool) -> None:
         data, ref = self.data(j), f"w-{j}"
         try:
-            w = await open_writer(self.store, ref, len(data), self.dg(j))
+            w = await self.store.writer(ref, len(data), self.dg(j))
             try:
                 offset = (await w.status()).offset
                 if offset < len(data) // 2:
@@ -752,7 +783,7 @@ class RawWorker(Worker):
             self.w.tally.fail(f"{self.ns}: #{j} exists although it was deleted")
             return
         except Exception as exc:
-            await self.failed(exc, "partial ingest", j, keeps=True, ingest=True)
+            await self.failed(exc, "partial ingest", j, keeps=True, ingest="writes")
             return
         self.partial[j] = max(self.partial.get(j, 0), held)
         self.ack("partial ingest")
@@ -761,7 +792,7 @@ class RawWorker(Worker):
         try:
             await self.store.abort(ref)
         except Exception as exc:
-            await self.failed(exc, "abort", j, keeps=True, ingest=True)
+            await self.failed(exc, "abort", j, keeps=True, ingest="ends")
             return
         self.partial.pop(j, None)
         self.ack("abort")
@@ -845,12 +876,15 @@ class CtrWorker(Worker):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return -1, "", "timed out"
+        talk = asyncio.ensure_future(proc.communicate())
+        deadline = time.monotonic() + 30
+        while not talk.done():
+            await asyncio.wait({talk}, timeout=0.1)
+            if self.w.stopping and self.w.daemon.proc.poll() is not None:
+                deadline = min(deadline, time.monotonic() + 1.0)  # ctr retries connecting for 10 s
+            if not talk.done() and time.monotonic() > deadline:
+                proc.kill()
+        out, err = talk.result()
         return proc.returncode or 0, out.decode(), err.decode()
 
     async def ctr_ingest(self, j: int) -> tuple[int, str, str]:
@@ -868,7 +902,7 @@ class CtrWorker(Worker):
         rc, _, err = await self.ctr_ingest(j)
         if rc != 0:
             await self.failed(
-                RuntimeError(f"ctr content ingest: exit {rc}: {err.strip()}"), "ingest", j, ingest=True
+                RuntimeError(f"ctr content ingest: exit {rc}: {err.strip()}"), "ingest", j, ingest="ends"
             )
             return
         self.keys[j] = Key(MUST)
@@ -959,8 +993,10 @@ class Run:
             finally:
                 await self._close()
 
+        t0 = time.monotonic()
         asyncio.run(go())
         rc = proc.wait(30)
+        self.tally.seconds["load"] += time.monotonic() - t0
         self.tally.cycles += 1
         return rc
 
@@ -990,7 +1026,9 @@ class Run:
             finally:
                 await self._close()
 
+        t0 = time.monotonic()
         asyncio.run(go())
+        t.seconds["check"] += time.monotonic() - t0
         t.checks += 1
 
     def report(self, figures: Figures, group: str, cycles: str) -> None:
@@ -1005,6 +1043,7 @@ class Run:
         figures.add(group, "operations acknowledged", sum(t.acks.values()))
         print(
             f"\n{group}: seed {self.seed}, {t.cycles} cycles, {t.checks} checks, deaths {dict(t.deaths)}\n"
+            f"  seconds: {', '.join(f'{k} {v:.1f}' for k, v in t.seconds.items())}\n"
             f"  acknowledged: {dict(t.acks)}\n  expected errors: {dict(t.expected_errors)}\n"
             f"  checked: commits {t.acked_commits_checked}, deletes {t.acked_deletes_checked}, "
             f"ingests {t.ingests_checked} (resumed {t.resumed}, aborted {t.aborted}); "
@@ -1026,7 +1065,7 @@ def test_kill9_at_random_times_under_load(daemon: Launcher, figures: Figures, lo
     run = Run(daemon)
     run.setup()
     for _ in range(60 if long_run else 5):
-        rc = run.load(kill_after=run.w.rng.uniform(0.3, 3.0))
+        rc = run.load(kill_after=run.w.rng.uniform(0.5, 5.0))
         run.tally.deaths["SIGKILL" if rc == -signal.SIGKILL else f"exit {rc}"] += 1
         if rc != -signal.SIGKILL:
             run.tally.fail(
@@ -1041,15 +1080,15 @@ def test_kill9_at_random_times_under_load(daemon: Launcher, figures: Figures, lo
 #: a random CTRD_FAULT_SKIP in [0, n] per point: hits to let pass, so that the crash lands
 #: after some seconds of load (commits are frequent, collections with something to sweep rarer)
 SKIPS = {
-    "content.commit.before_rename": 30,
-    "content.commit.after_rename": 12,
-    "metadata.commit.before_tx": 30,
-    "metadata.commit.in_tx": 30,
-    "metadata.delete.in_tx": 15,
-    "metadata.delete.after_tx": 15,
-    "gc.sweep.in_tx": 3,
-    "gc.sweep.after_db": 3,
-    "gc.sweep.between_files": 2,
+    "content.commit.before_rename": 40,
+    "content.commit.after_rename": 30,
+    "metadata.commit.before_tx": 60,
+    "metadata.commit.in_tx": 60,
+    "metadata.delete.in_tx": 40,
+    "metadata.delete.after_tx": 40,
+    "gc.sweep.in_tx": 5,
+    "gc.sweep.after_db": 5,
+    "gc.sweep.between_files": 5,
 }
 
 
@@ -1065,9 +1104,12 @@ def test_fault_points_hit_under_load(daemon: Launcher, figures: Figures, long_ru
     for point in points:
         for skip in (run.w.rng.randint(0, SKIPS[point]), 0):
             up = run.w.start((point, skip))
+            t0, acks = time.monotonic(), run.tally.acks.total()
             rc = run.load(kill_after=None) if up else run.w.daemon.proc.wait(30)
             hit = f"fault point {point} reached" in run.w.daemon.log()
-            run.tally.deaths[f"{point} (skip {skip})" if hit else f"not reached: {point} (skip {skip})"] += 1
+            secs, acks = time.monotonic() - t0, run.tally.acks.total() - acks
+            how = f"{point} (skip {skip}, {secs:.1f} s, {acks} acks{'' if up else ', at start-up'})"
+            run.tally.deaths[how if hit else f"not reached: {how}"] += 1
             if hit and rc != _faults.EXIT_CODE:
                 run.tally.fail(f"{point}: exit {rc}, not {_faults.EXIT_CODE}")
             assert run.w.start()
