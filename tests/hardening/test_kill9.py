@@ -362,10 +362,14 @@ class Worker:
                     t.fail(f"{self.ns}: #{j} {self.dg(j)} is back after an acknowledged delete")
 
     def settle(self, snap: Snapshot) -> None:
-        """Keys left unknown by the death take the state the database shows."""
-        for j in self.uncertain:
+        """Keys left unknown by the death, and unprotected ones, take the state the database
+        shows (the daemon is quiet, and nobody else writes in this namespace)."""
+        for j, k in self.keys.items():
+            if j not in self.uncertain and k.state != MAYBE:
+                if k.state == MUST and k.seqs is not None and len(k.seqs) > 1:
+                    k.seqs = None  # a label update was in flight: either value was right
+                continue
             key = (self.ns, self.dg(j))
-            k = self.keys[j]
             if key not in snap.rows:
                 k.state, k.seqs = GONE, None
             elif self.protected(snap, j):
@@ -373,9 +377,6 @@ class Worker:
             else:
                 k.state, k.seqs = MAYBE, None
         self.uncertain.clear()
-        for k in self.keys.values():
-            if k.state == MUST and k.seqs is not None and len(k.seqs) > 1:
-                k.seqs = None  # a label update in flight: either value was right; unknown from now
 
     async def resolve_ingests(self, snap: Snapshot) -> None:
         """Every ingest left holds a prefix of its payload and what was acknowledged; each is
