@@ -212,6 +212,12 @@ class CtrdConnection(H2Connection):
     on h2's hot paths.
     """
 
+    #: How many closed streams h2 remembers (h2: 65536), to answer a late frame on a stream
+    #: it reset with RST_STREAM rather than end the connection. Each costs ~150 bytes for
+    #: the connection's life: with h2's number, a long-lived connection grew by ~10 MiB over
+    #: its first 65536 calls. Late frames arrive within a round trip, not 1024 streams later.
+    MAX_CLOSED_STREAMS = 1024
+
     transport: Any = None  # where large DATA payloads go (:meth:`use_transport`)
     rooms: Any = None  # the server's memory budgets of this connection (ctrd.server._budget)
     _joins_lines = False  # the transport's writelines is asyncio's b"".join + write
