@@ -11,8 +11,10 @@ small), and the daemon dies in the middle of it:
   at that point of a commit, a delete or a collection somewhere in the stream.
 
 The clients, each alone in its namespace (so each knows what its namespace
-must hold) and sharing one pool of payloads (so blob files are shared across
-namespaces, and commits, deletes and collections race on the same digests):
+must hold), share one pool of payloads (so blob files are shared across
+namespaces, and commits, deletes and collections race on the same digests) and
+each has a few of its own (whose commits write new files and whose deletes free
+them):
 
 * ``k-root`` (SDK :class:`~ctrd.client.Client`): ingests with a
   ``containerd.io/gc.root`` label, reads, relabels, removes the root label,
@@ -36,11 +38,15 @@ root, a collection runs (``Leases.Delete`` with ``sync``), and the test checks:
 * every MUST key is present, its label as last acknowledged, and reading it back
   through the client gives the right bytes; every GONE key is absent;
 * every ingest left is one the client started, holds a prefix of the payload and
-  at least the bytes acknowledged; then it is resumed (to a commit) or aborted.
+  at least the bytes acknowledged; then it is resumed (``ctr`` resumes its own)
+  to a commit, or aborted.
 
-In-flight keys are then settled from what the database shows, and the next load
-phase starts. Figures: cycles tried, acknowledged commits checked, and the three
-that must be 0: acknowledged blobs lost, corrupt, half-visible.
+In-flight and unprotected keys are then settled from what the quiet database
+shows, and the next load phase starts. No client error is allowed while the
+daemon is up except the NOT_FOUNDs a MAYBE key may draw. Figures: cycles tried,
+acknowledged commits checked, and the three that must be 0: acknowledged blobs
+lost, corrupt, half-visible. ``CTRD_KILL9_SEED`` replays a run's choices (not its
+timing).
 """
 
 from __future__ import annotations
