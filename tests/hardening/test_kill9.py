@@ -43,11 +43,10 @@ root, a collection runs (``Leases.Delete`` with ``sync``), and the test checks:
 
 In-flight and unprotected keys are then settled from what the quiet database
 shows, and the next load phase starts. No client error is allowed while the
-daemon is up but NOT_FOUND on a MAYBE key and ALREADY_EXISTS opening a writer for
-a blob present. Figures: cycles tried,
-acknowledged commits checked, and the three that must be 0: acknowledged blobs
-lost, corrupt, half-visible. ``CTRD_KILL9_SEED`` replays a run's choices (not its
-timing).
+daemon is up but NOT_FOUND on a MAYBE key and ALREADY_EXISTS opening a writer
+for a blob present. Figures: cycles tried, acknowledged commits checked, and the
+three that must be 0: acknowledged blobs lost, corrupt, half-visible.
+``CTRD_KILL9_SEED`` replays a run's choices (not its timing).
 """
 
 from __future__ import annotations
