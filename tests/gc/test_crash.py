@@ -11,9 +11,9 @@ and delete, GC sweep):
    operation that reaches it (a commit, a delete; for the sweep points the
    start-up collection itself) and see it die with status 137 at that point;
 3. **recover**: restart without the fault on the same root, wait for the start-up
-   collection, and check on disk and in the database: every blob row's file
-   exists with the right bytes; every blob file is referenced (garbage collected);
-   every ingest directory has a record and every record its data; all
+   collection, and check on disk and in the database (``tests/_store_check.py``):
+   every blob row's file exists with the right bytes; every blob file is referenced
+   (garbage collected); every ingest directory has a record and every record its data; all
    acknowledged content is intact and acknowledged deletes stay deleted;
    the interrupted operation is all-or-nothing;
 4. **retry** the operation through the client, force a collection
@@ -29,13 +29,13 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _daemon import DaemonProc
+from _store_check import CONTENT, Snapshot, problems, snapshot
 from grpclib.client import Channel
 
 from ctrd import _faults, errdefs, namespaces
@@ -45,8 +45,6 @@ from ctrd.content import read_blob, sha256_of, write_blob
 
 ROOT = "containerd.io/gc.root"
 REF = "containerd.io/gc.ref.content"
-CONTENT = "io.containerd.content.v1.content"
-META = "io.containerd.metadata.v1.sqlite/meta.db"
 
 #: seeding: no start-up collection and no mutation-count trigger (deletes still collect)
 QUIET = '[plugins."io.containerd.gc.v1.scheduler"]\n  startup_delay = "1h"\n  mutation_threshold = 0\n'
@@ -217,55 +215,14 @@ def operation(point: str) -> tuple[Callable[[RemoteContentStore, Ledger], Any], 
 # -- invariants on disk and in the database -------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Snapshot:
-    rows: dict[tuple[str, str], int]
-    files: dict[str, bytes]
-    ingests: list[tuple[str, str, str, str]]
-    ingest_dirs: dict[str, bool]  # dir name -> has data
-
-
-def snapshot(root: Path) -> Snapshot:
-    db = sqlite3.connect(f"file:{root / META}?mode=ro", uri=True)
-    try:
-        rows = {
-            (str(n), str(d)): int(s) for n, d, s in db.execute("SELECT namespace, digest, size FROM blobs")
-        }
-        ingests = [
-            (str(a), str(b), str(c), str(e))
-            for a, b, c, e in db.execute("SELECT namespace, ref, backend_ref, expected FROM ingests")
-        ]
-    finally:
-        db.close()
-    blobs = root / CONTENT / "blobs" / "sha256"
-    files = {f"sha256:{p.name}": p.read_bytes() for p in blobs.iterdir()} if blobs.exists() else {}
-    idir = root / CONTENT / "ingest"
-    dirs = {p.name: (p / "data").exists() for p in idir.iterdir()} if idir.exists() else {}
-    return Snapshot(rows, files, ingests, dirs)
-
-
 def check(root: Path, led: Ledger, stage: str, *, in_flight_done: bool | None = None) -> Snapshot:
     """Assert every invariant; return the snapshot. *in_flight_done*: None = either way."""
     s = snapshot(root)
     where = f"[{stage}]"
-    for (n, dg), size in s.rows.items():
-        data = s.files.get(dg)
-        assert data is not None, f"{where} record ({n}, {dg}) points at a missing file; {FIGURES.line()}"
-        assert len(data) == size, f"{where} file {dg} is corrupt"
-        assert sha256_of(data) == dg, f"{where} file {dg} is corrupt"
-    FIGURES.blobs_checked += len(s.rows)
-    referenced = {dg for _, dg in s.rows} | {e for *_, e in s.ingests if e}
-    for dg in s.files:
-        assert dg in referenced, f"{where} file {dg} has no record (not collected); {FIGURES.line()}"
-    FIGURES.files_checked += len(s.files)
-    names = {hashlib.sha256(bref.encode()).hexdigest(): (n, r, e) for n, r, bref, e in s.ingests}
-    for name in s.ingest_dirs:
-        assert name in names, f"{where} ingest directory {name} has no record; {FIGURES.line()}"
-    for name, (n, r, e) in names.items():
-        if e:
-            assert e in s.files, f"{where} shared ingest ({n}, {r}) expects missing {e}"
-        else:
-            assert s.ingest_dirs.get(name), f"{where} ingest record ({n}, {r}) has no data on disk"
+    p = problems(s)
+    FIGURES.blobs_checked += p.rows_checked
+    FIGURES.files_checked += p.files_checked
+    assert not p, f"{where} {p}; {FIGURES.line()}"
     lost = [k for k, data in led.kept.items() if k not in s.rows or s.files.get(k[1]) != data]
     FIGURES.acknowledged_checked += len(led.kept)
     FIGURES.lost += len(lost)

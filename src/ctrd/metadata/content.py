@@ -125,6 +125,8 @@ class NamespacedContentStore:
     ) -> None:
         self._db = db
         self._info_cache: dict[tuple[str, str], tuple[int, Info]] = {}
+        #: the blob epoch of every entry of ``_info_cache``
+        self._info_epoch = 0
         #: serialises opening and aborting one (namespace, ref)
         self._ref_locks = KeyedLocks()
         self._backend = backend
@@ -191,9 +193,12 @@ class NamespacedContentStore:
         info = _row_info(row)
         # Cached per (namespace, digest): a hit never crosses namespaces, and any
         # commit that deleted or updated blob rows (delete, label update, GC) moves
-        # the epoch and so invalidates every entry filled before it.
-        if len(self._info_cache) >= _INFO_CACHE_MAX:
+        # the epoch and so invalidates every entry filled before it. Those entries can
+        # never hit again: they are dropped at the first fill after the move (kept,
+        # they piled up to the size bound, ~1 KiB each, under a steady mix of writes).
+        if self._info_epoch != epoch or len(self._info_cache) >= _INFO_CACHE_MAX:
             self._info_cache.clear()
+            self._info_epoch = epoch
         self._info_cache[key] = (epoch, info)
         return info
 

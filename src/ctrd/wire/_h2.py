@@ -103,6 +103,12 @@ class CtrdConnection(ReplyingConnection):
     on h2's hot paths.
     """
 
+    #: How many closed streams h2 remembers (h2: 65536), to answer a late frame on a stream
+    #: it reset with RST_STREAM rather than end the connection. Each costs ~150 bytes for
+    #: the connection's life: with h2's number, a long-lived connection grew by ~10 MiB over
+    #: its first 65536 calls. Late frames arrive within a round trip, not 1024 streams later.
+    MAX_CLOSED_STREAMS = 1024
+
     _frame: DataFrame | None = None  # a large DATA frame whose body is arriving
     _body: bytearray
     _filled = 0
