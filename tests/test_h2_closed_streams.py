@@ -9,7 +9,7 @@ frame on a stream they reset.
 
 from __future__ import annotations
 
-from ctrd._h2 import CtrdConnection
+from ctrd.wire._h2 import CtrdConnection
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes

@@ -1,4 +1,4 @@
-"""Checking received messages and dropping their unknown fields (ctrd._protowire)."""
+"""Checking received messages and dropping their unknown fields (ctrd.wire._proto)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ from pathlib import Path
 import pytest
 from _daemon import CTR, DaemonProc, Launcher, version_of
 from _store_check import Snapshot, ingest_data, problems, snapshot
-from ctrd.protobuf import EPOCH
+from ctrd.wire.convert import EPOCH
 from grpclib.client import Channel
 
 from ctrd import _faults, errdefs
