@@ -113,12 +113,15 @@ class Image(betterproto2.Message):
         7, betterproto2.TYPE_MESSAGE, unwrap=lambda: ____google__protobuf__.Timestamp, optional=True
     )
     """
-    Numbers 4 to 6 are not used on the wire.
+    When the record was made (numbers 4 to 6 are unused on the wire).
     """
 
     updated_at: "datetime.datetime | None" = betterproto2.field(
         8, betterproto2.TYPE_MESSAGE, unwrap=lambda: ____google__protobuf__.Timestamp, optional=True
     )
+    """
+    When the record last changed.
+    """
 
 
 default_message_pool.register_message("containerd.services.images.v1", "Image", Image)
