@@ -1,6 +1,7 @@
 """Debian's ``ctr`` 1.6.20 and containerd 1.6 against ctrd's image store.
 
-* ``ctr images ls / check / tag / label / rm [--sync]`` on an image record made the SDK-less way
+* ``ctr images ls / check / tag / label / export / import --no-unpack / rm [--sync]`` on an image
+  record made the SDK-less way
   (blobs through ``ctr content ingest`` and ``ctr content label``, the record through
   ``Images.Create`` over grpclib);
 * the same record and ``ctr`` verbs against a private containerd: the same rows;
@@ -16,6 +17,7 @@ import asyncio
 import datetime as _dt
 import re
 import subprocess
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,20 @@ def test_ctr_images_on_a_record_made_without_the_sdk(daemon: Callable[..., Any])
     assert ok(ctr(sock, "images", "ls", "-q")) == "example.com/app:1\nexample.com/app:2\n"
     assert ok(ctr(sock, "images", "ls", "-q", "labels.team==a")) == "example.com/app:2\n"
     assert table(ok(ctr(sock, "images", "ls")))[2][-1] == "team=a"
+
+    # export writes an OCI layout; import --no-unpack reads it back into another namespace
+    tar = d.tmp / "app.tar"
+    ok(ctr(sock, "images", "export", str(tar), "example.com/app:1"))
+    with tarfile.open(tar) as tf:
+        exported = {n.removeprefix("blobs/sha256/") for n in tf.getnames() if n.startswith("blobs/sha256/")}
+        assert {"index.json", "manifest.json", "oci-layout"} <= set(tf.getnames())
+    assert exported == {dgst[7:] for dgst in img.blobs}
+    ok(ctr(sock, "images", "import", "--no-unpack", str(tar), ns="imported"))
+    assert ok(ctr(sock, "images", "ls", "-q", ns="imported")) == "example.com/app:1\n"
+    assert img.all_digests <= set(ok(ctr(sock, "content", "ls", "-q", ns="imported")).split())
+    ok(ctr(sock, "images", "rm", "--sync", "example.com/app:1", ns="imported"))
+    assert ok(ctr(sock, "content", "ls", "-q", ns="imported")) == ""
+    assert img.all_digests <= blob_files(d.root)  # still held in the default namespace
 
     # a missing layer: check says so
     ok(ctr(sock, "content", "rm", img.layer_digests[1]))

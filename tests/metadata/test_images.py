@@ -133,6 +133,11 @@ async def test_namespace_required(env: Env) -> None:
             image("x", Descriptor(mediatypes.OCI_MANIFEST, D1, 1, {"a": "b" * 4096})),
             "image.Target.Annotations: annotation key and value length (4097 bytes) greater than",
         ),
+        (image("x", **{"": "v"}), "image.Labels: label key must not be empty"),
+        (
+            image("x", Descriptor(mediatypes.OCI_MANIFEST, D1, 1, {"": "v"})),
+            "image.Target.Annotations: annotation key must not be empty",
+        ),
         (
             image("x", Descriptor(mediatypes.OCI_MANIFEST, "", 1)),
             'Target.Digest "" invalid: invalid checksum',
@@ -158,6 +163,8 @@ async def test_namespace_required(env: Env) -> None:
         "long-name",
         "label",
         "annotation",
+        "empty-label-key",
+        "empty-annotation-key",
         "no-digest",
         "short-digest",
         "algorithm",

@@ -5,7 +5,8 @@ The rules of containerd 1.6's image store (``metadata/images.go``), shared by ev
 :func:`apply_update` and :func:`adaptor`. ctrd adds bounds containerd does not have
 (docs/limits.md): the name and the target's media type are at most
 :data:`ctrd.limits.MAX_IMAGE_NAME_BYTES` and :data:`ctrd.limits.MAX_MEDIA_TYPE_BYTES`,
-and an annotation, like a label, holds at most 4096 bytes of key and value.
+and an annotation, like a label, holds at most 4096 bytes of key and value; neither may
+have an empty key.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ _LABELS: Final = "labels."
 _ANNOTATIONS: Final = "annotations."
 
 
-def _checked_map(what: str, values: Mapping[str, str]) -> None:
+def _checked_map(what: str, kind: str, values: Mapping[str, str]) -> None:
+    if "" in values:  # containerd's bolt refuses it (UNKNOWN "key required")
+        raise errdefs.InvalidArgument(f"{what}: {kind} key must not be empty")
     try:
         labels.validate_all(values)
     except errdefs.InvalidArgument as exc:
-        raise errdefs.InvalidArgument(f"{what}: {exc.context}") from exc
+        context = exc.context if kind == "label" else exc.context.replace("label key", f"{kind} key", 1)
+        raise errdefs.InvalidArgument(f"{what}: {context}") from exc
 
 
 def validate(image: Image) -> None:
@@ -41,7 +45,8 @@ def validate(image: Image) -> None:
 
     In containerd's order: the name (non-empty; ctrd: bounded), the labels, then
     the target's digest, size (> 0) and media type (non-empty; ctrd: bounded).
-    Annotations are bounded as labels are (containerd does not check them).
+    Annotations are bounded as labels are (containerd does not check them); an empty
+    label or annotation key is refused (containerd fails to store it: UNKNOWN).
 
     :raises errdefs.InvalidArgument: containerd's messages (``image name must not be
         empty``, ``image.Labels: ...``, ``Target.Digest "<d>" invalid: ...``,
@@ -50,12 +55,9 @@ def validate(image: Image) -> None:
     if not image.name:
         raise errdefs.InvalidArgument("image name must not be empty")
     limits.check_length("image name", image.name, limits.MAX_IMAGE_NAME_BYTES)
-    _checked_map("image.Labels", image.labels)
+    _checked_map("image.Labels", "label", image.labels)
     target = image.target
-    try:
-        _checked_map("image.Target.Annotations", target.annotations)
-    except errdefs.InvalidArgument as exc:
-        raise errdefs.InvalidArgument(exc.context.replace(": label key", ": annotation key", 1)) from exc
+    _checked_map("image.Target.Annotations", "annotation", target.annotations)
     try:
         _digest.validate(target.digest)
     except errdefs.InvalidArgument as exc:
