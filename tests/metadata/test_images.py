@@ -27,6 +27,7 @@ from ctrd.metadata import (
 )
 from ctrd.metadata._schema import MIGRATIONS, SCHEMA_VERSION
 from ctrd.metadata.db import labels_to_json, to_us
+from ctrd.metadata.images import _LIST_BATCH
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -319,7 +320,7 @@ async def test_list_filters(env: Env) -> None:
 
 
 async def test_list_pages(env: Env) -> None:
-    n = 2500  # more than two pages of the listing
+    n = 2 * _LIST_BATCH + 88  # more than two pages of the listing
     now = to_us(_dt.datetime.now(_dt.UTC))
     async with env.db.update() as tx:
         await tx.ensure_namespace("default", now)

@@ -46,8 +46,9 @@ __all__ = ["CollectingImageStore", "SqliteImageStore"]
 
 log = logging.getLogger("ctrd.metadata")
 
-_LIST_BATCH: Final = 1000
-"""Rows read per page of a listing (the event loop serves other calls between pages)."""
+_LIST_BATCH: Final = 256
+"""Rows read (and turned into records) per page of a listing, a few milliseconds at most; the
+event loop serves other calls between pages."""
 
 _COLUMNS: Final = "name, media_type, digest, size, annotations, labels, created_at, updated_at"
 
