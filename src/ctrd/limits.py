@@ -17,12 +17,30 @@ from typing import Final
 
 from ctrd import errdefs
 
-__all__ = ["ECHO_CHARS", "MAX_REF_BYTES", "MAX_STATUS_MESSAGE", "check_length", "check_ref", "echo"]
+__all__ = [
+    "ECHO_CHARS",
+    "MAX_IMAGE_NAME_BYTES",
+    "MAX_MEDIA_TYPE_BYTES",
+    "MAX_REF_BYTES",
+    "MAX_STATUS_MESSAGE",
+    "check_length",
+    "check_ref",
+    "echo",
+]
 
 MAX_REF_BYTES: Final = 1024
 """The longest ingest ref, lease id and lease resource id accepted, in bytes of UTF-8
 (containerd has no limit; the refs its clients make, such as ``layer-sha256:<hex>``,
 and the lease ids, are under 100)."""
+
+MAX_IMAGE_NAME_BYTES: Final = 1024
+"""The longest image name accepted, in bytes of UTF-8 (containerd has no limit; a
+distribution reference is at most about 530: a 255-byte name, a 128-byte tag and a
+digest)."""
+
+MAX_MEDIA_TYPE_BYTES: Final = 1024
+"""The longest media type of an image's target accepted, in bytes of UTF-8 (containerd
+has no limit; RFC 6838 allows 127 bytes for each of type and subtype)."""
 
 ECHO_CHARS: Final = 128
 """How many characters of a client's value an error message repeats."""

@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from _imagedata import make_image
 from grpclib.client import Channel
 
 from ctrd import errdefs, namespaces
+from ctrd.api.containerd import types as api_types
+from ctrd.api.containerd.services.images import v1 as images_api
 from ctrd.api.containerd.services.leases import v1 as leases_api
 from ctrd.client import RemoteContentStore
 from ctrd.content import read_blob, sha256_of, write_blob
@@ -183,3 +186,33 @@ async def test_lease_header_on_shared_admission_protects_the_blob(client: Client
         assert await read_blob(client.store, d) == data
     await client.delete_lease("taker", lid)
     assert d not in client.files()
+
+
+async def test_image_keeps_its_blobs_and_a_sync_delete_frees_them(client: Client) -> None:
+    """The fetch order: blobs under a lease, the manifest labelled with its references, the image
+    record, the lease gone; then ``Images.Delete`` with ``sync`` returns once they are collected."""
+    img, other = make_image("grpc", n_layers=2), make_image("grpc-other", n_layers=1)
+    images = images_api.ImagesStub(client.channel, metadata={namespaces.GRPC_HEADER: "img"})
+    lid = await client.create_lease("img")
+    with ns("img", lease=lid):
+        for fetched in (img, other):
+            for dgst, data in fetched.blobs.items():
+                labels = fetched.manifest_labels() if dgst == fetched.manifest_digest else None
+                await write_blob(client.store, f"ref-{dgst}", data, expected=dgst, labels=labels)
+    for name, fetched in (("x:1", img), ("x:2", img), ("y", other)):
+        t = fetched.target
+        await images.create(
+            images_api.CreateImageRequest(
+                image=images_api.Image(
+                    name=name,
+                    target=api_types.Descriptor(media_type=t.media_type, digest=t.digest, size=t.size),
+                )
+            )
+        )
+    await client.delete_lease("img", lid, sync=True)
+    assert img.all_digests | other.all_digests <= client.files()
+    await images.delete(images_api.DeleteImageRequest(name="x:1", sync=True))
+    assert img.all_digests <= client.files()  # x:2 still names the manifest
+    await images.delete(images_api.DeleteImageRequest(name="x:2", sync=True))
+    assert not img.all_digests & client.files()  # collected before Delete returned
+    assert other.all_digests <= client.files()

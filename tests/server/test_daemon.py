@@ -748,7 +748,7 @@ def test_unknown_method_is_unimplemented(daemon: Launcher) -> None:
     async def call() -> GRPCError:
         ch = Channel(path=d.socket)
         try:
-            await UnaryUnaryMethod(ch, "/containerd.services.images.v1.Images/List", Empty, Empty)(Empty())
+            await UnaryUnaryMethod(ch, "/containerd.services.tasks.v1.Tasks/List", Empty, Empty)(Empty())
         except GRPCError as exc:
             return exc
         finally:

@@ -318,15 +318,13 @@ async def test_unknown_method_is_not_counted() -> None:
         ch = Channel(path=r.sock)
         try:
             with pytest.raises(GRPCError) as ei:
-                await UnaryUnaryMethod(ch, "/containerd.services.images.v1.Images/List", Empty, Empty)(
-                    Empty()
-                )
+                await UnaryUnaryMethod(ch, "/containerd.services.tasks.v1.Tasks/List", Empty, Empty)(Empty())
             assert ei.value.status is Status.UNIMPLEMENTED
         finally:
             ch.close()
         after = await r.scrape()
         assert not any(k[0].startswith("grpc_") for k in delta(before, after))
-        assert not any(("grpc_service", "containerd.services.images.v1.Images") in k[1] for k in after)
+        assert not any(("grpc_service", "containerd.services.tasks.v1.Tasks") in k[1] for k in after)
 
 
 async def test_handling_histogram_when_configured() -> None:

@@ -5,7 +5,7 @@ collection except :meth:`GCScheduler.schedule_and_wait`. Triggers:
 
 * **start-up**: one collection ``startup_delay`` after :meth:`GCScheduler.start`;
 * **deletions** (:meth:`GCScheduler.notify_deletion`, registered as the metadata
-  store's deletion observer: content and lease deletes): with
+  store's deletion observer: content, lease and image deletes): with
   ``deletion_threshold == 0`` any deletion asks for a collection
   ``schedule_delay`` after it, but not before the pause limit allows (below);
   with ``deletion_threshold = n > 0``, *n* deletions since the last collection

@@ -5,6 +5,11 @@ service and the SDK's registry client: :class:`Descriptor` (what a blob is:
 media type, digest, size, annotations), :class:`Image` (a name, its target
 descriptor, labels, times) and :class:`ImageStore` (the namespaced store's role).
 Media types of OCI and Docker images are named in :mod:`ctrd.images.mediatypes`.
+
+The rules every image store follows (containerd 1.6's ``metadata/images.go``):
+:func:`validate` (what a record must be), :func:`without_empty` (empty label and
+annotation values are never stored), :func:`apply_update` (an update's field paths)
+and :func:`adaptor` (what a filter sees of a record).
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ import datetime as _dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Descriptor", "Image", "ImageStore"]
+__all__ = [
+    "UPDATE_PATHS",
+    "Descriptor",
+    "Image",
+    "ImageStore",
+    "adaptor",
+    "apply_update",
+    "validate",
+    "without_empty",
+]
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -70,3 +84,6 @@ class ImageStore(Protocol):
     async def delete(self, name: str, *, sync: bool = False) -> None:
         """Forget the image; with *sync*, return once the collection it triggers is done."""
         ...
+
+
+from ctrd.images._rules import UPDATE_PATHS, adaptor, apply_update, validate, without_empty  # noqa: E402

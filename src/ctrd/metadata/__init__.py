@@ -1,4 +1,4 @@
-"""Namespaced metadata over SQLite: blobs, ingests, namespaces, leases.
+"""Namespaced metadata over SQLite: blobs, ingests, namespaces, leases, images.
 
 Never imports grpclib, aiohttp, betterproto2 or :mod:`ctrd.api`.
 """
@@ -17,12 +17,14 @@ from ctrd.metadata._types import (
 )
 from ctrd.metadata.content import NamespacedContentStore, SharingStats
 from ctrd.metadata.db import DB
+from ctrd.metadata.images import CollectingImageStore, SqliteImageStore
 from ctrd.metadata.leases import CollectingLeaseManager, Lease, LeaseManager, Resource, SqliteLeaseStore
 from ctrd.metadata.namespaces import SqliteNamespaceStore
 from ctrd.metadata.policy import SharingPolicy
 
 __all__ = [
     "DB",
+    "CollectingImageStore",
     "CollectingLeaseManager",
     "Collector",
     "CommitGuard",
@@ -38,6 +40,7 @@ __all__ = [
     "Resource",
     "SharingPolicy",
     "SharingStats",
+    "SqliteImageStore",
     "SqliteLeaseStore",
     "SqliteNamespaceStore",
 ]

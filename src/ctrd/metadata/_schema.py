@@ -19,6 +19,9 @@ content plugin's backend store, whatever the number of namespaces holding them.
     leases(namespace, id, created_at, labels)    PK (namespace, id)
     lease_resources(namespace, lease, type, id)  PK all four; type "content" | "ingests" |
                                                  "snapshots/<snapshotter>"
+    images(namespace, name, media_type, digest,  PK (namespace, name) (version 2); the
+           size, annotations JSON, labels JSON,  target descriptor's fields, its
+           created_at, updated_at)               annotations; the image's labels
 
 Timestamps are integer microseconds since the Unix epoch (UTC). Labels with an
 empty value are never stored. The schema and ``MIGRATIONS`` change together:
@@ -85,6 +88,21 @@ CREATE TABLE lease_resources (
 CREATE INDEX lease_resources_by_id ON lease_resources(namespace, type, id);
 """
 
+_V2: Final = """
+CREATE TABLE images (
+    namespace   TEXT NOT NULL REFERENCES namespaces(name),
+    name        TEXT NOT NULL,
+    media_type  TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    annotations TEXT NOT NULL DEFAULT '{}',
+    labels      TEXT NOT NULL DEFAULT '{}',
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
+"""
+
 #: Each entry upgrades the schema by one version; never edit a released entry.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1,)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)

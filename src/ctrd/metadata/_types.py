@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
     from ctrd.content import Store
+    from ctrd.images import ImageStore
     from ctrd.metadata.gc import GCStats
     from ctrd.metadata.leases import LeaseManager
 
@@ -39,7 +40,7 @@ commit happens inside the context; an error raised on entering refuses the commi
 kept). *digest* is the expected digest (or that of the bytes written), *size* the ingest's size."""
 
 DeletionObserver: TypeAlias = Callable[[], None]
-"""Called after a deletion that may have left garbage (a blob, a lease or a lease resource);
+"""Called after a deletion that may have left garbage (a blob, a lease, a lease resource or an image);
 an error it raises is logged."""
 
 
@@ -71,7 +72,7 @@ class NamespaceStore(Protocol):
         """Delete an empty namespace.
 
         :raises errdefs.NotFound: unknown name.
-        :raises errdefs.FailedPrecondition: it still holds blobs.
+        :raises errdefs.FailedPrecondition: it still holds images or blobs.
         """
         ...
 
@@ -119,7 +120,7 @@ class GarbageCollection(Protocol):
         ...
 
     def observe_deletions(self, callback: DeletionObserver) -> None:
-        """Call *callback* after every deletion that may have left garbage (blobs, leases)."""
+        """Call *callback* after every deletion that may have left garbage (blobs, leases, images)."""
         ...
 
 
@@ -140,4 +141,9 @@ class MetadataStores(Protocol):
     @property
     def leases(self) -> LeaseManager:
         """The lease store."""
+        ...
+
+    @property
+    def images(self) -> ImageStore:
+        """The image store (acts in :func:`ctrd.namespaces.required`)."""
         ...

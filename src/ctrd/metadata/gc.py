@@ -7,11 +7,15 @@ What is live (containerd's ``metadata/gc.go``), per namespace:
   ``containerd.io/gc.expire``, RFC 3339: expired once the time is past; a
   missing or unparsable value never expires, as in containerd); ingests whose
   ``expires_at`` is in the future (a leased ingest has none and lives only
-  through its lease);
+  through its lease); every image (images never expire, and no lease holds one):
+  its target's digest, and the digests its ``containerd.io/gc.ref.content*``
+  labels name (read as on blobs, below);
 * **references**: a live blob's labels ``containerd.io/gc.ref.content``,
   ``containerd.io/gc.ref.content.<name>`` and ``containerd.io/gc.ref.content/<name>``
   name digests that are live *in the same namespace* (transitively; cycles are
   fine); a live ingest's expected digest (a shared writer) is live too.
+  ``containerd.io/gc.ref.snapshot.<snapshotter>`` labels are left for when ctrd
+  has snapshots: they keep nothing alive yet.
 
 Sweep: unmarked blob rows, unmarked ingests and expired leases (with their
 resources) are deleted in one write transaction. Then the backend is made to
@@ -109,6 +113,12 @@ WITH RECURSIVE
     SELECT namespace, digest FROM blobs WHERE json_type(labels, '$."{LABEL_ROOT}"') IS NOT NULL
     UNION
     SELECT namespace, id FROM held WHERE type = 'content'
+    UNION
+    SELECT namespace, digest FROM images
+    UNION
+    SELECT i.namespace, j.value FROM images i, json_each(i.labels) j
+    WHERE j.key = '{LABEL_REF_CONTENT}'
+       OR substr(j.key, 1, {_N}) IN ('{LABEL_REF_CONTENT}.', '{LABEL_REF_CONTENT}/')
     UNION
     SELECT i.namespace, i.expected FROM ingests i
     JOIN live_ingests li ON li.namespace = i.namespace AND li.ref = i.ref

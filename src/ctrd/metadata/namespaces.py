@@ -78,8 +78,15 @@ class SqliteNamespaceStore:
         async with self._db.update() as tx:
             if await tx.one("SELECT 1 FROM namespaces WHERE name = ?", (name,)) is None:
                 raise errdefs.NotFound(f'namespace "{name}"')
-            if await tx.one("SELECT 1 FROM blobs WHERE namespace = ? LIMIT 1", (name,)) is not None:
-                raise errdefs.FailedPrecondition(f'namespace "{name}" must be empty, but it still has blobs')
+            held = [  # containerd's order and words
+                table
+                for table in ("images", "blobs")
+                if await tx.one(f"SELECT 1 FROM {table} WHERE namespace = ? LIMIT 1", (name,)) is not None
+            ]
+            if held:
+                raise errdefs.FailedPrecondition(
+                    f'namespace "{name}" must be empty, but it still has {", ".join(held)}'
+                )
             rows = await tx.all(
                 "SELECT backend_ref FROM ingests WHERE namespace = ? AND expected = ''", (name,)
             )

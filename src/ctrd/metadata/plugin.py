@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ctrd.plugin import InitContext, Registration, types
 
 if TYPE_CHECKING:  # the modules are imported when the plugin initialises, not when it is discovered
-    from ctrd.metadata import DB, NamespacedContentStore, SqliteLeaseStore, SqliteNamespaceStore
+    from ctrd.metadata import (
+        DB,
+        NamespacedContentStore,
+        SqliteImageStore,
+        SqliteLeaseStore,
+        SqliteNamespaceStore,
+    )
     from ctrd.metadata._types import DeletionObserver
     from ctrd.metadata.gc import GarbageCollector
 
@@ -64,11 +70,13 @@ class MetadataInstance:
         content: NamespacedContentStore,
         namespaces: SqliteNamespaceStore,
         leases: SqliteLeaseStore,
+        images: SqliteImageStore,
     ) -> None:
         self._db = db
         self._content = content
         self._namespaces = namespaces
         self._leases = leases
+        self._images = images
         from ctrd.metadata.gc import GarbageCollector
 
         self._collector = GarbageCollector(db, content.backend, content.gate)
@@ -94,6 +102,11 @@ class MetadataInstance:
         return self._leases
 
     @property
+    def images(self) -> SqliteImageStore:
+        """The image store."""
+        return self._images
+
+    @property
     def collector(self) -> GarbageCollector:
         """The garbage collector over this database and its content backend."""
         return self._collector
@@ -103,9 +116,10 @@ class MetadataInstance:
         return self._db.mutations
 
     def observe_deletions(self, callback: DeletionObserver) -> None:
-        """Call *callback* after every blob, lease or lease resource deletion."""
+        """Call *callback* after every blob, lease, lease resource or image deletion."""
         self._content.observe_deletions(callback)
         self._leases.observe_deletions(callback)
+        self._images.observe_deletions(callback)
 
     async def aclose(self) -> None:
         """Close the database."""
@@ -119,6 +133,7 @@ async def _init(ic: InitContext[SqliteConfig]) -> MetadataInstance:
         DB,
         NamespacedContentStore,
         SharingPolicy,
+        SqliteImageStore,
         SqliteLeaseStore,
         SqliteNamespaceStore,
     )
@@ -140,7 +155,9 @@ async def _init(ic: InitContext[SqliteConfig]) -> MetadataInstance:
     ic.exports["path"] = str(path)
     ic.exports["policy"] = policy.value
     log.info("metadata content store policy set policy=%s", policy.value)
-    return MetadataInstance(db, content, SqliteNamespaceStore(db, backend), SqliteLeaseStore(db))
+    return MetadataInstance(
+        db, content, SqliteNamespaceStore(db, backend), SqliteLeaseStore(db), SqliteImageStore(db)
+    )
 
 
 sqlite = Registration(

@@ -12,6 +12,7 @@ from ctrd.plugin import InitContext, Registration, types
 if TYPE_CHECKING:  # imported when a plugin initialises, not when the registrations are discovered
     from ctrd.content import Store
     from ctrd.events import Publisher
+    from ctrd.images import ImageStore
     from ctrd.metadata import LeaseManager, MetadataStores, NamespaceStore
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "content_service",
     "events_grpc",
     "health_grpc",
+    "images_grpc",
+    "images_service",
     "introspection_grpc",
     "leases_grpc",
     "leases_service",
@@ -102,6 +105,18 @@ async def _leases_service(ic: InitContext[None]) -> LeaseManager:
     return CollectingLeaseManager(leases, scheduler.schedule_and_wait)
 
 
+async def _images_service(ic: InitContext[None]) -> ImageStore:
+    """The metadata plugin's image store; with a GC scheduler, ``delete(sync=True)`` waits for it."""
+    from ctrd.gc import Scheduler
+    from ctrd.metadata import CollectingImageStore
+
+    images = _stores(ic).images
+    scheduler = next(iter(ic.get_by_type(types.GC, Scheduler).values()), None)
+    if scheduler is None:
+        return images
+    return CollectingImageStore(images, scheduler.schedule_and_wait)
+
+
 async def _content_grpc(ic: InitContext[ContentGrpcConfig]) -> Any:
     from ctrd.content import Store
     from ctrd.metadata import ContentHooks
@@ -156,6 +171,13 @@ async def _leases_grpc(ic: InitContext[None]) -> Any:
     return LeasesService(ic.get_by_id(types.SERVICE, "leases-service", LeaseManager))
 
 
+async def _images_grpc(ic: InitContext[None]) -> Any:
+    from ctrd.images import ImageStore
+    from ctrd.services.images import ImagesService
+
+    return ImagesService(ic.get_by_id(types.SERVICE, "images-service", ImageStore), _publisher(ic))
+
+
 async def _events_grpc(ic: InitContext[None]) -> Any:
     from ctrd.events.exchange import Exchange
     from ctrd.services.events import EventsService
@@ -192,6 +214,11 @@ namespaces_service = Registration(
 leases_service = Registration(
     type=types.SERVICE, id="leases-service", requires=(types.METADATA, types.GC), init=_leases_service
 )
+#: as containerd's: the images service needs the GC type for a synchronous Delete (ignored
+#: when no GC plugin is registered).
+images_service = Registration(
+    type=types.SERVICE, id="images-service", requires=(types.METADATA, types.GC), init=_images_service
+)
 content_grpc = Registration(
     type=types.GRPC,
     id="content",
@@ -203,6 +230,9 @@ namespaces_grpc = Registration(
     type=types.GRPC, id="namespaces", requires=(types.SERVICE, types.EVENT), init=_namespaces_grpc
 )
 leases_grpc = Registration(type=types.GRPC, id="leases", requires=(types.SERVICE,), init=_leases_grpc)
+images_grpc = Registration(
+    type=types.GRPC, id="images", requires=(types.SERVICE, types.EVENT), init=_images_grpc
+)
 events_grpc = Registration(type=types.GRPC, id="events", requires=(types.EVENT,), init=_events_grpc)
 introspection_grpc = Registration(
     type=types.GRPC, id="introspection", requires=(types.ALL,), init=_introspection

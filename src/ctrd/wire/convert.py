@@ -1,6 +1,9 @@
-"""Conversions between the content domain types and the ``containerd.services.content.v1`` messages.
+"""Conversions between the domain types and the API messages.
 
-containerd's ``infoToGRPC``/``infoFromGRPC`` and the status equivalents. Every
+Content (``containerd.services.content.v1``): containerd's ``infoToGRPC``/``infoFromGRPC``
+and the status equivalents. Images (``containerd.services.images.v1``,
+``containerd.types.Descriptor``): containerd's ``imageToProto``/``imageFromProto`` and
+``descToProto``/``descFromProto``; an unset target reads as an empty descriptor. Every
 datetime handed to a message is timezone-aware UTC (betterproto2 rejects naive
 datetimes); an unset timestamp read from a message becomes the Unix epoch.
 """
@@ -10,11 +13,18 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Final
 
+from ctrd.api.containerd import types as api_types
 from ctrd.api.containerd.services.content import v1 as api
+from ctrd.api.containerd.services.images import v1 as images_api
 from ctrd.content import Info, Status
+from ctrd.images import Descriptor, Image
 
 __all__ = [
     "EPOCH",
+    "descriptor_from_proto",
+    "descriptor_to_proto",
+    "image_from_proto",
+    "image_to_proto",
     "info_from_proto",
     "info_to_proto",
     "status_from_proto",
@@ -87,4 +97,44 @@ def status_from_proto(msg: api.Status | None) -> Status:
         started_at=to_utc(msg.started_at),
         updated_at=to_utc(msg.updated_at),
         expected=msg.expected,
+    )
+
+
+def descriptor_to_proto(desc: Descriptor) -> api_types.Descriptor:
+    """The ``containerd.types.Descriptor`` message for *desc*."""
+    return api_types.Descriptor(
+        media_type=desc.media_type, digest=desc.digest, size=desc.size, annotations=dict(desc.annotations)
+    )
+
+
+def descriptor_from_proto(msg: api_types.Descriptor | None) -> Descriptor:
+    """The domain :class:`~ctrd.images.Descriptor` for a message (``None`` reads as an empty one)."""
+    if msg is None:
+        return Descriptor(media_type="", digest="", size=0)
+    return Descriptor(
+        media_type=msg.media_type, digest=msg.digest, size=msg.size, annotations=dict(msg.annotations)
+    )
+
+
+def image_to_proto(image: Image) -> images_api.Image:
+    """The ``Image`` message for a record (times included)."""
+    return images_api.Image(
+        name=image.name,
+        labels=dict(image.labels),
+        target=descriptor_to_proto(image.target),
+        created_at=to_utc(image.created_at),
+        updated_at=to_utc(image.updated_at),
+    )
+
+
+def image_from_proto(msg: images_api.Image | None) -> Image:
+    """The domain :class:`~ctrd.images.Image` for a message (``None`` reads as an empty one)."""
+    if msg is None:
+        return Image(name="", target=descriptor_from_proto(None))
+    return Image(
+        name=msg.name,
+        target=descriptor_from_proto(msg.target),
+        labels=dict(msg.labels),
+        created_at=to_utc(msg.created_at),
+        updated_at=to_utc(msg.updated_at),
     )

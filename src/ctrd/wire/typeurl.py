@@ -4,7 +4,8 @@ containerd's typeurl registry names event types by their bare proto message
 name (``containerd.events.ContentDelete``), without the
 ``type.googleapis.com/`` prefix that :meth:`Any.pack` adds; ``ctr events``
 cannot decode the prefixed form. :func:`pack_event` builds the bare form and
-:func:`unpack_event` reads both.
+:func:`unpack_event` reads both. The image events keep containerd 1.6's package,
+``containerd.services.images.v1.ImageCreate`` and so on.
 
 Pure helpers over the generated API (no server code): the daemon's Events
 service and the client SDK both use them.
@@ -16,7 +17,10 @@ from typing import Final
 
 import betterproto2
 
-import ctrd.api.containerd.events  # noqa: F401  (registers the event messages in the pool)
+# imported to register the event messages in the pool (the image events are in containerd 1.6's
+# package of the images service)
+import ctrd.api.containerd.events
+import ctrd.api.containerd.services.images.v1  # noqa: F401
 from ctrd.api.google import protobuf as pb
 from ctrd.api.message_pool import default_message_pool
 from ctrd.wire._proto import decode
