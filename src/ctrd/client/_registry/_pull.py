@@ -76,6 +76,12 @@ MAX_NESTING: Final = 16
 _CHUNK: Final = 1 << 20
 _LOCK_TIMEOUT: Final = 300.0
 _GENERIC_TYPES: Final = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
+_SCHEMA1: Final = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
 _T = TypeVar("_T")
 
 
@@ -229,9 +235,7 @@ class Puller:
             if media_type in _GENERIC_TYPES:
                 media_type = sniff_media_type(body) or media_type
         validate_digest(dgst, what)
-        if media_type == "application/vnd.docker.distribution.manifest.v1+prettyjws" or media_type.endswith(
-            "manifest.v1+json"
-        ):
+        if media_type in _SCHEMA1:
             raise errdefs.Unimplemented(f"{what}: Docker schema 1 manifests are not supported")
         if not (is_index(media_type) or is_manifest(media_type)):
             raise errdefs.InvalidArgument(

@@ -191,15 +191,25 @@ class Pusher:
 
 
 async def push_image(
-    client: Client, ref: str, source: str | None, *, options: RegistryOptions | None
+    client: Client,
+    ref: str,
+    source: str | None,
+    *,
+    options: RegistryOptions | None,
+    target: Descriptor | None = None,
 ) -> Descriptor:
-    """Push the image *source* (default: *ref* normalised) to *ref* (see :meth:`ImagesClient.push`)."""
+    """Push the image *source* (default: *ref* normalised) to *ref* (see :meth:`ImagesClient.push`).
+
+    With *target*, that tree is pushed without looking up an image record (for a daemon
+    without an Images service).
+    """
     reference = parse_reference(ref)
-    image = await client.images.get(source if source is not None else str(reference))
-    target = image.target
+    name = source if source is not None else str(reference)
+    if target is None:
+        target = (await client.images.get(name)).target
     if reference.digest and reference.digest != target.digest:
         raise errdefs.InvalidArgument(
-            f"push {ref}: the image {image.name} is {target.digest}, not {reference.digest}"
+            f"push {ref}: the image {name} is {target.digest}, not {reference.digest}"
         )
     if not (is_index(target.media_type) or is_manifest(target.media_type)):
         raise errdefs.InvalidArgument(
