@@ -95,7 +95,7 @@ class RegistryHost:
     client_pairs: tuple[tuple[str, str], ...] = ()
     """(certificate file, key file; ``""``: the key is in the certificate file)."""
     skip_verify: bool = False
-    headers: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    headers: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict, hash=False)
 
     @property
     def base_url(self) -> str:

@@ -167,7 +167,7 @@ class RegistrySession:
         self.options = options
         self.domain = domain
         self._session: aiohttp.ClientSession | None = None
-        self._ssl: dict[RegistryHost, ssl.SSLContext | bool] = {}
+        self._ssl: dict[tuple[object, ...], ssl.SSLContext | bool] = {}
         self._auth: dict[str, _HostAuth] = {}
         self._auth_locks: dict[str, asyncio.Lock] = {}
 
@@ -201,11 +201,12 @@ class RegistrySession:
         """
         if host.scheme != "https":
             return True
-        got = self._ssl.get(host)
+        key = (host.host, host.ca_files, host.client_pairs, host.skip_verify)
+        got = self._ssl.get(key)
         if got is not None:
             return got
         if not (host.ca_files or host.client_pairs or host.skip_verify):
-            self._ssl[host] = True
+            self._ssl[key] = True
             return True
         ctx = ssl.create_default_context()
         for ca in host.ca_files:
@@ -221,7 +222,7 @@ class RegistrySession:
         if host.skip_verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        self._ssl[host] = ctx
+        self._ssl[key] = ctx
         return ctx
 
     # -- auth --------------------------------------------------------------------------------

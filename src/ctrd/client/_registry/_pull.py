@@ -189,11 +189,13 @@ class Puller:
             paths = [("manifests", ref.tag)]
             hosts = self._hosts(Capability.RESOLVE)
         first: errdefs.Error | None = None
+        missing: errdefs.NotFound | None = None
         for kind, obj in paths:
             for host in hosts:
                 try:
                     got = await self._resolve_at(host, kind, obj)
-                except errdefs.NotFound:
+                except errdefs.NotFound as exc:
+                    missing = missing or exc
                     continue
                 except errdefs.Error as exc:
                     first = first or exc
@@ -202,7 +204,7 @@ class Puller:
                 if got.body is not None:
                     self._bodies[got.desc.digest] = got.body
                 return got.desc
-        raise first or errdefs.NotFound(f"{ref}: not found")
+        raise first or missing or errdefs.NotFound(f"{ref}: not found")
 
     async def _resolve_at(self, host: RegistryHost, kind: str, obj: str) -> _Resolved:
         url = self.session.url(host, self.ref.path, kind, obj)
@@ -372,8 +374,17 @@ class Puller:
                 except errdefs.AlreadyExists:
                     await self._label_existing(desc.digest, gc_labels(kids))
                 return kids
+            except errdefs.Error:
+                await self._discard(w)  # a manifest is small: nothing worth keeping for a resume
+                raise
             finally:
                 await w.close()
+
+    async def _discard(self, w: RemoteWriter) -> None:
+        """Close *w* and drop its ingest (what it holds is wrong, or nothing)."""
+        await w.close()  # releases the ref, so that it can be aborted
+        with contextlib.suppress(errdefs.NotFound):
+            await self.content.abort(w.ref)
 
     async def _get_manifest(self, desc: Descriptor) -> bytes:
         what = f"fetch {desc.media_type} {desc.digest} of {self.ref.name}"
@@ -433,10 +444,9 @@ class Puller:
                             f"{what}: the registry's bytes do not match the descriptor ({exc}; got {actual})"
                         ) from None
                     return
-                except errdefs.DataLoss:
-                    await w.close()  # releases the ref, so that it can be aborted
-                    with contextlib.suppress(errdefs.NotFound):
-                        await self.content.abort(w.ref)
+                except errdefs.Error as exc:
+                    if isinstance(exc, errdefs.DataLoss) or w.offset == 0:
+                        await self._discard(w)  # wrong bytes, or none: nothing to resume
                     raise
                 finally:
                     await w.close()
