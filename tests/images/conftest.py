@@ -59,11 +59,9 @@ def policy_config(policy: str) -> str:
 
 
 def start_backend(kind: str, policy: str = "shared") -> Backend:
-    proc: DaemonProcess
-    if kind == "ctrd":
-        proc = start_ctrd(policy_config(policy))
-    else:
-        proc = start_containerd(policy=policy)
+    proc: DaemonProcess = (
+        start_ctrd(policy_config(policy)) if kind == "ctrd" else start_containerd(policy=policy)
+    )
     return Backend(kind, proc.address, proc)
 
 

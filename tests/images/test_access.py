@@ -148,7 +148,6 @@ async def test_tls_with_a_ca_file(
 
         # the same through hosts.toml: server and a CA path relative to the host's directory
         hosts = tmp / "certs.d"
-        host_dir = hosts / reg.host.replace(":", "_") / ""
         host_dir = hosts / f"127.0.0.1_{reg.port}_"
         host_dir.mkdir(parents=True)
         (host_dir / "ca.pem").write_bytes(ca.read_bytes())
@@ -193,6 +192,6 @@ async def test_hosts_toml_mirror(client: Client, backend: Backend, registry: Reg
     served = registry.requests(since=since)
     assert served
     assert all("ns=mirror.test" in e.uri for e in served if "/mirrored/app/" in e.path)
+    (hosts / "mirror.test" / "hosts.toml").write_text('[host."http://x"]\n  capabilities = ["fly"]\n')
     with pytest.raises(errdefs.InvalidArgument, match="unknown capability"):
-        (hosts / "mirror.test" / "hosts.toml").write_text('[host."http://x"]\n  capabilities = ["fly"]\n')
         await pull(client, backend, "mirror.test/mirrored/app:v1", registry=RegistryOptions(hosts_dir=hosts))

@@ -214,9 +214,9 @@ class RegistrySession:
                 ctx.load_verify_locations(cafile=ca)
             except (OSError, ssl.SSLError) as exc:
                 raise errdefs.InvalidArgument(f"unable to load CA certificate {ca}: {exc}") from None
-        for cert, key in host.client_pairs:
+        for cert, keyfile in host.client_pairs:
             try:
-                ctx.load_cert_chain(cert, key or None)
+                ctx.load_cert_chain(cert, keyfile or None)
             except (OSError, ssl.SSLError) as exc:
                 raise errdefs.InvalidArgument(f"unable to load client certificate {cert}: {exc}") from None
         if host.skip_verify:
