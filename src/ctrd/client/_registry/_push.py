@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ctrd import errdefs
+from ctrd.client._registry._fetch import first_error, verify_digest
 from ctrd.client._registry._hosts import Capability, RegistryHost, RegistryOptions, resolve_hosts
 from ctrd.client._registry._http import RegistrySession
 from ctrd.client._registry._manifests import (
@@ -25,7 +26,7 @@ from ctrd.client._registry._manifests import (
     is_manifest,
     source_labels,
 )
-from ctrd.client._registry._pull import MAX_NESTING, _first_error, verify_digest
+from ctrd.client._registry._pull import MAX_NESTING
 from ctrd.client._registry._reference import Reference, parse_reference
 from ctrd.images import Descriptor
 
@@ -120,7 +121,7 @@ class Pusher:
                 for child in kids:
                     tg.create_task(self.push_tree(child.descriptor, "", below))
         except BaseExceptionGroup as eg:
-            raise _first_error(eg) from None
+            raise first_error(eg) from None
         await self.push_manifest(desc, data, obj)
 
     async def _exists(self, kind: str, desc: Descriptor) -> bool:
