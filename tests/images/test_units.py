@@ -337,3 +337,15 @@ async def test_cycle_and_depth_guards() -> None:
 
     with pytest.raises(errdefs.InvalidArgument, match=f"deeper than {MAX_NESTING}"):
         await _puller(deep).handle(root)
+
+
+def test_ctrd_registry_fixture(ctrd_registry: Any) -> None:
+    """The pytest plugin's registry fixture: a started registry whose log is parsed."""
+    from ctrd.testing.images import ImageBuilder, raw_layer, tar_layer
+
+    img = ImageBuilder(ctrd_registry.url).push_image("fixture/app", "v1", [raw_layer(tar_layer({"a": b"a"}))])
+    ctrd_registry.sync()
+    puts = [e for e in ctrd_registry.requests("PUT") if e.status == 201]
+    assert len(puts) == 3  # config, layer, manifest
+    assert puts[-1].path == "/v2/fixture/app/manifests/v1"
+    assert img.manifest.digest
