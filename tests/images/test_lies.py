@@ -3,9 +3,11 @@ committed, no image record names missing content; retries only where they help."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -235,3 +237,33 @@ async def test_a_stalled_registry_times_out(client: Client, backend: Backend, fa
                 client, backend, f"{fake.host}/x/y:v1", registry=RegistryOptions(retries=0, read_timeout=0.3)
             )
         await nothing_left(client, backend)
+
+
+async def test_downloads_run_concurrently_within_the_limit(
+    client: Client, backend: Backend, fake: FakeRegistry
+) -> None:
+    layers = [os.urandom(1000 + i) for i in range(6)]
+    fake.image("v1", layers)
+    active = 0
+    peak = 0
+    serve = fake._serve
+
+    async def counting(request: Any, entry: Any) -> Any:
+        nonlocal active, peak
+        if "/blobs/" not in request.path or request.method != "GET":
+            return await serve(request, entry)
+        active += 1
+        peak = max(peak, active)
+        try:
+            await asyncio.sleep(0.2)
+            return await serve(request, entry)
+        finally:
+            active -= 1
+
+    fake._serve = counting  # type: ignore[method-assign]
+    async with client.lease():
+        await pull(
+            client, backend, f"{fake.host}/x/y:v1", registry=RegistryOptions(max_concurrent_downloads=2)
+        )
+        assert {sha(x) for x in layers} <= {i.digest async for i in client.content.list()}
+    assert peak == 2
