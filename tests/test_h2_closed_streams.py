@@ -9,10 +9,11 @@ frame on a stream they reset.
 
 from __future__ import annotations
 
-from ctrd.wire._h2 import CtrdConnection
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
+
+from ctrd.wire._h2 import CtrdConnection
 
 from .test_h2_direct import REQUEST, RESPONSE, TRAILERS, frames_of, server_config
 

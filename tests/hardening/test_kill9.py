@@ -66,13 +66,13 @@ from pathlib import Path
 import pytest
 from _daemon import CTR, DaemonProc, Launcher, version_of
 from _store_check import Snapshot, ingest_data, problems, snapshot
-from ctrd.wire.convert import EPOCH
 from grpclib.client import Channel
 
 from ctrd import _faults, errdefs
 from ctrd.client import Client, RemoteContentStore, Resource
 from ctrd.content import Info, sha256_of
 from ctrd.content.helpers import copy, read_blob
+from ctrd.wire.convert import EPOCH
 
 from ._figures import Figures
 

@@ -8,6 +8,7 @@
         info = await client.content.ingest("my-ref", "/path/to/file")
         async for blob in client.content.list():
             print(blob.digest, blob.size)
+        image = await client.images.pull("alpine")   # docker.io/library/alpine:latest
 
 The SDK speaks containerd's gRPC API, so the same code works against a real
 containerd. It does not import the daemon (``ctrd.server``, ``ctrd.services``,
@@ -34,6 +35,15 @@ from ctrd.client._events import (
     RawEvent,
     Subscription,
 )
+from ctrd.client._images import ImagesClient
+from ctrd.client._registry import (
+    Credentials,
+    Reference,
+    RegistryOptions,
+    host_platform,
+    parse_platform,
+    parse_reference,
+)
 from ctrd.client._services import LeasesClient, NamespacesClient
 from ctrd.client._sources import Source
 from ctrd.client._transport import ADDRESS_ENV, default_address
@@ -50,6 +60,7 @@ from ctrd.client._types import (
     Version,
 )
 from ctrd.content import Info, Status
+from ctrd.images import Descriptor, Image
 from ctrd.remote import Address, RemoteContentStore, RemoteReaderAt, RemoteWriter, parse_address
 
 __all__ = [
@@ -63,9 +74,13 @@ __all__ = [
     "ContentCreate",
     "ContentDelete",
     "ContentWriter",
+    "Credentials",
+    "Descriptor",
     "Envelope",
     "EventPayload",
     "EventsClient",
+    "Image",
+    "ImagesClient",
     "Info",
     "Lease",
     "LeasesClient",
@@ -79,6 +94,8 @@ __all__ = [
     "PluginError",
     "Progress",
     "RawEvent",
+    "Reference",
+    "RegistryOptions",
     "RemoteContentStore",
     "RemoteReaderAt",
     "RemoteWriter",
@@ -89,5 +106,8 @@ __all__ = [
     "Subscription",
     "Version",
     "default_address",
+    "host_platform",
     "parse_address",
+    "parse_platform",
+    "parse_reference",
 ]

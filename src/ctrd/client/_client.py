@@ -14,6 +14,7 @@ from ctrd.api.containerd.services.version import v1 as version_api
 from ctrd.api.google import protobuf as pb
 from ctrd.client._content_client import ContentClient
 from ctrd.client._events import EventsClient
+from ctrd.client._images import ImagesClient
 from ctrd.client._services import LeasesClient, NamespacesClient, plugin_from_proto
 from ctrd.client._transport import ClientScope, default_address, lease_key, pop_lease, push_lease
 from ctrd.client._types import Lease, Plugin, ServerInfo, Version
@@ -85,6 +86,7 @@ class Client:
         self._namespaces: NamespacesClient | None = None
         self._leases: LeasesClient | None = None
         self._events: EventsClient | None = None
+        self._images: ImagesClient | None = None
 
     def _view(self, namespace: str, lease: str | None) -> Client:
         view = Client.__new__(Client)
@@ -151,6 +153,13 @@ class Client:
         if self._events is None:
             self._events = EventsClient(self._scope)
         return self._events
+
+    @property
+    def images(self) -> ImagesClient:
+        """Images of this namespace: records, and pulling and pushing them (registries)."""
+        if self._images is None:
+            self._images = ImagesClient(self._scope, self)
+        return self._images
 
     async def version(self) -> Version:
         """The daemon's version and revision."""

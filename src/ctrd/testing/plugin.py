@@ -7,6 +7,9 @@
   your plugin package; returns a started :class:`ctrd.testing.Ctrd`.
 * ``ctrd_client`` — an async fixture: a :class:`ctrd.client.Client` connected
   to ``ctrd_daemon`` in a fresh namespace (needs pytest-asyncio).
+* ``ctrd_registry`` — a private OCI registry (Debian's ``docker-registry``, see
+  :mod:`ctrd.testing.registry`) on a free loopback port; skipped when it is not
+  installed. Push test images to it with :class:`ctrd.testing.images.ImageBuilder`.
 * ``containerd_daemon`` — a private real containerd (Debian's
   ``/usr/bin/containerd``, run as root) on a temp socket; the test is skipped
   when it is not installed. Its garbage collector is live: hold what you write
@@ -20,13 +23,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ctrd.client import Client
 from ctrd.testing import Ctrd, DaemonProcess, containerd_available, start_containerd, start_ctrd
 
-__all__ = ["containerd_daemon", "ctrd_client", "ctrd_daemon", "ctrd_daemon_factory"]
+if TYPE_CHECKING:
+    from ctrd.testing.registry import Registry
+
+__all__ = ["containerd_daemon", "ctrd_client", "ctrd_daemon", "ctrd_daemon_factory", "ctrd_registry"]
 
 _counter = itertools.count(1)
 
@@ -71,6 +78,22 @@ def containerd_daemon(request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         _report(request, [d])
         d.stop()
+
+
+@pytest.fixture
+def ctrd_registry(request: pytest.FixtureRequest) -> Iterator[Registry]:
+    """A fresh private registry (:class:`ctrd.testing.registry.Registry`); skips when Debian's
+    docker-registry is not installed."""
+    from ctrd.testing.registry import registry_available, start_registry
+
+    if not registry_available():
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    reg = start_registry()
+    try:
+        yield reg
+    finally:
+        _report(request, [reg])
+        reg.stop()
 
 
 try:

@@ -1,0 +1,227 @@
+"""``client.images``: the image records of a namespace, and pulling and pushing them.
+
+The records are the daemon's Images service (containerd's ``containerd.services.images.v1``);
+:meth:`ImagesClient.pull`, :meth:`ImagesClient.fetch` and :meth:`ImagesClient.push` talk
+to registries (:mod:`ctrd.client._registry`, on aiohttp, imported on first use so that
+importing the SDK does not load an HTTP client).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from ctrd import errdefs
+from ctrd.api.containerd.services.images import v1 as images_api
+from ctrd.api.google import protobuf as pb
+from ctrd.api.google.protobuf import FieldMask
+from ctrd.images import Descriptor, Image
+from ctrd.remote import Scope
+from ctrd.wire.convert import image_from_proto, image_to_proto
+
+if TYPE_CHECKING:
+    from ctrd.client._client import Client
+    from ctrd.client._registry import PlatformLike, RegistryOptions
+
+__all__ = ["ImagesClient"]
+
+_IMAGES = "/containerd.services.images.v1.Images/"
+
+
+class ImagesClient:
+    """Images of one namespace: ``client.images``. Errors are :mod:`ctrd.errdefs` errors.
+
+    An image is a name pointing at a manifest or an index in the content store
+    (:class:`ctrd.images.Image`). :meth:`pull` and :meth:`fetch` bring one from a registry,
+    :meth:`push` sends one to a registry.
+    """
+
+    def __init__(self, scope: Scope, client: Client) -> None:
+        self._scope = scope
+        self._client = client
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def get(self, name: str) -> Image:
+        """The image named *name*.
+
+        :raises errdefs.NotFound: no such image in the namespace.
+        """
+        resp = await self._scope.unary(
+            _IMAGES + "Get", images_api.GetImageRequest(name=name), images_api.GetImageResponse
+        )
+        return image_from_proto(resp.image)
+
+    async def list(self, *filters: str) -> builtins.list[Image]:
+        """Images matching any of *filters* (``name==…``, ``target.mediatype==…``,
+        ``labels."k"==v``; none: all).
+
+        :raises errdefs.InvalidArgument: a malformed filter.
+        """
+        resp = await self._scope.unary(
+            _IMAGES + "List",
+            images_api.ListImagesRequest(filters=list(filters)),
+            images_api.ListImagesResponse,
+        )
+        return [image_from_proto(m) for m in resp.images]
+
+    async def create(self, image: Image) -> Image:
+        """Record *image*; returns it as stored (with its times).
+
+        :raises errdefs.AlreadyExists: the name is taken.
+        :raises errdefs.InvalidArgument: an empty name, a malformed target or label.
+        """
+        resp = await self._scope.unary(
+            _IMAGES + "Create",
+            images_api.CreateImageRequest(image=image_to_proto(image)),
+            images_api.CreateImageResponse,
+        )
+        return image_from_proto(resp.image)
+
+    async def update(self, image: Image, fieldpaths: Sequence[str] = ()) -> Image:
+        """Change the image named ``image.name``: the fields in *fieldpaths* (``labels``,
+        ``labels.<key>``, ``annotations``, ``annotations.<key>``, ``target``), or, with none,
+        its target and labels.
+
+        :raises errdefs.NotFound: no such image.
+        """
+        req = images_api.UpdateImageRequest(image=image_to_proto(image))
+        if fieldpaths:
+            req.update_mask = FieldMask(paths=list(fieldpaths))
+        resp = await self._scope.unary(_IMAGES + "Update", req, images_api.UpdateImageResponse)
+        return image_from_proto(resp.image)
+
+    async def delete(self, name: str, *, sync: bool = False) -> None:
+        """Forget the image (its content goes with the next collection unless something
+        else holds it); with *sync*, return once that collection is done.
+
+        :raises errdefs.NotFound: no such image.
+        """
+        await self._scope.unary(
+            _IMAGES + "Delete", images_api.DeleteImageRequest(name=name, sync=sync), pb.Empty
+        )
+
+    async def tag(self, source: str, target: str, *, force: bool = False) -> Image:
+        """Record *target* as another name of the image *source* (its target and labels),
+        as ``ctr images tag``.
+
+        :raises errdefs.NotFound: no image *source*.
+        :raises errdefs.AlreadyExists: *target* exists and *force* is false (with *force*
+            it is pointed at *source*'s target).
+        """
+        src = await self.get(source)
+        image = Image(name=target, target=src.target, labels=dict(src.labels))
+        try:
+            return await self.create(image)
+        except errdefs.AlreadyExists:
+            if not force:
+                raise
+            return await self.update(image)
+
+    async def put(self, image: Image) -> Image:
+        """Create *image*, or update the record of that name (target and labels), as
+        containerd's client records a pulled image."""
+        while True:
+            try:
+                return await self.create(image)
+            except errdefs.AlreadyExists:
+                try:
+                    return await self.update(image)
+                except errdefs.NotFound:
+                    continue  # deleted in between: create it again
+
+    # -- registries --------------------------------------------------------------------------
+
+    async def pull(
+        self,
+        ref: str,
+        *,
+        platforms: Iterable[PlatformLike] | None = None,
+        all_platforms: bool = False,
+        unpack: bool = False,
+        labels: Mapping[str, str] | None = None,
+        registry: RegistryOptions | None = None,
+    ) -> Image:
+        """Download the image *ref* (``alpine``, ``ghcr.io/o/app:1``, ``host:5000/x@sha256:…``)
+        into the content store and record it under its normalised name
+        (``docker.io/library/alpine:latest``).
+
+        From an index, only the manifest best matching the host's platform is taken
+        (containerd's ``platforms.Only``: ``linux/amd64`` also takes ``linux/386``);
+        *platforms* names others (every one of them is taken), *all_platforms* takes all.
+        Blobs already in the namespace are not downloaded; under the daemon's ``shared``
+        policy, neither are blobs another namespace holds. Everything is held by one lease
+        (the caller's ``client.lease()`` when there is one, else one of its own) until the
+        image record points at it.
+
+        :param unpack: unpack the layers into a snapshotter (not implemented yet).
+        :param labels: labels of the image record.
+        :param registry: how registries are reached (hosts, credentials, TLS, concurrency).
+        :raises errdefs.Unimplemented: *unpack*.
+        :raises errdefs.NotFound: no such image, or no manifest for the platform.
+        :raises errdefs.PermissionDenied: the registry refused the credentials, or needs some.
+        :raises errdefs.DataLoss: the registry sent bytes other than those the digest names.
+        :raises errdefs.InvalidArgument: a malformed reference, platform or manifest.
+        :raises errdefs.ResourceExhausted: a manifest over 4 * 1048 * 1048 bytes.
+        :raises errdefs.Unavailable: the registry could not be reached, or kept failing.
+        :raises errdefs.DeadlineExceeded: the registry stopped answering.
+        """
+        from ctrd.client._registry import pull_image
+
+        return await pull_image(
+            self._client,
+            ref,
+            platforms=platforms,
+            all_platforms=all_platforms,
+            limit_default=True,
+            unpack=unpack,
+            labels=labels,
+            options=registry,
+        )
+
+    async def fetch(
+        self,
+        ref: str,
+        *,
+        platforms: Iterable[PlatformLike] | None = None,
+        labels: Mapping[str, str] | None = None,
+        registry: RegistryOptions | None = None,
+    ) -> Image:
+        """:meth:`pull` without unpacking, for every platform unless *platforms* are given
+        (as ``ctr content fetch`` and containerd's ``Client.Fetch``)."""
+        from ctrd.client._registry import pull_image
+
+        return await pull_image(
+            self._client,
+            ref,
+            platforms=platforms,
+            all_platforms=platforms is None,
+            limit_default=False,
+            unpack=False,
+            labels=labels,
+            options=registry,
+        )
+
+    async def push(
+        self,
+        ref: str,
+        source: str | None = None,
+        *,
+        registry: RegistryOptions | None = None,
+    ) -> Descriptor:
+        """Upload the image *source* (default: the image named as *ref*, normalised) to
+        *ref*; returns the descriptor pushed.
+
+        Blobs the repository has already are skipped (a ``HEAD`` first); a blob whose
+        ``containerd.io/distribution.source.<host>`` label names another repository of the
+        same registry is mounted from there instead of uploaded. Manifests go after their
+        blobs, the tag last.
+
+        :raises errdefs.NotFound: no image *source*, or content it references is missing
+            (an index pulled for one platform: pull it with ``all_platforms=True``).
+        :raises errdefs.PermissionDenied: the registry refused the credentials, or needs some.
+        """
+        from ctrd.client._registry import push_image
+
+        return await push_image(self._client, ref, source, options=registry)
