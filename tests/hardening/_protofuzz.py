@@ -37,6 +37,7 @@ SERVED = (
     "containerd.services.namespaces.v1",
     "containerd.services.leases.v1",
     "containerd.services.events.v1",
+    "containerd.services.images.v1",
     "containerd.services.introspection.v1",
     "containerd.services.version.v1",
     "grpc.health.v1",
