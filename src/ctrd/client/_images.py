@@ -21,6 +21,7 @@ from ctrd.remote import Scope
 from ctrd.wire.convert import image_from_proto, image_to_proto
 
 if TYPE_CHECKING:
+    from ctrd.client._archive import ArchiveSource, ExportTarget
     from ctrd.client._client import Client
     from ctrd.client._registry import PlatformLike, RegistryOptions
 
@@ -225,3 +226,87 @@ class ImagesClient:
         from ctrd.client._registry import push_image
 
         return await push_image(self._client, ref, source, options=registry)
+
+    # -- archives ----------------------------------------------------------------------------
+
+    async def export(
+        self,
+        target: ExportTarget,
+        *names: str,
+        platforms: Iterable[PlatformLike] | None = None,
+        all_platforms: bool = False,
+    ) -> int:
+        """Write the images *names* to *target* as ``ctr images export`` does: an OCI image
+        layout tar (``oci-layout``, ``index.json`` naming each image with the
+        ``io.containerd.image.name`` and ``org.opencontainers.image.ref.name`` annotations,
+        ``blobs/<alg>/<hex>``) with Docker's ``manifest.json`` beside it. Returns the
+        archive's size in bytes.
+
+        From an index, the manifests of this machine's platform (exactly: ``linux/amd64``
+        does not take ``linux/386``), or of *platforms*, are exported, with their blobs;
+        *all_platforms* exports every manifest (all must be present). ``manifest.json``
+        lists, per image, the best of the matching manifests. Blobs are streamed from the
+        content store (their digests verified), never held in memory.
+
+        :param target: a file path (written to a temporary file in the same directory,
+            renamed once complete) or a binary file object.
+        :raises errdefs.NotFound: no such image; a blob to export is not in the content
+            store; no manifest of an index matches the platform.
+        :raises errdefs.InvalidArgument: no name; a target that is not a manifest or an
+            index; a name that is not a reference (``manifest.json`` needs one).
+        :raises errdefs.DataLoss: the content store gave other bytes than a digest names.
+        """
+        from ctrd.client._archive import export_images
+
+        return await export_images(
+            self._client, target, names, platforms=platforms, all_platforms=all_platforms
+        )
+
+    async def import_(
+        self,
+        source: ArchiveSource,
+        *,
+        platforms: Iterable[PlatformLike] | None = None,
+        all_platforms: bool = False,
+        base_name: str | None = None,
+    ) -> builtins.list[Image]:
+        """Read an image archive into the namespace and record its images, as
+        ``ctr images import --no-unpack`` does (nothing is unpacked); returns them.
+
+        *source* is an OCI image layout tar (``ctr images export``'s, :meth:`export`'s,
+        skopeo's, BuildKit's, ``docker save``'s since Docker 25) or an older ``docker save``
+        tar (``manifest.json``, ``<id>/layer.tar``, ``<id>.json``; a Docker schema 2
+        manifest is built for each image, as containerd's importer builds it), plain or
+        gzip'd: a path, a binary file object or an async iterable of chunks, read once as a
+        stream (nothing is extracted; entries named with ``..`` or absolutely are refused).
+        Every blob is ingested and verified (``blobs/<alg>/<hex>`` against its name); blobs
+        the namespace has are not sent again.
+
+        Images are named by their ``io.containerd.image.name`` annotation, else by their
+        ``org.opencontainers.image.ref.name``: a full reference as it is, a bare tag as
+        ``import-<date>:<tag>``; with *base_name*, as ``<base_name>:<tag>``, and full
+        references not under *base_name* are skipped (``ctr images import --base-name``).
+        Docker archives name images by their ``RepoTags`` (``busybox:1`` is
+        ``docker.io/library/busybox:1``). An existing image of that name is pointed at the
+        new target (its labels kept).
+
+        From an index, the manifests of this machine's platform (and what it runs:
+        ``linux/amd64`` takes ``linux/386``), of *platforms*, or all with *all_platforms*
+        are checked and labelled; all that those reach must be in the archive or the
+        namespace. Everything is held by a lease (the caller's, else one of its own) until
+        the records exist.
+
+        :raises errdefs.InvalidArgument: not a tar archive, or neither format; malformed
+            JSON; an entry or link leaving the archive; a file ``manifest.json`` names that
+            is missing.
+        :raises errdefs.DataLoss: a ``blobs/`` entry whose content is not its digest.
+        :raises errdefs.NotFound: content an image needs is in neither the archive nor the
+            namespace (an archive exported for one platform, imported for all).
+        :raises errdefs.ResourceExhausted: more than 100,000 entries; a JSON document or a
+            manifest over 4 * 1048 * 1048 bytes; an extended tar header over 1 MiB.
+        """
+        from ctrd.client._archive import import_images
+
+        return await import_images(
+            self._client, source, platforms=platforms, all_platforms=all_platforms, base_name=base_name
+        )
