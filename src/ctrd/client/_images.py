@@ -23,7 +23,9 @@ from ctrd.wire.convert import image_from_proto, image_to_proto
 if TYPE_CHECKING:
     from ctrd.client._archive import ArchiveSource, ExportTarget
     from ctrd.client._client import Client
+    from ctrd.client._inspect import ImageCheck
     from ctrd.client._registry import PlatformLike, RegistryOptions
+    from ctrd.client._types import Platform, ProgressCallback
 
 __all__ = ["ImagesClient"]
 
@@ -132,6 +134,52 @@ class ImagesClient:
                 except errdefs.NotFound:
                     continue  # deleted in between: create it again
 
+    # -- content -----------------------------------------------------------------------------
+
+    async def _target(self, image: Image | str) -> Descriptor:
+        return (await self.get(image) if isinstance(image, str) else image).target
+
+    async def size(self, image: Image | str, platform: PlatformLike | None = None) -> int:
+        """The bytes of the image's content for *platform* (default: this machine's, and
+        what it runs): its target, and from each index the one best matching manifest
+        with its config and layers (``ctr images ls``' SIZE).
+
+        :raises errdefs.NotFound: no such image, a manifest or index is missing, or an
+            index has no manifest for the platform.
+        """
+        from ctrd.client._inspect import image_size
+        from ctrd.client._registry._platforms import host_platform, only
+
+        matcher = only(platform if platform is not None else host_platform())
+        size, err = await image_size(self._client.content, await self._target(image), matcher)
+        if err is not None:
+            raise err
+        return size
+
+    async def platforms(self, image: Image | str) -> builtins.list[Platform]:
+        """The platforms the image has (``ctr images ls``' PLATFORMS): those its index gives
+        its manifests, or its config's ``os``/``architecture``; in walk order, repeats kept.
+
+        :raises errdefs.NotFound: no such image, or a manifest, index or config is missing.
+        """
+        from ctrd.client._inspect import image_platforms
+
+        return await image_platforms(self._client.content, await self._target(image))
+
+    async def check(self, image: Image | str, platform: PlatformLike | None = None) -> ImageCheck:
+        """Whether the content of the image's manifest for *platform* (default: this
+        machine's) is present: its config and layers (``ctr images check``; ``status`` is
+        its STATUS column, ``complete (N/N)``). A missing index or manifest makes it
+        ``unavailable``, not an error.
+
+        :raises errdefs.NotFound: no such image.
+        """
+        from ctrd.client._inspect import check_image
+        from ctrd.client._registry._platforms import host_platform, only
+
+        matcher = only(platform if platform is not None else host_platform())
+        return await check_image(self._client.content, await self._target(image), matcher)
+
     # -- registries --------------------------------------------------------------------------
 
     async def pull(
@@ -143,6 +191,7 @@ class ImagesClient:
         unpack: bool = False,
         labels: Mapping[str, str] | None = None,
         registry: RegistryOptions | None = None,
+        progress: ProgressCallback | None = None,
     ) -> Image:
         """Download the image *ref* (``alpine``, ``ghcr.io/o/app:1``, ``host:5000/x@sha256:…``)
         into the content store and record it under its normalised name
@@ -159,6 +208,9 @@ class ImagesClient:
         :param unpack: unpack the layers into a snapshotter (not implemented yet).
         :param labels: labels of the image record.
         :param registry: how registries are reached (hosts, credentials, TLS, concurrency).
+        :param progress: called with a :class:`~ctrd.client.BlobProgress` for every step of
+            every manifest and blob (waiting, downloading with its offset, exists, shared,
+            done).
         :raises errdefs.Unimplemented: *unpack*.
         :raises errdefs.NotFound: no such image, or no manifest for the platform.
         :raises errdefs.PermissionDenied: the registry refused the credentials, or needs some.
@@ -179,6 +231,7 @@ class ImagesClient:
             unpack=unpack,
             labels=labels,
             options=registry,
+            progress=progress,
         )
 
     async def fetch(
@@ -188,6 +241,7 @@ class ImagesClient:
         platforms: Iterable[PlatformLike] | None = None,
         labels: Mapping[str, str] | None = None,
         registry: RegistryOptions | None = None,
+        progress: ProgressCallback | None = None,
     ) -> Image:
         """:meth:`pull` without unpacking, for every platform unless *platforms* are given
         (as ``ctr content fetch`` and containerd's ``Client.Fetch``)."""
@@ -202,6 +256,7 @@ class ImagesClient:
             unpack=False,
             labels=labels,
             options=registry,
+            progress=progress,
         )
 
     async def push(
@@ -210,6 +265,7 @@ class ImagesClient:
         source: str | None = None,
         *,
         registry: RegistryOptions | None = None,
+        progress: ProgressCallback | None = None,
     ) -> Descriptor:
         """Upload the image *source* (default: the image named as *ref*, normalised) to
         *ref*; returns the descriptor pushed.
@@ -217,7 +273,8 @@ class ImagesClient:
         Blobs the repository has already are skipped (a ``HEAD`` first); a blob whose
         ``containerd.io/distribution.source.<host>`` label names another repository of the
         same registry is mounted from there instead of uploaded. Manifests go after their
-        blobs, the tag last.
+        blobs, the tag last. *progress* gets a :class:`~ctrd.client.BlobProgress` per step
+        (waiting, uploading, exists, mounted, done).
 
         :raises errdefs.NotFound: no image *source*, or content it references is missing
             (an index pulled for one platform: pull it with ``all_platforms=True``).
@@ -225,7 +282,7 @@ class ImagesClient:
         """
         from ctrd.client._registry import push_image
 
-        return await push_image(self._client, ref, source, options=registry)
+        return await push_image(self._client, ref, source, options=registry, progress=progress)
 
     # -- archives ----------------------------------------------------------------------------
 

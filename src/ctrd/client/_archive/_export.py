@@ -28,9 +28,15 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from ctrd import errdefs
 from ctrd.client._archive._names import IMAGE_NAME, familiar, name_annotations
 from ctrd.client._archive._tar import BLOCK, END, header
-from ctrd.client._registry._manifests import MAX_MANIFEST_SIZE, Child, children, is_index, is_manifest
+from ctrd.client._registry._manifests import (
+    MAX_MANIFEST_SIZE,
+    MAX_NESTING,
+    Child,
+    children,
+    is_index,
+    is_manifest,
+)
 from ctrd.client._registry._platforms import Matcher, PlatformLike, exactly, host_platform
-from ctrd.client._registry._pull import MAX_NESTING
 from ctrd.images import Descriptor
 
 if TYPE_CHECKING:

@@ -52,6 +52,7 @@ from ctrd.client._archive._tar import (
 )
 from ctrd.client._registry._manifests import (
     MAX_MANIFEST_SIZE,
+    MAX_NESTING,
     Child,
     children,
     gc_labels,
@@ -67,7 +68,6 @@ from ctrd.client._registry._platforms import (
     normalize,
     only,
 )
-from ctrd.client._registry._pull import MAX_NESTING
 from ctrd.client._types import Platform
 from ctrd.images import Descriptor, Image, mediatypes
 from ctrd.limits import echo
