@@ -193,6 +193,7 @@ class TransferDisplay:
         row.status, row.offset = status, event.offset
         if event.final:
             row.ended = now
+            row.offset = max(row.offset, row.size)
             if self._mode == "plain":
                 self._line(self._plain(row, now))
         if self._mode == "tty" and (event.final or now - self._last_draw >= _MIN_INTERVAL):
@@ -233,7 +234,7 @@ class TransferDisplay:
         for r in rows:
             filled = int(20 * min(r.offset, r.size) / r.size) if r.size else 20
             bar = "|" + "+" * filled + "-" * (20 - filled) + "|"
-            text = f"{_short(r.ref):<26} {r.status:<11}  {bar}  {human_size(r.offset)}/{human_size(r.size)}"
+            text = f"{_short(r.ref):<28} {r.status:<11}  {bar}  {human_size(r.offset)}/{human_size(r.size)}"
             rate = r.rate(now)
             if rate and r.ended is None:
                 text += f"  {human_size(rate)}/s"
