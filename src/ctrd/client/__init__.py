@@ -36,6 +36,7 @@ from ctrd.client._events import (
     Subscription,
 )
 from ctrd.client._images import ImagesClient
+from ctrd.client._inspect import ImageCheck
 from ctrd.client._registry import (
     Credentials,
     Reference,
@@ -48,8 +49,11 @@ from ctrd.client._services import LeasesClient, NamespacesClient
 from ctrd.client._sources import Source
 from ctrd.client._transport import ADDRESS_ENV, default_address
 from ctrd.client._types import (
+    BLOB_STATUSES,
     GC_EXPIRE_LABEL,
     GC_ROOT_LABEL,
+    BlobProgress,
+    BlobStatus,
     Lease,
     Namespace,
     Platform,
@@ -65,10 +69,13 @@ from ctrd.remote import Address, RemoteContentStore, RemoteReaderAt, RemoteWrite
 
 __all__ = [
     "ADDRESS_ENV",
+    "BLOB_STATUSES",
     "DEFAULT_LEASE_EXPIRE",
     "GC_EXPIRE_LABEL",
     "GC_ROOT_LABEL",
     "Address",
+    "BlobProgress",
+    "BlobStatus",
     "Client",
     "ContentClient",
     "ContentCreate",
@@ -80,6 +87,7 @@ __all__ = [
     "EventPayload",
     "EventsClient",
     "Image",
+    "ImageCheck",
     "ImagesClient",
     "Info",
     "Lease",

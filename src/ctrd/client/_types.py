@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Final, Literal, TypeAlias
+
+from ctrd.images import Descriptor
 
 __all__ = [
+    "BLOB_STATUSES",
     "GC_EXPIRE_LABEL",
     "GC_ROOT_LABEL",
+    "BlobProgress",
+    "BlobStatus",
     "Lease",
     "Namespace",
     "Platform",
     "Plugin",
     "PluginError",
+    "ProgressCallback",
     "Resource",
     "ServerInfo",
     "Version",
@@ -131,3 +137,50 @@ class Lease:
             return _dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
             return None
+
+
+BlobStatus: TypeAlias = Literal["waiting", "downloading", "uploading", "exists", "shared", "mounted", "done"]
+"""Where a blob of a pull, fetch or push stands:
+
+* ``waiting``: queued (at most ``max_concurrent_downloads`` blobs move at once);
+* ``downloading`` / ``uploading``: bytes moving (``offset`` of ``descriptor.size``);
+* ``exists``: nothing to move: the namespace (pull) or the repository (push) has it;
+* ``shared``: admitted without a byte on the network: another namespace holds it under the
+  daemon's ``shared`` policy (or an earlier download of it had finished);
+* ``mounted``: a push mounted it from another repository of the registry;
+* ``done``: moved and verified.
+"""
+
+BLOB_STATUSES: Final[tuple[BlobStatus, ...]] = (
+    "waiting",
+    "downloading",
+    "uploading",
+    "exists",
+    "shared",
+    "mounted",
+    "done",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlobProgress:
+    """One step of one blob of a pull, fetch or push (what ``progress`` callbacks get)."""
+
+    ref: str
+    """A name for the blob, as containerd names its ingest: ``layer-sha256:…``,
+    ``config-…``, ``manifest-…``, ``index-…``."""
+    descriptor: Descriptor
+    status: BlobStatus
+    offset: int = 0
+    """Bytes done (``descriptor.size`` once ``exists``, ``shared``, ``mounted`` or ``done``)."""
+    resumed_at: int = 0
+    """Where the transfer resumed (an earlier, interrupted download's ingest); 0: from the start."""
+
+    @property
+    def final(self) -> bool:
+        """Whether nothing more will happen to this blob."""
+        return self.status in ("exists", "shared", "mounted", "done")
+
+
+ProgressCallback: TypeAlias = Callable[[BlobProgress], object]
+"""``progress(event)``, called in the event loop's thread for every step of every blob."""

@@ -1,9 +1,10 @@
 """``ctrdctl``: the command line client for ctrd and containerd.
 
 ``ctr``'s verbs where they exist (``version``, ``plugins ls``, ``namespaces``,
-``content``, ``leases``, ``events``) over :mod:`ctrd.client`, with
-``--format json`` on listings, progress bars on terminals, one-line errors and
-shell completion (``ctrdctl completion bash|zsh``). See ``docs/cli.md``.
+``images``, ``content`` (``fetch`` included), ``leases``, ``events``) over
+:mod:`ctrd.client`, with ``--format json`` on listings, progress bars and per-blob
+transfer tables, one-line errors and shell completion (``ctrdctl completion
+bash|zsh``). See ``docs/cli.md``.
 
 Exit status: 0 success, 1 an error (printed as one ``ctrdctl: ...`` line on
 stderr, never a traceback), 2 a usage error, 130 interrupted, 141 stdout

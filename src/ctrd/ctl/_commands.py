@@ -20,6 +20,7 @@ from typing import IO, Any
 from ctrd import __version__, errdefs, golang
 from ctrd.client import Client, Envelope, Info, Lease, Namespace, Plugin, Status
 from ctrd.content import digest as digest_mod
+from ctrd.ctl._imagecmds import IMAGE_COMMANDS
 from ctrd.ctl._output import (
     format_labels,
     human_duration,
@@ -442,5 +443,6 @@ COMMANDS: dict[str, Handler] = {
     "leases ls": cmd_leases_ls,
     "leases rm": cmd_leases_rm,
     "events": cmd_events,
+    **IMAGE_COMMANDS,
 }
 """Canonical command path -> handler (the parser maps aliases to these)."""

@@ -3,8 +3,9 @@
 ``ctrdctl completion bash`` prints a bash function completing commands (aliases
 included), options, option values (``--format``, files) and, by asking the
 daemon, namespaces (``-n``), digests (``content get|rm|label``), refs
-(``content abort``) and lease ids (``leases rm``). The zsh script runs the
-same function through zsh's ``bashcompinit``.
+(``content abort``), lease ids (``leases rm``) and image names
+(``images rm|tag|push``). The zsh script runs the same function through zsh's
+``bashcompinit``.
 
 Install: ``source <(ctrdctl completion bash)`` (e.g. in ``~/.bashrc``), or
 ``ctrdctl completion bash > /etc/bash_completion.d/ctrdctl``.
@@ -27,8 +28,11 @@ _DYNAMIC: Final = {
     "leases rm": "leases ls -q",
     "namespaces rm": "namespaces ls -q",
     "namespaces label": "namespaces ls -q",
+    "images rm": "images ls -q",
+    "images tag": "images ls -q",
+    "images push": "images ls -q",
 }
-_FILE_OPTS: Final = ("-f", "--file", "-o", "--output")
+_FILE_OPTS: Final = ("-f", "--file", "-o", "--output", "--hosts-dir")
 
 
 def _walk(

@@ -8,9 +8,19 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, Final
 
-__all__ = ["format_labels", "human_duration", "human_size", "iso", "print_json", "print_table", "to_jsonable"]
+__all__ = [
+    "binary_size",
+    "format_labels",
+    "human_duration",
+    "human_size",
+    "iso",
+    "print_json",
+    "print_table",
+    "to_jsonable",
+]
 
 _DECIMAL_UNITS: Final = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+_BINARY_UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
 
 
 def human_size(n: float) -> str:
@@ -22,6 +32,17 @@ def human_size(n: float) -> str:
         size /= 1000
         i += 1
     return f"{size:.4g}{_DECIMAL_UNITS[i]}"
+
+
+def binary_size(n: float) -> str:
+    """Binary size with one decimal, as ``ctr images ls|check`` print sizes (containerd's
+    ``progress.Bytes``): ``118.0 B``, ``6.3 MiB``."""
+    size = float(n)
+    i = 0
+    while size >= 1024 and i < len(_BINARY_UNITS) - 1:
+        size /= 1024
+        i += 1
+    return f"{size:.1f} {_BINARY_UNITS[i]}"
 
 
 def human_duration(d: _dt.timedelta) -> str:

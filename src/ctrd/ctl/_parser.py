@@ -8,12 +8,19 @@ from typing import Any, Final
 
 from ctrd import __version__
 from ctrd.client import ADDRESS_ENV, default_address
+from ctrd.ctl._imagecmds import PASSWORD_ENV
 from ctrd.namespaces import DEFAULT, ENV_VAR
 
 __all__ = ["build_parser"]
 
 #: canonical group name -> aliases (as ctr accepts them)
-ALIASES: Final = {"namespaces": ["namespace", "ns"], "plugins": ["plugin"], "leases": [], "content": []}
+ALIASES: Final = {
+    "namespaces": ["namespace", "ns"],
+    "plugins": ["plugin"],
+    "leases": [],
+    "content": [],
+    "images": ["image", "i"],
+}
 VERB_ALIASES: Final = {"ls": ["list"], "rm": ["remove", "delete", "del"]}
 
 
@@ -46,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The full command tree."""
     parser = argparse.ArgumentParser(
         prog="ctrdctl",
-        description="Command line client for ctrd and containerd (content, namespaces, leases, events).",
+        description="Command line client for ctrd and containerd "
+        "(images, content, namespaces, leases, events).",
         epilog="Exit status: 0 ok, 1 error (one line on stderr), 2 usage error, 130 interrupted.",
     )
     parser.add_argument("--version", "-v", action="version", version=f"ctrdctl {__version__}")
@@ -82,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _format(p)
 
     _namespaces(_group(sub, "namespaces", "manage namespaces"))
+    _images(_group(sub, "images", "manage images (records, registries, archives)"))
     _content(_group(sub, "content", "manage content"))
     _leases(_group(sub, "leases", "manage leases"))
 
@@ -141,6 +150,104 @@ def _content(verbs: Any) -> None:
     _format(p)
     p = _verb(verbs, "abort", "drop ingests in progress", "content")
     p.add_argument("refs", nargs="+", metavar="REF")
+    p = _verb(
+        verbs,
+        "fetch",
+        "fetch an image's content from a registry and record it (ctr content fetch)",
+        "content",
+    )
+    p.add_argument("ref", metavar="REF")
+    _platforms(p, "fetch this platform (repeatable; default: this machine's)")
+    _registry(p)
+    _labels(p)
+    _progress(p)
+    _format(p)
+
+
+def _platforms(p: argparse.ArgumentParser, help_: str) -> None:
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]", help=help_)
+    p.add_argument("--all-platforms", action="store_true", help="every platform of an index")
+
+
+def _registry(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="HTTP for the registry (default: only for localhost and loopback)",
+    )
+    p.add_argument(
+        "-u",
+        "--user",
+        metavar="NAME[:PASSWORD]",
+        help=f"registry credentials; the password, when not given, from ${PASSWORD_ENV} (never a prompt)",
+    )
+    p.add_argument(
+        "--hosts-dir", metavar="DIR", help="a containerd hosts directory (e.g. /etc/containerd/certs.d)"
+    )
+    p.add_argument(
+        "-k", "--skip-verify", action="store_true", help="do not verify the registry's certificate"
+    )
+
+
+def _labels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label the image record")
+
+
+def _progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        choices=["auto", "tty", "plain", "none"],
+        default="auto",
+        help="per-blob progress on stderr: a live table (tty), a line per blob (plain); "
+        "auto: tty on a terminal, else plain",
+    )
+    p.add_argument("--no-progress", action="store_true", help="same as --progress none")
+
+
+def _images(verbs: Any) -> None:
+    p = _verb(verbs, "ls", "list images (REF TYPE DIGEST SIZE PLATFORMS LABELS)", "images")
+    _quiet(p, "names")
+    p.add_argument("filters", nargs="*", help='filters, e.g. name~=^docker.io or labels."k"==v')
+    _format(p)
+    p = _verb(verbs, "pull", "fetch an image from a registry and record it (not unpacked yet)", "images")
+    p.add_argument("ref", metavar="REF")
+    _platforms(p, "pull this platform (repeatable; default: this machine's best match)")
+    _registry(p)
+    _labels(p)
+    _progress(p)
+    _format(p)
+    p = _verb(verbs, "push", "push an image to a registry", "images")
+    p.add_argument("ref", metavar="REF", help="where to push")
+    p.add_argument("local", nargs="?", metavar="LOCAL", help="the image to push (default: REF, normalised)")
+    _registry(p)
+    _progress(p)
+    _format(p)
+    p = _verb(verbs, "tag", "give an image more names", "images")
+    p.add_argument("-f", "--force", action="store_true", help="repoint a target name that exists")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    p = _verb(verbs, "rm", "remove images (their content goes with the next collection)", "images")
+    p.add_argument("--sync", action="store_true", help="wait for the garbage collection")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = _verb(
+        verbs,
+        "check",
+        "check that images' content is all present (REF TYPE DIGEST STATUS SIZE UNPACKED)",
+        "images",
+    )
+    _quiet(p, "names of complete images")
+    p.add_argument("filters", nargs="*", help="filters, as for ls")
+    _format(p)
+    p = _verb(verbs, "export", "write images to an OCI layout tar (ctr images export's)", "images")
+    p.add_argument("file", metavar="FILE", help="the archive; - for stdout")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    _platforms(p, "export this platform of an index (repeatable; default: this machine's)")
+    p = _verb(verbs, "import", "read images from an OCI layout or docker save tar (never unpacked)", "images")
+    p.add_argument("file", metavar="FILE", help="the archive (plain or gzip'd); - for stdin")
+    p.add_argument("--base-name", metavar="NAME", help="name bare tags NAME:TAG; skip names not under NAME")
+    _platforms(p, "check and label this platform of an index (repeatable; default: this machine's)")
+    p.add_argument("--no-unpack", action="store_true", help="accepted for ctr's sake: import never unpacks")
+    _format(p)
 
 
 def _leases(verbs: Any) -> None:

@@ -32,6 +32,7 @@ from ctrd.client._registry._manifests import (
 )
 from ctrd.client._registry._platforms import Matcher
 from ctrd.client._registry._reference import Reference
+from ctrd.client._types import BlobProgress, BlobStatus, ProgressCallback
 from ctrd.images import Descriptor
 from ctrd.remote import PIPELINE, RemoteWriter
 
@@ -105,8 +106,10 @@ class Fetcher:
         matcher: Matcher,
         limit: int,
         options: RegistryOptions,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.client = client
+        self.progress = progress
         self.content = client.content
         self.session = session
         self.ref = ref
@@ -119,6 +122,13 @@ class Fetcher:
         self._slots = asyncio.Semaphore(options.max_concurrent_downloads)
         self._bodies: dict[str, bytes] = {}
         self._done: dict[str, asyncio.Future[object]] = {}
+
+    def report(self, desc: Descriptor, status: BlobStatus, offset: int = 0, resumed_at: int = 0) -> None:
+        """Tell the progress callback, if any, where *desc* stands."""
+        if self.progress is not None:
+            if status in ("exists", "shared", "done"):
+                offset = desc.size
+            self.progress(BlobProgress(ref_key(desc), desc, status, offset, resumed_at))
 
     def _hosts(self, cap: Capability) -> list[RegistryHost]:
         hosts = [h for h in self.hosts if h.capabilities & cap]
@@ -163,19 +173,23 @@ class Fetcher:
         """Store the blob *desc* (a config, a layer, anything but a manifest), verified by the
         commit, with its ``distribution.source`` label."""
         what = f"{desc.media_type} {desc.digest}"
+        self.report(desc, "waiting")
         async with self._slots:
             for fresh in (False, True):
                 try:
                     w = await self._open(desc)
                 except errdefs.AlreadyExists:
                     await self._label_existing(desc.digest, {})
+                    self.report(desc, "exists")
                     return
                 resumed = False
                 try:
-                    if not self._complete(w, desc):
+                    shared = self._complete(w, desc)
+                    if not shared:
                         if w.offset > desc.size or (fresh and w.offset):
                             await w.truncate(0)
                         resumed = w.offset > 0
+                        self.report(desc, "downloading", w.offset, w.offset)
                         await self._download(desc, w, what)
                     try:
                         await w.commit(desc.size, desc.digest, {self.source_key: self.ref.path})
@@ -193,6 +207,7 @@ class Fetcher:
                         raise errdefs.DataLoss(
                             f"{what}: the registry's bytes do not match the descriptor ({exc}; got {actual})"
                         ) from None
+                    self.report(desc, "shared" if shared else "done")
                     return
                 except errdefs.Error as exc:
                     if isinstance(exc, errdefs.DataLoss) or w.offset == 0:
@@ -262,6 +277,7 @@ class Fetcher:
     async def _stream(self, desc: Descriptor, w: RemoteWriter, what: str) -> None:
         offset = w.offset
         received = offset
+        start = offset
         async with self._open_blob(desc, offset) as (resp, skip):
             buf = bytearray()
             try:
@@ -278,6 +294,7 @@ class Fetcher:
                         await w.write(buf)
                         received += len(buf)
                         buf = bytearray()
+                        self.report(desc, "downloading", received, start)
             except errdefs.Error:
                 raise
             except Exception as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "LAYER_TYPES",
     "MANIFEST_TYPES",
     "MAX_MANIFEST_SIZE",
+    "MAX_NESTING",
     "Child",
     "children",
     "gc_labels",
@@ -40,6 +41,9 @@ __all__ = [
 
 MAX_MANIFEST_SIZE: Final = 4 * 1048 * 1048
 """The largest manifest or index taken from a registry, in bytes (containerd's ``MaxManifestSize``)."""
+
+MAX_NESTING: Final = 16
+"""The deepest chain of indexes and manifests followed."""
 
 DISTRIBUTION_SOURCE: Final = "containerd.io/distribution.source."
 """Prefix of the label naming where a blob was fetched from: ``<prefix><host>=<repo>[,<repo>…]``."""

@@ -35,6 +35,7 @@ from ctrd.client._registry._hosts import Capability, RegistryHost, RegistryOptio
 from ctrd.client._registry._http import RegistrySession, backoff, retryable, transport_error
 from ctrd.client._registry._manifests import (
     MAX_MANIFEST_SIZE,
+    MAX_NESTING,
     Child,
     children,
     gc_labels,
@@ -45,6 +46,7 @@ from ctrd.client._registry._manifests import (
 )
 from ctrd.client._registry._platforms import ALL, Matcher, PlatformLike, exactly, host_platform, only
 from ctrd.client._registry._reference import parse_reference
+from ctrd.client._types import ProgressCallback
 from ctrd.images import Descriptor, Image, mediatypes
 
 if TYPE_CHECKING:
@@ -64,9 +66,6 @@ ACCEPT_MANIFESTS: Final = ", ".join(
     ]
 )
 """The ``Accept`` header of manifest requests (containerd's list)."""
-
-MAX_NESTING: Final = 16
-"""The deepest chain of indexes and manifests followed."""
 
 _GENERIC_TYPES: Final = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
 _SCHEMA1: Final = frozenset(
@@ -239,16 +238,22 @@ class Puller(Fetcher):
             raise errdefs.ResourceExhausted(
                 f"{what}: rejecting a {desc.size} byte manifest (the limit is {MAX_MANIFEST_SIZE} bytes)"
             )
+        self.report(desc, "waiting")
         async with self._slots:
             try:
                 w = await self._open(desc)
             except errdefs.AlreadyExists:
-                return await self._local(desc)
+                kids = await self._local(desc)
+                self.report(desc, "exists")
+                return kids
             try:
                 if self._complete(w, desc):
                     with contextlib.suppress(errdefs.AlreadyExists):
                         await w.commit(desc.size, desc.digest)
-                    return await self._local(desc)
+                    kids = await self._local(desc)
+                    self.report(desc, "shared")
+                    return kids
+                self.report(desc, "downloading")
                 data = self._bodies.pop(desc.digest, None)
                 if data is None:
                     data = await self._get_manifest(desc)
@@ -262,6 +267,7 @@ class Puller(Fetcher):
                     await w.commit(desc.size, desc.digest, new_labels)
                 except errdefs.AlreadyExists:
                     await self._label_existing(desc.digest, gc_labels(kids))
+                self.report(desc, "done")
                 return kids
             except errdefs.Error:
                 await self._discard(w)  # a manifest is small: nothing worth keeping for a resume
@@ -317,6 +323,7 @@ async def pull_image(
     labels: Mapping[str, str] | None,
     options: RegistryOptions | None,
     record: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> Image:
     """Resolve *ref*, fetch its tree, record the image (see :meth:`ImagesClient.pull`).
 
@@ -338,7 +345,7 @@ async def pull_image(
         if client.lease_id is None:
             await stack.enter_async_context(client.lease())
         session = await stack.enter_async_context(RegistrySession(opts, reference.domain))
-        puller = Puller(client, session, reference, hosts, matcher, limit, opts)
+        puller = Puller(client, session, reference, hosts, matcher, limit, opts, progress)
         root = await puller.resolve()
         await puller.handle(root)
         # the unpack stage goes here (snapshots: next version), before the record

@@ -21,13 +21,15 @@ from ctrd.client._registry._hosts import Capability, RegistryHost, RegistryOptio
 from ctrd.client._registry._http import RegistrySession
 from ctrd.client._registry._manifests import (
     MAX_MANIFEST_SIZE,
+    MAX_NESTING,
     children,
     is_index,
     is_manifest,
+    ref_key,
     source_labels,
 )
-from ctrd.client._registry._pull import MAX_NESTING
 from ctrd.client._registry._reference import Reference, parse_reference
+from ctrd.client._types import BlobProgress, BlobStatus, ProgressCallback
 from ctrd.images import Descriptor
 
 if TYPE_CHECKING:
@@ -69,8 +71,10 @@ class Pusher:
         ref: Reference,
         host: RegistryHost,
         options: RegistryOptions,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.client = client
+        self.progress = progress
         self.content = client.content
         self.session = session
         self.ref = ref
@@ -78,6 +82,13 @@ class Pusher:
         self.scopes = [f"repository:{ref.path}:pull,push"]
         self._slots = asyncio.Semaphore(options.max_concurrent_downloads)
         self._done: dict[str, asyncio.Task[None]] = {}
+
+    def report(self, desc: Descriptor, status: BlobStatus, offset: int = 0) -> None:
+        """Tell the progress callback, if any, where *desc* stands."""
+        if self.progress is not None:
+            if status in ("exists", "mounted", "done"):
+                offset = desc.size
+            self.progress(BlobProgress(ref_key(desc), desc, status, offset))
 
     async def _local(self, desc: Descriptor) -> bytes:
         what = f"{desc.media_type} {desc.digest}"
@@ -141,8 +152,10 @@ class Pusher:
             info = await self.content.info(desc.digest)
         except errdefs.NotFound:
             raise errdefs.NotFound(f"{what}: the blob is not in the content store") from None
+        self.report(desc, "waiting")
         async with self._slots:
             if await self._exists("blobs", desc):
+                self.report(desc, "exists")
                 return
             source = mount_candidate(self.ref.path, source_labels(info.labels, self.ref.hostname))
             query = {"mount": desc.digest, "from": source} if source else None
@@ -152,15 +165,20 @@ class Pusher:
                 self.host, "POST", url, what, scopes=scopes, ok=(201, 202)
             ) as resp:
                 if resp.status == 201:
-                    return  # mounted
+                    self.report(desc, "mounted")
+                    return
                 location = self.session.location(resp)
             sep = "&" if "?" in location else "?"
             put_url = f"{location}{sep}digest={desc.digest}"
 
             async def body() -> AsyncIterator[bytes]:
+                sent = 0
+                self.report(desc, "uploading")
                 async with contextlib.aclosing(self.content.read(desc.digest)) as chunks:
                     async for chunk in chunks:
                         yield chunk
+                        sent += len(chunk)
+                        self.report(desc, "uploading", sent)
 
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)}
             async with self.session.request(
@@ -169,12 +187,16 @@ class Pusher:
                 got = resp.headers.get("Docker-Content-Digest", "")
                 if got and got != desc.digest:
                     raise errdefs.DataLoss(f"{what}: the registry stored {got}")
+            self.report(desc, "done")
 
     async def push_manifest(self, desc: Descriptor, data: bytes, obj: str) -> None:
         """``PUT`` the manifest under *obj* (a tag), or by digest when it is not there yet."""
         what = f"push {desc.media_type} {desc.digest} to {self.ref.name}"
+        self.report(desc, "waiting")
         if not obj and await self._exists("manifests", desc):
+            self.report(desc, "exists")
             return
+        self.report(desc, "uploading")
         url = self.session.url(self.host, self.ref.path, "manifests", obj or desc.digest)
         async with self.session.request(
             self.host,
@@ -189,6 +211,7 @@ class Pusher:
             got = resp.headers.get("Docker-Content-Digest", "")
             if got and got != desc.digest:
                 raise errdefs.DataLoss(f"{what}: the registry stored {got}")
+        self.report(desc, "done")
 
 
 async def push_image(
@@ -198,6 +221,7 @@ async def push_image(
     *,
     options: RegistryOptions | None,
     target: Descriptor | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Descriptor:
     """Push the image *source* (default: *ref* normalised) to *ref* (see :meth:`ImagesClient.push`).
 
@@ -221,7 +245,7 @@ async def push_image(
     if not hosts:
         raise errdefs.NotFound(f"push {ref}: no registry host with the push capability")
     async with RegistrySession(opts, reference.domain) as session:
-        pusher = Pusher(client, session, reference, hosts[0], opts)
+        pusher = Pusher(client, session, reference, hosts[0], opts, progress)
         try:
             await pusher.push_tree(target, reference.tag or target.digest)
         finally:
