@@ -155,3 +155,37 @@ def test_an_upward_import_is_caught(edge: tuple[str, str], why: str) -> None:
     """The checker itself: each of these edges, added to the real graph, is reported."""
     found = violations([*graph(), edge])
     assert any(why in v and v.startswith(edge[0]) for v in found), found
+
+
+TRANSPORT_LIBRARIES = ("grpclib", "h2", "hpack", "hyperframe", "betterproto2")
+
+
+def private_transport_imports() -> list[str]:
+    """Imports of private names (``_x``) or private modules of the transport libraries outside ctrd.wire."""
+    found = []
+    for path in sorted((SRC / "ctrd").rglob("*.py")):
+        parts = path.relative_to(SRC / "ctrd").parts
+        if parts[0] in ("wire", "api"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                lib = node.module.split(".")[0]
+                if lib not in TRANSPORT_LIBRARIES:
+                    continue
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private or any(p.startswith("_") for p in node.module.split(".")):
+                    found.append(
+                        f"{_module_name(path)}: from {node.module} import {', '.join(private) or '...'}"
+                    )
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] in TRANSPORT_LIBRARIES and "._" in alias.name:
+                        found.append(f"{_module_name(path)}: import {alias.name}")
+    return found
+
+
+def test_only_wire_touches_transport_internals() -> None:
+    """Outside ctrd.wire, the transport libraries are used through their public names only."""
+    found = private_transport_imports()
+    assert not found, "\n".join(found)
